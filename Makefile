@@ -1,0 +1,39 @@
+# steerlens — two commands for a newcomer: `make demo` (set up + main job) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test test-fast bench results clean-venv
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+$(VENV)/.model: $(VENV)/.installed
+	$(PY) -m steerlens fetch-model
+	touch $@
+
+## setup: virtualenv with pinned dependencies, then the default model (fetched and dequantised once)
+setup: $(VENV)/.model
+
+## demo: the main job on the default model and data
+demo: setup
+	$(PY) -m steerlens demo
+
+## test: unit tests (tiny random model) and integration tests (default model)
+test: setup
+	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+## bench: speed / memory benchmarks written to benchmarks/results/*.json
+bench: setup
+	$(PY) benchmarks/run.py --out benchmarks/results
+
+clean-venv:
+	rm -rf $(VENV)

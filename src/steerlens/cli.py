@@ -1,0 +1,103 @@
+"""The ``steerlens`` command line.
+
+Subcommands are contributed by the parts of the package: this module owns ``fetch-model``,
+``generate`` and ``demo``; ``steerlens.evals.cli`` adds ``eval``; ``steerlens.pipeline.cli``
+adds ``fit`` and ``select``. Each of those modules exposes ``add_subcommands(subparsers)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Optional, Sequence
+
+_PLUGINS = ("steerlens.evals.cli", "steerlens.pipeline.cli")
+
+
+def _cmd_fetch_model(args: argparse.Namespace) -> int:
+    from .models import default_model_dir, load_model
+
+    path = default_model_dir()
+    m = load_model(device="cpu")
+    print(f"default model ready: {path} ({m.n_layers} layers, {m.n_heads} heads, d_model {m.d_model})")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .hooks import generate
+    from .models import load_model
+
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        with open(args.prompts_file) as f:
+            prompts += [line.rstrip("\n") for line in f if line.strip()]
+    if not prompts:
+        print("steerlens generate: give --prompt or --prompts-file", file=sys.stderr)
+        return 2
+    model = load_model(args.model, device=args.device)
+    edits = None
+    if args.steering:
+        from .pipeline import load_steerer  # provided by the pipeline package
+
+        steerer = load_steerer(args.steering, model=model)
+        edits = steerer.edits(model, prompts, alpha=args.alpha)
+    texts = generate(model, prompts, edits, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    for p, t in zip(prompts, texts):
+        print(json.dumps({"prompt": p, "reply": t}, ensure_ascii=False))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="steerlens", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fetch-model", help="fetch and cache the default model (SmolLM2-135M-Instruct)")
+    f.set_defaults(func=_cmd_fetch_model)
+
+    g = sub.add_parser("generate", help="generate replies, optionally steered by a saved steerer")
+    g.add_argument("--model", default=None, help="model name or directory (default: SmolLM2-135M-Instruct)")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    g.add_argument("--prompts-file", default=None, help="one prompt per line")
+    g.add_argument("--steering", default=None, help="a saved steerer artifact directory")
+    g.add_argument("--alpha", type=float, default=None, help="override the steerer's strength")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--batch-size", type=int, default=8)
+    g.set_defaults(func=_cmd_generate)
+
+    d = sub.add_parser("demo", help="the main job: steering on the default model, side by side, then evaluation")
+    d.add_argument("--data-dir", default=None, help="benchmark data directory (default: $STEERLENS_DATA or ../shared/data)")
+    d.add_argument("--out", default="runs/demo", help="where to write the demo's results")
+    d.add_argument("--quick", action="store_true", help="smaller sizes (for smoke tests)")
+    d.set_defaults(func=_cmd_demo)
+
+    for mod_name in _PLUGINS:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as e:
+            if e.name != mod_name:
+                raise
+            continue
+        mod.add_subcommands(sub)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Batched activation capture at residual and attention-head sites.
+
+``capture(model, inputs, sites, position=...)`` runs the model over many inputs in padded
+batches and returns, per site, one row per input:
+
+- residual sites: ``[n, d_model]``; head sites: ``[n, n_heads_selected, d_head]``;
+- ``position="last"``: the last prompt token (after the chat template's assistant header);
+- ``position="response_mean"``: the mean over the response tokens of ``(prompt, response)`` pairs;
+- ``position="mean"``: the mean over all real tokens;
+- ``position="all"``: a list with one ``[seq_i, ...]`` tensor per input (real tokens only).
+
+The forward pass stops right after the deepest requested site, so capture at early layers
+costs less than a full forward pass. With ``out_dir`` the rows are written to disk in
+safetensors shards as they come (memory stays bounded by one shard) and a
+:class:`ShardedActivations` is returned instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal, Optional, Sequence, Union
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..models import as_model
+from .batching import Batch, InputError, Item, check_items, iter_batches
+from .edits import Edit, check_edit_inputs, take_edits, validate_edits
+from .sites import Site, SiteLike, parse_sites
+from .steer import attach, make_hooks
+
+Position = Literal["last", "response_mean", "mean", "all"]
+POSITIONS = ("last", "response_mean", "mean", "all")
+
+
+class _StopForward(Exception):
+    """Raised by the hook at the deepest site: nothing after it is needed."""
+
+
+def _reduce(act: torch.Tensor, batch: Batch, position: str) -> Union[torch.Tensor, list[torch.Tensor]]:
+    """``act``: ``[b, L, ...]`` -> ``[b, ...]`` (or a list of ``[seq_i, ...]`` for "all")."""
+    if position == "last":
+        return act[torch.arange(act.shape[0], device=act.device), batch.prompt_last]
+    if position in ("response_mean", "mean"):
+        mask = batch.response_mask if position == "response_mean" else batch.attention_mask.bool()
+        w = mask.to(act.dtype).view(*mask.shape, *([1] * (act.ndim - 2)))
+        return (act * w).sum(1) / w.sum(1).clamp(min=1)
+    return [act[i, batch.attention_mask[i].bool()] for i in range(act.shape[0])]
+
+
+def _run_forward(model, batch: Batch, stop: bool) -> None:
+    hf = model.hf_model
+    try:
+        hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+           position_ids=batch.position_ids, use_cache=False, logits_to_keep=1)
+    except _StopForward:
+        if not stop:
+            raise
+
+
+class ShardedActivations:
+    """Activations streamed to ``out_dir`` as safetensors shards plus ``index.json``.
+
+    ``acts[site]`` loads one site for all inputs; ``iter_shards()`` yields one shard at a time.
+    """
+
+    def __init__(self, out_dir: Union[str, os.PathLike]) -> None:
+        self.dir = Path(out_dir)
+        idx = self.dir / "index.json"
+        if not idx.exists():
+            raise FileNotFoundError(f"{idx} not found: not a complete capture directory")
+        self.index = json.loads(idx.read_text())
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.index["sites"])
+
+    def __len__(self) -> int:
+        return int(self.index["n"])
+
+    def iter_shards(self):
+        for name in self.index["shards"]:
+            yield load_file(str(self.dir / name))
+
+    def __getitem__(self, site: SiteLike) -> torch.Tensor:
+        key = str(site)
+        if key not in self.index["sites"]:
+            raise KeyError(f"{key} was not captured; captured: {self.sites}")
+        return torch.cat([s[key] for s in self.iter_shards()], 0)
+
+
+def _write_shard(out_dir: Path, i: int, rows: dict[str, list[torch.Tensor]]) -> str:
+    name = f"shard_{i:05d}.safetensors"
+    tensors = {k: torch.cat(v, 0).contiguous() for k, v in rows.items()}
+    tmp = out_dir / (name + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, out_dir / name)
+    return name
+
+
+@torch.no_grad()
+def capture(
+    model,
+    inputs: Sequence[Item],
+    sites: Union[SiteLike, Sequence[SiteLike]],
+    position: Position = "last",
+    *,
+    batch_size: int = 16,
+    edits: Optional[Sequence[Edit]] = None,
+    chat: Optional[bool] = None,
+    progress: bool = True,
+    out_dir: Optional[Union[str, os.PathLike]] = None,
+    shard_size: int = 1024,
+    max_length: Optional[int] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> Union[dict[Site, torch.Tensor], dict[Site, list[torch.Tensor]], ShardedActivations]:
+    """Read activations at ``sites`` for every input; see the module docstring.
+
+    Args:
+        model: a :class:`~steerlens.SteerModel` (or TransformerBridge).
+        inputs: prompts, or ``(prompt, response)`` pairs.
+        sites: ``Site`` objects or strings (``"blocks.3.hook_resid_post"``,
+            ``"blocks.3.attn.hook_z[0,5]"``, or ``"blocks.3.attn.hook_z"`` for all heads).
+        position: ``"last" | "response_mean" | "mean" | "all"``.
+        batch_size: inputs per forward pass.
+        edits: optional steering applied while reading (per-input edits are sliced per batch).
+        out_dir: stream to safetensors shards there (not with ``position="all"``).
+        dtype: store activations in this dtype (default: the model's).
+
+    Returns:
+        ``{site: tensor}`` in input order, or a :class:`ShardedActivations` with ``out_dir``.
+    """
+    m = as_model(model)
+    items, is_pair = check_items(inputs)
+    site_list = parse_sites(sites, m)
+    if position not in POSITIONS:
+        raise InputError(f"position must be one of {POSITIONS}, got {position!r}")
+    if position == "response_mean" and not is_pair:
+        raise InputError("position='response_mean' needs (prompt, response) pairs")
+    if out_dir is not None and position == "all":
+        raise InputError("streaming to disk needs a fixed-size position (not 'all')")
+    edit_list = validate_edits(m, edits)
+    check_edit_inputs(edit_list, len(items))
+
+    by_hook: dict[str, list[Site]] = {}
+    for s in site_list:
+        by_hook.setdefault(s.hook_name, []).append(s)
+    rank = {"resid_pre": 0, "z": 1, "resid_mid": 2, "resid_post": 3}
+    deepest = max(site_list, key=lambda s: (s.layer, rank[s.kind]))
+    state: dict = {}
+
+    def make_reader(hook_sites: list[Site], stop_here: bool):
+        def read(act: torch.Tensor, hook=None) -> torch.Tensor:
+            batch: Batch = state["batch"]
+            for s in hook_sites:
+                a = act[:, :, list(s.heads or ())] if s.is_head else act
+                red = _reduce(a.detach(), batch, position)
+                if isinstance(red, list):
+                    red = [r.to(dtype or r.dtype).cpu() for r in red]
+                else:
+                    red = red.to(dtype or red.dtype).cpu()
+                state["out"][s] = red
+            if stop_here:
+                raise _StopForward
+            return act
+        return read
+
+    # Readers go after the edits on the same hook, so a steered capture reads the steered value.
+    read_hooks = [(h, make_reader(ss, deepest.hook_name == h)) for h, ss in by_hook.items()]
+
+    results: dict[Site, list] = {s: [] for s in site_list}
+    order: list[torch.Tensor] = []
+    shard_dir: Optional[Path] = None
+    shards: list[str] = []
+    pending, n_pending, n_done = {str(s): [] for s in site_list}, 0, 0
+    if out_dir is not None:
+        final = Path(out_dir)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shard_dir = Path(tempfile.mkdtemp(prefix=final.name + ".", suffix=".partial", dir=final.parent))
+
+    try:
+        bar = tqdm(total=len(items), desc="capture", unit="input", disable=not progress, leave=False)
+        # Streaming keeps input order (shards concatenate to input order); in memory, batches
+        # are grouped by length to save padding and put back in order at the end.
+        for batch in iter_batches(m, items, batch_size, chat=chat, max_length=max_length,
+                                  sort_by_length=shard_dir is None):
+            state["batch"], state["out"] = batch, {}
+            hooks = make_hooks(m, take_edits(edit_list, batch.rows.cpu())) + read_hooks
+            with attach(m, hooks):
+                _run_forward(m, batch, stop=True)
+            rows = batch.rows.cpu()
+            if shard_dir is not None:
+                for s in site_list:
+                    pending[str(s)].append(state["out"][s])
+                n_pending += batch.size
+                if n_pending >= shard_size:
+                    shards.append(_write_shard(shard_dir, len(shards), pending))
+                    pending, n_pending = {str(s): [] for s in site_list}, 0
+            else:
+                for s in site_list:
+                    results[s].append(state["out"][s])
+                order.append(rows)
+            n_done += batch.size
+            bar.update(batch.size)
+        bar.close()
+    except BaseException:
+        if shard_dir is not None:
+            shutil.rmtree(shard_dir, ignore_errors=True)
+        raise
+
+    if shard_dir is not None:
+        if n_pending:
+            shards.append(_write_shard(shard_dir, len(shards), pending))
+        index = {"n": n_done, "sites": [str(s) for s in site_list], "position": position,
+                 "shards": shards, "model": m.name}
+        (shard_dir / "index.json").write_text(json.dumps(index))
+        final = Path(out_dir)  # type: ignore[arg-type]
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(shard_dir, final)
+        return ShardedActivations(final)
+
+    inv = torch.argsort(torch.cat(order))
+    out: dict = {}
+    for s in site_list:
+        if position == "all":
+            flat = [t for chunk in results[s] for t in chunk]
+            out[s] = [flat[i] for i in inv.tolist()]
+        else:
+            out[s] = torch.cat(results[s], 0)[inv]
+    return out

