@@ -32,7 +32,7 @@ from ..models import as_model
 from .batching import Batch, InputError, Item, check_items, iter_batches
 from .edits import Edit, check_edit_inputs, take_edits, validate_edits
 from .sites import Site, SiteLike, parse_sites
-from .steer import attach, make_hooks
+from .context import attach, make_hooks
 
 Position = Literal["last", "response_mean", "mean", "all"]
 POSITIONS = ("last", "response_mean", "mean", "all")

@@ -1,7 +1,7 @@
 """Steered generation and log-likelihood scoring, batched with left padding.
 
 ``generate`` runs Hugging Face generation (KV cache) on the bridge's wrapped model inside
-:func:`~steerlens.hooks.steer.steer`, so edits apply on the prompt pass and at every
+:func:`~steerlens.hooks.context.steer`, so edits apply on the prompt pass and at every
 generated token. ``response_logprobs`` and ``next_token_logprobs`` score text under the same
 edits (truthfulness multiple choice, KL, perplexity).
 """
@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..models import as_model
 from .batching import InputError, Item, check_items, iter_batches
 from .edits import Edit, check_edit_inputs, take_edits, validate_edits
-from .steer import attach, make_hooks
+from .context import attach, make_hooks
 
 
 @dataclass
