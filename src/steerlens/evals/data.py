@@ -438,6 +438,8 @@ def rephrase_instruction(text: str) -> str:
     an acronym), trailing punctuation and a leading "please"/"how to" dropped."""
     t = text.strip().rstrip(".!?:; ")
     t = re.sub(r"^(please|can you|could you|how (do|can) i|how to)\s+", "", t, flags=re.I)
+    t = re.sub(r"^(give|provide|write|offer|explain|describe|create|outline)\b[\w\s-]{0,40}?\b(for|on|of|explaining|describing)? ?how to\s+",
+               "", t, flags=re.I)
     if len(t) > 1 and not t[1].isupper():
         t = t[0].lower() + t[1:]
     return t

@@ -111,6 +111,24 @@ def generate(
     return gens if return_details else [g.text for g in gens]
 
 
+def _logits_at(m, batch, mask: torch.Tensor) -> torch.Tensor:
+    """Logits at the positions ``mask`` (``[b, L-1]``, position t predicts token t+1) only.
+
+    The unembedding is applied to the selected hidden states instead of every position, which
+    for a 49k-token vocabulary is most of the cost of scoring long prompts."""
+    hf = m.hf_model
+    decoder = hf.get_decoder() if hasattr(hf, "get_decoder") else None
+    unembed = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
+    softcap = getattr(hf.config, "final_logit_softcapping", None)
+    if decoder is None or unembed is None or softcap:
+        logits = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids, use_cache=False).logits
+        return logits[:, :-1][mask]
+    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                     position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    return unembed(hidden[:, :-1][mask])
+
+
 @torch.no_grad()
 def response_logprobs(
     model,
@@ -132,15 +150,15 @@ def response_logprobs(
     out: list[Optional[torch.Tensor]] = [None] * len(items)
     bar = tqdm(total=len(items), desc="score", unit="pair", disable=not progress, leave=False)
     for batch in iter_batches(m, items, batch_size, chat=chat):
-        with attach(m, make_hooks(m, take_edits(edit_list, batch.rows.cpu()))):
-            logits = m.hf_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                position_ids=batch.position_ids, use_cache=False).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), -1)
-        tgt = batch.input_ids[:, 1:]
-        tok_lp = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+        # position t predicts token t+1: keep the positions whose next token is a response token
         mask = batch.response_mask[:, 1:]
-        for j, row in enumerate(batch.rows.tolist()):
-            out[row] = tok_lp[j][mask[j]].cpu()
+        tgt = batch.input_ids[:, 1:][mask]
+        with attach(m, make_hooks(m, take_edits(edit_list, batch.rows.cpu()))):
+            logits = _logits_at(m, batch, mask)  # [n_response_tokens, vocab]
+        tok_lp = torch.log_softmax(logits.float(), -1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1).cpu()
+        counts = mask.sum(1).tolist()
+        for row, chunk in zip(batch.rows.tolist(), torch.split(tok_lp, counts)):
+            out[row] = chunk
         bar.update(batch.size)
     bar.close()
     return [t for t in out if t is not None]

@@ -1,0 +1,191 @@
+"""Foundation benchmarks on the default model: capture vs a plain forward pass, steered vs
+unsteered generation, peak memory. Ratios are measured in one run, with the compared variants
+interleaved (A, B, A, B, ...) and summarised by their medians, so machine load hits both alike.
+
+    python benchmarks/bench_hooks.py --out benchmarks/results/hooks.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import steerlens
+from steerlens import AddVector, capture, generate
+from steerlens.hooks import iter_batches
+
+PROMPTS = [
+    "Give me three tips for staying healthy.",
+    "What are the three primary colors?",
+    "Describe the structure of an atom.",
+    "How can we reduce air pollution?",
+    "Explain why the sky is blue in simple words.",
+    "Write a short story about a robot who learns to paint.",
+    "What is the capital of Australia and why was it chosen?",
+    "Summarise the plot of Romeo and Juliet in two sentences.",
+    "List five fruits that are rich in vitamin C.",
+    "How does a bicycle stay upright when it moves?",
+    "Translate 'good morning' into French, Spanish and German.",
+    "What is the difference between weather and climate?",
+    "Give an example of a renewable energy source and explain it.",
+    "Write a haiku about the first snow of winter.",
+    "Why do cats purr?",
+    "Suggest a name for a bakery that sells only bread.",
+]
+
+
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return times
+
+
+def bench_capture(model, n_inputs: int, batch_size: int, repeats: int) -> dict:
+    prompts = (PROMPTS * (n_inputs // len(PROMPTS) + 1))[:n_inputs]
+    batches = list(iter_batches(model, prompts, batch_size))
+    hf = model.hf_model
+
+    @torch.no_grad()
+    def plain():
+        for b in batches:
+            # logits for the last position only, as capture computes (hooks are the only difference)
+            hf(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
+               use_cache=False, logits_to_keep=1)
+
+    all_sites = [f"blocks.{l}.hook_resid_post" for l in range(model.n_layers)] + [
+        f"blocks.{l}.attn.hook_z" for l in range(model.n_layers)]
+    fns = {
+        "plain_forward": plain,
+        "capture_all_layers_resid_and_heads": lambda: capture(model, prompts, all_sites, batch_size=batch_size, progress=False),
+        "capture_last_layer_resid": lambda: capture(model, prompts, [f"blocks.{model.n_layers - 1}.hook_resid_post"], batch_size=batch_size, progress=False),
+        "capture_layer10_resid": lambda: capture(model, prompts, ["blocks.10.hook_resid_post"], batch_size=batch_size, progress=False),
+    }
+    for fn in fns.values():  # warm-up
+        fn()
+    times = interleaved(fns, repeats)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "n_inputs": n_inputs, "batch_size": batch_size, "repeats": repeats,
+        "seconds_median": med, "seconds_all": times,
+        "inputs_per_s": {k: n_inputs / v for k, v in med.items()},
+        "throughput_ratio_vs_plain_forward": {k: med["plain_forward"] / v for k, v in med.items() if k != "plain_forward"},
+        "goal": "capture throughput >= 0.9x a plain forward pass",
+    }
+
+
+def bench_generate(model, batch_sizes: list[int], new_tokens: int, repeats: int) -> dict:
+    acts = capture(model, ["Tell me about Paris.", "Tell me about the ocean."], ["blocks.10.hook_resid_post"], progress=False)
+    v = list(acts.values())[0]
+    edit = [AddVector("blocks.10.hook_resid_post", (v[1] - v[0]) * 1e-3, 1.0)]  # tiny: same lengths
+    out = {}
+    for bs in batch_sizes:
+        prompts = PROMPTS[:bs]
+
+        def run(edits):
+            texts = generate(model, prompts, edits, max_new_tokens=new_tokens, batch_size=bs, progress=False,
+                             return_details=True)
+            return sum(len(t.token_ids) for t in texts)
+
+        counts = {}
+        fns = {"unsteered": lambda: counts.__setitem__("unsteered", run(None)),
+               "steered_resid_add": lambda: counts.__setitem__("steered_resid_add", run(edit))}
+        for fn in fns.values():
+            fn()
+        times = interleaved(fns, repeats)
+        med = {k: statistics.median(t) for k, t in times.items()}
+        # tokens/s counts the generated tokens in the batch (padding after EOS not counted)
+        tps = {k: counts[k] / med[k] for k in med}
+        out[f"batch_{bs}"] = {
+            "new_tokens_cap": new_tokens, "tokens_generated": counts, "seconds_median": med,
+            "tokens_per_s": tps,
+            "steered_over_unsteered_tokens_per_s": tps["steered_resid_add"] / tps["unsteered"],
+            "steered_over_unsteered_time_per_call": med["unsteered"] / med["steered_resid_add"],
+        }
+    out["goal"] = "steered >= 0.95x unsteered tokens/s for a residual add"
+    return out
+
+
+def bench_memory(model, n_inputs: int) -> dict:
+    prompts = (PROMPTS * (n_inputs // len(PROMPTS) + 1))[:n_inputs]
+    sites = [f"blocks.{l}.attn.hook_z" for l in range(model.n_layers)]
+    res = {"n_inputs": n_inputs, "sites": "hook_z, all 270 heads"}
+    reset_peak_rss()
+    base = peak_rss_mb()
+    acts = capture(model, prompts, sites, batch_size=16, progress=False)
+    res["in_memory_peak_rss_mb"] = peak_rss_mb()
+    res["in_memory_result_mb"] = sum(t.numel() * t.element_size() for t in acts.values()) / 2**20
+    del acts
+    reset_peak_rss()
+    with tempfile.TemporaryDirectory() as tmp:
+        capture(model, prompts, sites, batch_size=16, progress=False, out_dir=Path(tmp) / "acts", shard_size=64)
+        res["streamed_peak_rss_mb"] = peak_rss_mb()
+    res["rss_before_mb"] = base
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results/hooks.json")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--capture-inputs", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=48)
+    ap.add_argument("--memory-inputs", type=int, default=512)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.repeats, args.capture_inputs, args.new_tokens, args.memory_inputs = 1, 16, 8, 32
+    t0 = time.time()
+    model = steerlens.load_model()
+    result = {
+        "benchmark": "hooks",
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "python": sys.version.split()[0], "torch": torch.__version__},
+        "model": model.name,
+        "capture": bench_capture(model, args.capture_inputs, 16, args.repeats),
+        "generate": bench_generate(model, [1, 8], args.new_tokens, args.repeats),
+        "memory": bench_memory(model, args.memory_inputs),
+    }
+    result["wall_s"] = time.time() - t0
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out)
+    print(json.dumps({"capture_ratio": result["capture"]["throughput_ratio_vs_plain_forward"],
+                      "generate_ratio": {k: v["steered_over_unsteered_tokens_per_s"] for k, v in result["generate"].items()
+                                         if isinstance(v, dict)},
+                      "memory": result["memory"], "wall_s": result["wall_s"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Running evaluations and writing their results.
+
+:func:`run_eval` runs tasks for several steering configurations and writes, under ``out_dir``:
+
+* ``results.json`` - ``{"meta": {...}, "records": [Record...]}`` (atomic write, rewritten after
+  each task so a crash keeps what finished);
+* ``samples.jsonl`` - per-example generations and judge verdicts of the safety task;
+* ``results.md``   - a markdown table (value, 95% CI, n, split, wall time);
+* ``metrics.png``  - one bar panel per metric with CI error bars, bars = configurations;
+* ``tradeoff.png`` - with more than one configuration: harmful refusal vs utility scatter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from .stats import Record
+from .tasks import get_task
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _split_outputs(records: Sequence[Record]) -> tuple[list[dict], list[dict]]:
+    recs, samples = [], []
+    for r in records:
+        d = r.to_dict()
+        outs = d["extra"].pop("outputs", None)
+        if outs:
+            for o in outs:
+                samples.append({"steering": r.steering, "set": r.metric.split("/", 1)[-1], **o})
+        recs.append(d)
+    return recs, samples
+
+
+def write_results(records: Sequence[Record], out_dir: str | os.PathLike, meta: Optional[dict] = None,
+                  plots: bool = True) -> Path:
+    """Write results.json, samples.jsonl, results.md and (``plots``) the PNGs; returns out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    recs, samples = _split_outputs(records)
+    atomic_write_text(out / "results.json", json.dumps({"meta": meta or {}, "records": recs}, indent=1,
+                                                        ensure_ascii=False))
+    atomic_write_text(out / "samples.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    atomic_write_text(out / "results.md", results_markdown(records, meta))
+    if plots and records:
+        plot_metrics(records, out / "metrics.png")
+        if len({r.steering for r in records}) > 1:
+            plot_tradeoff(records, out / "tradeoff.png")
+    return out
+
+
+def load_results(path: str | os.PathLike) -> tuple[dict, list[Record]]:
+    """``(meta, records)`` from a results.json (or the directory holding it)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"no results.json at {p}")
+    d = json.loads(p.read_text())
+    return d.get("meta", {}), [Record.from_dict(r) for r in d["records"]]
+
+
+HIGHER_IS_BETTER = {"refusal/harmful": True, "refusal/xstest_unsafe": True, "refusal/harmless": False,
+                    "refusal/xstest_safe": False, "truthfulqa/mc1": True, "truthfulqa/mc2": True,
+                    "truthfulqa/ab": True, "utility/mmlu_ab": True, "utility/kl": False, "utility/ppl": False}
+
+
+def results_markdown(records: Sequence[Record], meta: Optional[dict] = None) -> str:
+    """A markdown table of the records (one row per steering x metric)."""
+    lines = ["# steerlens evaluation", ""]
+    if meta:
+        for k in ("model", "split", "seed", "limit", "judge", "data_dir", "started", "total_wall_time_s"):
+            if k in meta:
+                v = meta[k]["name"] if k == "model" and isinstance(meta[k], dict) else meta[k]
+                lines.append(f"- {k}: {v}")
+        lines.append("")
+    lines += ["| steering | metric | value | 95% CI | n | better | split | wall s |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        hib = HIGHER_IS_BETTER.get(r.metric, None)
+        arrow = "" if hib is None else ("higher" if hib else "lower")
+        unp = r.extra.get("n_unparseable")
+        n = f"{r.n}" + (f" (+{unp} unparseable)" if unp else "")
+        lines.append(f"| {r.steering} | {r.metric} | {r.value:.3f} | [{r.ci_low:.3f}, {r.ci_high:.3f}] | {n} | "
+                     f"{arrow} | {r.split} | {r.wall_time_s:.1f} |")
+    lines.append("")
+    lines.append("Rates are fractions of examples; CI = seeded percentile bootstrap. `degenerate/*` = broken "
+                 "text (empty, repetition loops, non-words), counted apart from refusals.")
+    return "\n".join(lines) + "\n"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def plot_metrics(records: Sequence[Record], path: str | os.PathLike) -> Path:
+    """One panel per metric: a bar per steering configuration with its 95% CI."""
+    plt = _plt()
+    path = Path(path)
+    metrics = list(OrderedDict.fromkeys(r.metric for r in records))
+    configs = list(OrderedDict.fromkeys(r.steering for r in records))
+    ncol = min(4, len(metrics))
+    nrow = (len(metrics) + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False)
+    for ax, m in zip(axes.flat, metrics):
+        for i, c in enumerate(configs):
+            rs = [r for r in records if r.metric == m and r.steering == c]
+            if not rs:
+                continue
+            r = rs[-1]
+            ax.bar(i, r.value, color=f"C{i % 10}", yerr=[[r.value - r.ci_low], [r.ci_high - r.value]], capsize=3)
+        ax.set_xticks(range(len(configs)))
+        ax.set_xticklabels(configs, rotation=30, ha="right", fontsize=7)
+        if m.split("/")[0] in ("refusal", "degenerate", "truthfulqa") or m == "utility/mmlu_ab":
+            ax.set_ylim(0, 1.05)
+        hib = HIGHER_IS_BETTER.get(m)
+        ax.set_title(m + ("" if hib is None else (" (↑)" if hib else " (↓)")), fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plot_tradeoff(records: Sequence[Record], path: str | os.PathLike,
+                  safety_metric: str = "refusal/harmful",
+                  utility_metrics: Sequence[str] = ("refusal/harmless", "utility/mmlu_ab", "utility/kl")) -> Optional[Path]:
+    """Scatter of ``safety_metric`` (y) against each available utility metric (x), one point per
+    steering configuration, with CI bars on both axes."""
+    plt = _plt()
+    path = Path(path)
+    by = {(r.steering, r.metric): r for r in records}
+    configs = list(OrderedDict.fromkeys(r.steering for r in records))
+    xs = [m for m in utility_metrics if any((c, m) in by for c in configs)]
+    if not any((c, safety_metric) in by for c in configs) or not xs:
+        return None
+    fig, axes = plt.subplots(1, len(xs), figsize=(3.6 * len(xs), 3.2), squeeze=False)
+    for ax, xm in zip(axes.flat, xs):
+        for i, c in enumerate(configs):
+            if (c, xm) not in by or (c, safety_metric) not in by:
+                continue
+            x, y = by[(c, xm)], by[(c, safety_metric)]
+            ax.errorbar(x.value, y.value, xerr=[[x.value - x.ci_low], [x.ci_high - x.value]],
+                        yerr=[[y.value - y.ci_low], [y.ci_high - y.value]], fmt="o", color=f"C{i % 10}",
+                        capsize=2, label=c)
+        ax.set_xlabel(xm, fontsize=8)
+        ax.set_ylabel(safety_metric, fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes.flat[0].legend(fontsize=6)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def _meta(model, tasks, configs, limit, split, seed, alpha, data_root, judge) -> dict:
+    from .data import data_dir
+    import steerlens
+
+    try:
+        fp = model.fingerprint()
+    except Exception as e:  # noqa: BLE001 - keep going, record why
+        fp = {"error": repr(e)}
+    return {"model": fp, "tasks": list(tasks), "steering": list(configs), "limit": limit, "split": split,
+            "seed": seed, "alpha": alpha, "data_dir": str(data_dir(data_root)), "judge": str(judge or "pattern"),
+            "steerlens_version": steerlens.__version__, "python": platform.python_version(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def run_eval(model, tasks: Sequence[str] = ("safety", "truthfulness", "utility"),
+             steering_configs: Optional[Mapping[str, Any]] = None, limit: Optional[int] = None,
+             out_dir: Optional[str | os.PathLike] = None, *, seed: int = 0, split: str = "test",
+             alpha: Optional[float] = None, batch_size: int = 16, data_root=None, judge=None,
+             task_kwargs: Optional[Mapping[str, dict]] = None, plots: bool = True,
+             progress: bool = True) -> list[Record]:
+    """Run ``tasks`` for every ``{name: steering}`` configuration (default ``{"none": None}``).
+
+    ``limit`` caps every data set (``None`` = the documented default sizes); ``alpha``
+    overrides each steerer's strength; ``task_kwargs`` = extra keyword arguments per task name
+    (e.g. ``{"safety": {"max_new_tokens": 64}}``). With ``out_dir`` the results are written
+    after every task (see module docstring). Returns all records."""
+    configs = dict(steering_configs) if steering_configs else {"none": None}
+    tasks = list(tasks)
+    for t in tasks:
+        get_task(t)
+    meta = _meta(model, tasks, configs, limit, split, seed, alpha, data_root, judge)
+    records: list[Record] = []
+    t_start = time.perf_counter()
+    task_times: dict[str, float] = {}
+    for cname, steering in configs.items():
+        for t in tasks:
+            kw = dict((task_kwargs or {}).get(t, {}))
+            if t == "safety" and judge is not None:
+                kw.setdefault("judge", judge)
+            t0 = time.perf_counter()
+            records += get_task(t)(model, steering, limit=limit, seed=seed, split=split, batch_size=batch_size,
+                                   alpha=alpha, name=cname, root=data_root, progress=progress, **kw)
+            task_times[f"{cname}/{t}"] = round(time.perf_counter() - t0, 2)
+            meta["task_wall_time_s"] = task_times
+            meta["total_wall_time_s"] = round(time.perf_counter() - t_start, 2)
+            if out_dir is not None:
+                write_results(records, out_dir, meta, plots=False)
+    if out_dir is not None:
+        write_results(records, out_dir, meta, plots=plots)
+    return records
+
+
+__all__ = ["run_eval", "write_results", "load_results", "results_markdown", "plot_metrics", "plot_tradeoff",
+           "atomic_write_text", "HIGHER_IS_BETTER"]

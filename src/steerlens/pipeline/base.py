@@ -1,0 +1,623 @@
+"""The steering pipeline's three roles and the steerer that composes them.
+
+A steering method answers three questions, each answered by one *role*:
+
+- **where** — a :class:`Selector` ranks candidate *modules* (a residual layer, or one attention
+  head's ``hook_z`` output) and returns a :class:`Selection`: the chosen modules, a weight per
+  module, and every candidate's score (for diagnostics);
+- **when** — a :class:`Gate` gives each input prompt a score and a scale in ``[0, 1]``
+  (default :class:`AlwaysOpen`: scale 1 for every prompt);
+- **how** — an :class:`Editor` turns the selection into hook-layer edits
+  (:class:`~steerlens.AddVector` with per-module weights; per-input rows when gated or when the
+  edit depends on the input's own activations).
+
+A :class:`Steerer` composes them. ``fit(model, data)`` reads the activations every role needs
+from :class:`~steerlens.evals.data.ContrastiveData` (all candidate sites in one
+:func:`steerlens.capture` pass) and fits selector, editor and gate in turn;
+``edits(model, prompts, alpha=None)`` returns the edits for a batch of prompts, gate scale folded
+into each edit's per-input ``scale``. A steerer follows the project's steering protocol, so it
+can be handed to :func:`steerlens.generate` (as ``steerer.edits(model, prompts)``) and to the
+eval tasks directly.
+
+Every role is serialisable: ``config()`` (JSON: constructor parameters plus fitted non-tensor
+state) and ``state_dict()`` (tensors); ``Role.from_state(config, tensors)`` rebuilds it. Role
+classes register themselves with :func:`register_role` so artifacts can be loaded without a
+central list; methods register a factory with :func:`register_method` so
+:func:`make_steerer` needs no if/else (see :mod:`steerlens.pipeline.registry`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional, Sequence
+
+import torch
+from jaxtyping import Float
+
+from ..hooks import Edit, Site
+from ..hooks.batching import InputError
+from ..hooks.activations import capture
+from ..hooks.sites import parse_site
+from ..models import as_model
+
+
+class PipelineError(ValueError):
+    """Bad pipeline input or state (unfitted role, unknown method, wrong data)."""
+
+
+# ----------------------------------------------------------------------------------------
+# Modules: the atomic units a selector ranks
+# ----------------------------------------------------------------------------------------
+
+def head_module(layer: int, head: int) -> Site:
+    """The site of one attention head's output (``blocks.L.attn.hook_z[h]``)."""
+    return Site.head(layer, [head])
+
+
+def resid_module(layer: int, where: str = "post") -> Site:
+    """The site of one residual-stream layer (``blocks.L.hook_resid_post`` by default)."""
+    return Site.resid(layer, where)
+
+
+def all_head_modules(model, layers: Optional[Sequence[int]] = None) -> list[Site]:
+    """Every single-head module, layer-major (``L0H0, L0H1, ...``)."""
+    m = as_model(model)
+    layers = range(m.n_layers) if layers is None else layers
+    return [head_module(l, h) for l in layers for h in range(m.n_heads)]
+
+
+def check_module(site: Site) -> Site:
+    if site.is_head and len(site.heads or ()) != 1:
+        raise PipelineError(f"a module is one head or one residual layer; {site} selects {len(site.heads or ())} heads")
+    return site
+
+
+def capture_site_for(module: Site, n_heads: int) -> Site:
+    """The site captured to read ``module``: a whole layer's heads for a head module."""
+    return Site.head(module.layer, range(n_heads)) if module.is_head else module
+
+
+def group_modules(modules: Sequence[Site]) -> list[tuple[Site, list[int]]]:
+    """Merge single-head modules of the same layer into one head site.
+
+    Returns ``[(site, indices into modules)]`` in layer order; a head site's heads are in the
+    same order as its indices (sorted head index), residual modules stay one site each.
+    """
+    groups: dict[tuple[int, str], list[int]] = {}
+    for i, mod in enumerate(modules):
+        groups.setdefault((mod.layer, mod.kind), []).append(i)
+    out: list[tuple[Site, list[int]]] = []
+    for (layer, kind), idx in sorted(groups.items()):
+        if kind == "z":
+            idx = sorted(idx, key=lambda i: modules[i].heads[0])  # type: ignore[index]
+            heads = [modules[i].heads[0] for i in idx]  # type: ignore[index]
+            if len(set(heads)) != len(heads):
+                raise PipelineError(f"head selected twice at layer {layer}: {heads}")
+            out.append((Site.head(layer, heads), idx))
+        else:
+            if len(idx) != 1:
+                raise PipelineError(f"residual module {modules[idx[0]]} selected twice")
+            out.append((modules[idx[0]], idx))
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Selection
+# ----------------------------------------------------------------------------------------
+
+@dataclass
+class Selection:
+    """Where to steer: chosen modules and their weights, plus every candidate's score.
+
+    Attributes:
+        modules: the chosen modules, each one residual layer or one head (``Site`` with one head).
+        weights: ``[n_modules]`` per-module weight (ITI: 1; REAL: AUC / max AUC).
+        scores: ``{str(module): score}`` for every candidate that was scored (diagnostics;
+            may be empty for a fixed selection).
+        score_name: what the scores are (e.g. ``"heldout_probe_accuracy"``, ``"auc"``).
+        weighting: how weights follow from scores: ``"ones"`` (ITI), ``"relative"`` (score / max
+            selected score, REAL) or ``"fixed"`` (given); :meth:`top` re-applies it.
+    """
+
+    modules: list[Site]
+    weights: Float[torch.Tensor, "m"]
+    scores: dict[str, float] = field(default_factory=dict)
+    score_name: str = ""
+    weighting: str = "fixed"
+
+    def __post_init__(self) -> None:
+        self.modules = [check_module(parse_site(m)) for m in self.modules]
+        if not self.modules:
+            raise PipelineError("a selection needs at least one module")
+        if len(set(self.modules)) != len(self.modules):
+            raise PipelineError(f"duplicate modules in selection: {[str(m) for m in self.modules]}")
+        self.weights = torch.as_tensor(self.weights, dtype=torch.float32).detach().flatten()
+        if self.weights.shape[0] != len(self.modules):
+            raise PipelineError(f"{len(self.modules)} modules but {self.weights.shape[0]} weights")
+        if not torch.isfinite(self.weights).all():
+            raise PipelineError("selection weights contain NaN or inf")
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    def grouped(self) -> list[tuple[Site, list[int]]]:
+        """``[(site, module indices)]``: heads of one layer merged into one site (see :func:`group_modules`)."""
+        return group_modules(self.modules)
+
+    def sites(self) -> list[Site]:
+        return [s for s, _ in self.grouped()]
+
+    def ranking(self) -> list[tuple[str, float]]:
+        """Every scored candidate, best first."""
+        return sorted(self.scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+    def top(self, h: int) -> "Selection":
+        """The ``h`` best-scoring candidates of the same ranking (ties by site order), weighted the
+        same way; lets a sweep over H reuse one scoring pass."""
+        if not self.scores:
+            raise PipelineError("this selection has no scores to re-cut")
+        ranked = sorted(self.scores.items(), key=lambda kv: (-kv[1], parse_site(kv[0])))
+        if h > len(ranked):
+            raise PipelineError(f"asked for H={h} modules but there are only {len(ranked)} candidates")
+        chosen = [parse_site(k) for k, _ in ranked[:h]]
+        sc = torch.tensor([v for _, v in ranked[:h]], dtype=torch.float32)
+        if self.weighting == "ones":
+            w = torch.ones(h)
+        elif self.weighting == "relative":
+            w = sc / sc.max()
+        else:
+            raise PipelineError(f"cannot re-cut a selection with weighting {self.weighting!r}")
+        return Selection(chosen, w, dict(self.scores), self.score_name, self.weighting)
+
+    def config(self) -> dict:
+        return {"modules": [str(m) for m in self.modules], "scores": dict(self.scores),
+                "score_name": self.score_name, "weighting": self.weighting}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"weights": self.weights.clone()}
+
+    @classmethod
+    def from_state(cls, config: dict, tensors: dict[str, torch.Tensor]) -> "Selection":
+        return cls([parse_site(s) for s in config["modules"]], tensors["weights"],
+                   {k: float(v) for k, v in config.get("scores", {}).items()}, config.get("score_name", ""),
+                   config.get("weighting", "fixed"))
+
+
+# ----------------------------------------------------------------------------------------
+# Activations handed to the roles
+# ----------------------------------------------------------------------------------------
+
+@dataclass
+class ContrastiveActs:
+    """Activations of the positive and negative examples, read at captured sites.
+
+    ``pos[site]`` is ``[n_pos, d_model]`` for a residual site and ``[n_pos, n_heads, d_head]``
+    for a whole-layer head site (as :func:`steerlens.capture` returns them); ``neg`` likewise.
+
+    Attributes:
+        position: the reading (``"last"`` prompt token or ``"response_mean"``).
+        paired: whether ``pos[i]`` and ``neg[i]`` are two versions of the same example.
+        query: optional last-prompt-token activations of the positive examples' prompts
+            (query-dependent editors, e.g. MoSE), ``{site: [n_pos, ...]}``.
+    """
+
+    pos: dict[Site, torch.Tensor]
+    neg: dict[Site, torch.Tensor]
+    position: str = "last"
+    paired: bool = False
+    query: dict[Site, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def n_pos(self) -> int:
+        return int(next(iter(self.pos.values())).shape[0])
+
+    @property
+    def n_neg(self) -> int:
+        return int(next(iter(self.neg.values())).shape[0])
+
+    def _read(self, store: dict[Site, torch.Tensor], module: Site) -> torch.Tensor:
+        if module in store:
+            t = store[module]
+            return t[:, 0] if module.is_head else t
+        for site, t in store.items():
+            if site.is_head and module.is_head and site.layer == module.layer and module.heads[0] in site.heads:  # type: ignore[index,operator]
+                return t[:, list(site.heads).index(module.heads[0])]  # type: ignore[arg-type,index]
+        raise PipelineError(f"{module} was not captured (captured: {[str(s) for s in store]})")
+
+    def module(self, module: Site) -> tuple[Float[torch.Tensor, "n_pos d"], Float[torch.Tensor, "n_neg d"]]:
+        """``(pos, neg)`` activations of one module, ``[n, d]`` each, float32."""
+        return self._read(self.pos, module).float(), self._read(self.neg, module).float()
+
+    def stacked(self, modules: Sequence[Site]) -> tuple[Float[torch.Tensor, "m n_pos d"], Float[torch.Tensor, "m n_neg d"]]:
+        """``[m, n, d]`` for modules of equal width (e.g. all heads)."""
+        ps, ns = zip(*(self.module(m) for m in modules))
+        return torch.stack(ps), torch.stack(ns)
+
+
+def split_indices(n: int, test_frac: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded ``(train, test)`` split of ``range(n)``; both parts non-empty when ``n >= 2``."""
+    if n < 2:
+        raise PipelineError(f"need at least 2 examples per class to split, got {n}")
+    g = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(n, generator=g)
+    n_test = min(n - 1, max(1, int(round(n * test_frac))))
+    return perm[n_test:].sort().values, perm[:n_test].sort().values
+
+
+# ----------------------------------------------------------------------------------------
+# Roles
+# ----------------------------------------------------------------------------------------
+
+ROLE_TYPES: dict[str, type["Role"]] = {}
+
+
+def register_role(cls: type["Role"]) -> type["Role"]:
+    """Class decorator: make a role loadable from artifacts under ``cls.kind``."""
+    kind = getattr(cls, "kind", None)
+    if not kind:
+        raise PipelineError(f"{cls.__name__} needs a class attribute `kind`")
+    if kind in ROLE_TYPES and ROLE_TYPES[kind] is not cls:
+        existing = ROLE_TYPES[kind]
+        if (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise PipelineError(f"role kind {kind!r} already registered by {existing.__module__}.{existing.__qualname__}")
+    ROLE_TYPES[kind] = cls
+    return cls
+
+
+class Role:
+    """Base of selectors, gates and editors: parameters, fitted state, (de)serialisation.
+
+    Subclasses set ``kind`` (a unique name), store constructor parameters with
+    ``self.params = dict(...)`` (JSON-serialisable; ``cls(**params)`` must rebuild an unfitted
+    role), and override ``extra_state`` / ``state_dict`` / ``load_state`` for fitted state.
+    """
+
+    kind: ClassVar[str] = ""
+    params: dict
+
+    def __init__(self, **params: Any) -> None:
+        self.params = dict(params)
+
+    @property
+    def fitted(self) -> bool:
+        return True
+
+    def extra_state(self) -> dict:
+        """Fitted non-tensor state (JSON)."""
+        return {}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Fitted tensors."""
+        return {}
+
+    def load_state(self, extra: dict, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what ``extra_state`` / ``state_dict`` returned."""
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "params": dict(self.params), "state": self.extra_state()}
+
+    @classmethod
+    def from_state(cls, config: dict, tensors: dict[str, torch.Tensor]) -> "Role":
+        kind = config.get("kind")
+        target = ROLE_TYPES.get(kind) if cls is Role or kind != cls.kind else cls
+        if target is None:
+            raise PipelineError(f"unknown role kind {kind!r}; known: {sorted(ROLE_TYPES)} "
+                                "(a plugin that defines it may not be imported)")
+        obj = target(**config.get("params", {}))
+        obj.load_state(config.get("state", {}), tensors)
+        return obj
+
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise PipelineError(f"{type(self).__name__} is not fitted: call Steerer.fit first")
+
+    def __repr__(self) -> str:
+        ps = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({ps})"
+
+
+class Selector(Role):
+    """Where to steer. ``candidate_sites`` says what to capture; ``fit`` returns a Selection."""
+
+    def candidate_sites(self, model) -> list[Site]:
+        """Sites to capture on the contrastive data (whole-layer head sites for heads)."""
+        raise NotImplementedError
+
+    def fit(self, model, acts: ContrastiveActs) -> Selection:
+        raise NotImplementedError
+
+
+@dataclass
+class GateDecision:
+    """Per-prompt gate output: a score (higher = more in need of steering) and a scale in [0, 1]."""
+
+    scores: Float[torch.Tensor, "n"]
+    scale: Float[torch.Tensor, "n"]
+
+    @property
+    def open(self) -> torch.Tensor:
+        return self.scale > 0
+
+
+class Gate(Role):
+    """When to steer. Decided from the prompt (last prompt token) and held for the generation.
+
+    ``required_sites`` are read at the last prompt token; ``fit`` gets them for target (``pos``)
+    vs benign (``neg``) prompts; ``decide`` gets them for the prompts being steered.
+    """
+
+    def required_sites(self, model) -> list[Site]:
+        return []
+
+    def fit(self, model, acts: ContrastiveActs) -> None:
+        return None
+
+    def decide(self, model, prompt_acts: dict[Site, torch.Tensor], n: int) -> GateDecision:
+        raise NotImplementedError
+
+    @property
+    def always_open(self) -> bool:
+        return False
+
+
+@register_role
+class AlwaysOpen(Gate):
+    """The default gate: every prompt is steered at full strength (score 1, scale 1)."""
+
+    kind = "always_open"
+
+    @property
+    def always_open(self) -> bool:
+        return True
+
+    def decide(self, model, prompt_acts: dict[Site, torch.Tensor], n: int) -> GateDecision:
+        return GateDecision(torch.ones(n), torch.ones(n))
+
+
+class Editor(Role):
+    """How to steer: fitted on the selected modules' activations, returns hook-layer edits.
+
+    ``query_sites`` (optional) are read at the last prompt token of the steered prompts (and of
+    the fitting prompts, into ``ContrastiveActs.query``) for editors whose edit depends on the
+    input; ``edits`` then receives them as ``query_acts``.
+    """
+
+    def query_sites(self, model, selection: Selection) -> list[Site]:
+        return []
+
+    def fit(self, model, acts: ContrastiveActs, selection: Selection) -> None:
+        raise NotImplementedError
+
+    def edits(self, model, selection: Selection, alpha: float, scale: Optional[torch.Tensor] = None,
+              query_acts: Optional[dict[Site, torch.Tensor]] = None, n: Optional[int] = None) -> list[Edit]:
+        """Edits for ``n`` prompts. ``scale`` (``[n]`` or ``None`` = all 1) is the gate's."""
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------
+# Contrastive data
+# ----------------------------------------------------------------------------------------
+
+_POSITION_ALIASES = {"last": "last", "prompt": "last", "prompt_last": "last",
+                     "response_mean": "response_mean", "response": "response_mean", "mean": "mean"}
+
+
+def normalise_position(position: str) -> str:
+    try:
+        return _POSITION_ALIASES[str(position)]
+    except KeyError:
+        raise PipelineError(f"unknown reading position {position!r}; use 'last' (prompt-side) or "
+                            "'response_mean' (response-side)") from None
+
+
+def ids_hash(ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()[:16]
+
+
+def data_info(data: Any) -> dict:
+    """Provenance of the fitting data recorded in artifacts: task, split, size, fingerprints."""
+    pos, neg = list(data.pos), list(data.neg)
+    ids = list(getattr(data, "ids", None) or [])
+    fp = data.fingerprint() if hasattr(data, "fingerprint") else hashlib.sha256(
+        json.dumps([pos, neg], default=list).encode()).hexdigest()[:16]
+    return {"task": getattr(data, "task", None), "split": getattr(data, "split", None),
+            "position": normalise_position(getattr(data, "position", "last")),
+            "n_pos": len(pos), "n_neg": len(neg), "fingerprint": fp,
+            "ids_sha256": ids_hash(ids) if ids else None, "n_ids": len(ids)}
+
+
+def check_data(data: Any) -> tuple[list, list, str]:
+    if not hasattr(data, "pos") or not hasattr(data, "neg"):
+        raise PipelineError(f"expected ContrastiveData (with .pos, .neg, .position), got {type(data).__name__}")
+    pos, neg = list(data.pos), list(data.neg)
+    if not pos or not neg:
+        raise PipelineError(f"contrastive data is empty: {len(pos)} positive, {len(neg)} negative examples")
+    position = normalise_position(getattr(data, "position", "last"))
+    return pos, neg, position
+
+
+@dataclass
+class SimpleContrastiveData:
+    """A minimal stand-in for :class:`steerlens.evals.data.ContrastiveData` (tests, ad-hoc use)."""
+
+    pos: list
+    neg: list
+    position: str = "last"
+    ids: list = field(default_factory=list)
+    split: str = "fit"
+    task: str = "custom"
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(json.dumps([self.pos, self.neg, self.position, self.split], default=list).encode())
+        return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------
+# The steerer
+# ----------------------------------------------------------------------------------------
+
+class Steerer:
+    """Selector + gate + editor, with a default strength ``alpha``.
+
+    Args:
+        selector, editor: the where and how roles.
+        gate: the when role (default :class:`AlwaysOpen`).
+        alpha: default strength; ``edits(..., alpha=...)`` overrides it per call.
+        method: registry name (recorded in artifacts).
+        method_params: the parameters ``make_steerer`` was called with (recorded).
+        batch_size: batch size of the capture passes in ``fit`` and ``edits``.
+    """
+
+    def __init__(self, selector: Selector, editor: Editor, gate: Optional[Gate] = None, *,
+                 alpha: float = 1.0, method: str = "custom", method_params: Optional[dict] = None,
+                 batch_size: int = 16) -> None:
+        self.selector, self.editor = selector, editor
+        self.gate = gate if gate is not None else AlwaysOpen()
+        self.alpha = float(alpha)
+        self.method = method
+        self.method_params = dict(method_params or {})
+        self.batch_size = int(batch_size)
+        self.selection: Optional[Selection] = None
+        self.fit_info: dict = {}
+        self.model_fingerprint: Optional[dict] = None
+
+    # -- fitting ----------------------------------------------------------------------------
+    @property
+    def fitted(self) -> bool:
+        return self.selection is not None and self.editor.fitted and self.gate.fitted
+
+    def _capture(self, model, items, sites, position, progress) -> dict[Site, torch.Tensor]:
+        return capture(model, items, sites, position, batch_size=self.batch_size, progress=progress)  # type: ignore[return-value]
+
+    def read_contrastive(self, model, data: Any, *, progress: bool = False) -> ContrastiveActs:
+        """Capture the selector's candidate sites on both sides in one pass (pos and neg together)."""
+        pos, neg, position = check_data(data)
+        sites = self.selector.candidate_sites(model)
+        acts = self._capture(model, pos + neg, sites, position, progress)
+        n = len(pos)
+        paired = bool(getattr(data, "paired", position == "response_mean" and len(pos) == len(neg)))
+        return ContrastiveActs({s: t[:n] for s, t in acts.items()}, {s: t[n:] for s, t in acts.items()},
+                               position=position, paired=paired and len(pos) == len(neg))
+
+    def fit(self, model, data: Any, *, gate_data: Any = None, progress: bool = False,
+            acts: Optional[ContrastiveActs] = None, selection: Optional[Selection] = None) -> "Steerer":
+        """Fit selector, editor and gate on contrastive ``data``.
+
+        Args:
+            data: ``ContrastiveData`` (``pos``/``neg`` prompts or (prompt, response) pairs and the
+                ``position`` to read at).
+            gate_data: prompt-side target-vs-benign data for a gate that needs fitting; defaults
+                to ``data`` when ``data`` is prompt-side.
+            acts: activations already read from ``data`` by :meth:`read_contrastive` (sweeps
+                reuse one capture for many settings).
+            selection: a selection already made on ``acts`` (skips the selector; sweeps over H
+                re-cut one ranking).
+        """
+        m = as_model(model)
+        if acts is None:
+            acts = self.read_contrastive(m, data, progress=progress)
+        if selection is None:
+            selection = self.selector.fit(m, acts)
+        qsites = self.editor.query_sites(m, selection)
+        if qsites:
+            pos, _, _ = check_data(data)
+            prompts = [p[0] if isinstance(p, (tuple, list)) else p for p in pos]
+            acts.query = self._capture(m, prompts, qsites, "last", progress)
+        self.editor.fit(m, acts, selection)
+        if not self.gate.always_open:
+            gdata = gate_data if gate_data is not None else data
+            gpos, gneg, gposition = check_data(gdata)
+            if gposition != "last":
+                raise PipelineError("the gate is fitted on prompt-side data (position 'last'): pass gate_data=")
+            gsites = self.gate.required_sites(m)
+            gacts = self._capture(m, gpos + gneg, gsites, "last", progress) if gsites else {}
+            n = len(gpos)
+            self.gate.fit(m, ContrastiveActs({s: t[:n] for s, t in gacts.items()},
+                                             {s: t[n:] for s, t in gacts.items()}, position="last"))
+        self.selection = selection
+        self.fit_info = {"data": data_info(data),
+                         "gate_data": data_info(gate_data) if gate_data is not None else None}
+        self.model_fingerprint = m.fingerprint()
+        return self
+
+    # -- applying ---------------------------------------------------------------------------
+    def decide(self, model, prompts: Sequence[str], *, progress: bool = False) -> tuple[GateDecision, dict]:
+        """Gate decision for ``prompts`` and the query activations (both from one capture pass)."""
+        if not self.fitted:
+            raise PipelineError("steerer is not fitted: call fit(model, data) or load_steerer(dir)")
+        prompts = list(prompts)
+        if not prompts:
+            raise InputError("no prompts given (empty list)")
+        m = as_model(model)
+        gsites = [] if self.gate.always_open else self.gate.required_sites(m)
+        qsites = self.editor.query_sites(m, self.selection)  # type: ignore[arg-type]
+        sites = list(dict.fromkeys(list(gsites) + list(qsites)))
+        acts = self._capture(m, prompts, sites, "last", progress) if sites else {}
+        decision = self.gate.decide(m, {s: acts[s] for s in gsites}, len(prompts))
+        return decision, {s: acts[s] for s in qsites}
+
+    def edits(self, model, prompts: Sequence[str], alpha: Optional[float] = None) -> list[Edit]:
+        """Hook-layer edits for ``prompts`` (gate scale folded into per-input ``scale``)."""
+        a = self.alpha if alpha is None else float(alpha)
+        decision, query = self.decide(model, prompts)
+        scale = None if self.gate.always_open else decision.scale
+        return self.editor.edits(as_model(model), self.selection, a, scale=scale,  # type: ignore[arg-type]
+                                 query_acts=query or None, n=len(list(prompts)))
+
+    # -- state ------------------------------------------------------------------------------
+    def config(self) -> dict:
+        return {"method": self.method, "method_params": self.method_params, "alpha": self.alpha,
+                "batch_size": self.batch_size,
+                "selector": self.selector.config(), "gate": self.gate.config(), "editor": self.editor.config(),
+                "selection": self.selection.config() if self.selection is not None else None,
+                "sites": [str(s) for s in self.selection.sites()] if self.selection is not None else [],
+                "fit_info": self.fit_info}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for prefix, obj in (("selector", self.selector), ("gate", self.gate), ("editor", self.editor),
+                            ("selection", self.selection)):
+            if obj is None:
+                continue
+            for k, v in obj.state_dict().items():
+                out[f"{prefix}.{k}"] = v.detach().cpu().contiguous()
+        return out
+
+    @classmethod
+    def from_state(cls, config: dict, tensors: dict[str, torch.Tensor]) -> "Steerer":
+        def part(prefix: str) -> dict[str, torch.Tensor]:
+            p = prefix + "."
+            return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
+
+        sel = Role.from_state(config["selector"], part("selector"))
+        gate = Role.from_state(config["gate"], part("gate"))
+        ed = Role.from_state(config["editor"], part("editor"))
+        st = cls(sel, ed, gate, alpha=config.get("alpha", 1.0), method=config.get("method", "custom"),  # type: ignore[arg-type]
+                 method_params=config.get("method_params"), batch_size=config.get("batch_size", 16))
+        if config.get("selection") is not None:
+            st.selection = Selection.from_state(config["selection"], part("selection"))
+        st.fit_info = config.get("fit_info", {})
+        return st
+
+    def save(self, path, model=None) -> "Any":
+        """Write the artifact directory atomically (see :mod:`steerlens.pipeline.artifacts`)."""
+        from .artifacts import save_steerer
+
+        return save_steerer(self, path, model=model)
+
+    def __call__(self, model, prompts: Sequence[str], alpha: Optional[float] = None) -> list[Edit]:
+        return self.edits(model, prompts, alpha)
+
+    def __repr__(self) -> str:
+        return (f"Steerer(method={self.method!r}, alpha={self.alpha}, selector={self.selector!r}, "
+                f"gate={self.gate!r}, editor={self.editor!r}, fitted={self.fitted})")
+
+
+__all__ = [
+    "PipelineError", "Selection", "ContrastiveActs", "Role", "Selector", "Gate", "GateDecision",
+    "AlwaysOpen", "Editor", "Steerer", "register_role", "ROLE_TYPES", "head_module", "resid_module",
+    "all_head_modules", "group_modules", "capture_site_for", "split_indices", "data_info",
+    "SimpleContrastiveData", "normalise_position", "check_module",
+]

@@ -1,0 +1,155 @@
+"""``steerlens fit``, ``steerlens sweep`` and ``steerlens methods`` (plus ``select`` from REAL).
+
+Examples::
+
+    steerlens fit --method caa --task safety --layer 10 --alpha 1 --n 64 --out runs/caa
+    steerlens fit --method iti --task truthfulness --heads 16 --alpha 5 --out runs/iti
+    steerlens sweep --method caa --task safety --alphas 0.5,1,2 --layers 8,10,14 --out runs/sweeps/caa-safety
+    steerlens methods
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from typing import Any
+
+
+def _floats(s: str) -> list[float]:
+    try:
+        return [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+
+
+def _value(v: str) -> Any:
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError:
+        return v
+
+
+def _params(items: list[str]) -> dict:
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise SystemExit(f"--param expects KEY=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k.strip()] = _value(v.strip())
+    return out
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    from .sweep import EVAL_PLAN
+
+    p.add_argument("--method", required=True, help="steering method (see `steerlens methods`)")
+    p.add_argument("--task", required=True, choices=sorted(EVAL_PLAN),
+                   help="fitting data: safety (response-side refusal vs compliance), safety-prompt "
+                        "(harmful vs harmless prompts), truthfulness (true vs false answers)")
+    p.add_argument("--n", type=int, default=None, help="fitting examples from the fit split (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default=None, help="model name or directory (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data-dir", default=None, help="benchmark data directory (default: $STEERLENS_DATA or ../shared/data)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra method parameter (JSON value), repeatable, e.g. --param sigma_over=\"pos\"")
+    p.add_argument("--out", required=True)
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from ..models import load_model
+    from .registry import available_methods, make_steerer
+    from .sweep import fit_data
+
+    methods = available_methods()
+    if args.method not in methods:
+        print(f"steerlens fit: unknown method {args.method!r}; available: {', '.join(sorted(methods))}", file=sys.stderr)
+        return 2
+    params = _params(args.param)
+    if args.layer is not None:
+        params["layer"] = args.layer
+    if args.heads is not None:
+        params["heads"] = args.heads
+    if args.alpha is not None:
+        params["alpha"] = args.alpha
+    t0 = time.perf_counter()
+    model = load_model(args.model, device=args.device)
+    data = fit_data(args.task, args.n, args.seed, args.data_dir)
+    st = make_steerer(args.method, **params).fit(model, data, progress=True)
+    path = st.save(args.out)
+    sel = st.selection
+    print(json.dumps({"artifact": str(path), "method": st.method, "alpha": st.alpha,
+                      "sites": [str(s) for s in sel.sites()] if sel else [],
+                      "n_pos": len(data.pos), "split": data.split, "wall_time_s": round(time.perf_counter() - t0, 1)}))
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from ..models import load_model
+    from .sweep import sweep
+
+    model = load_model(args.model, device=args.device)
+    res = sweep(model, args.method, args.task, alphas=args.alphas, layers=args.layers, heads=args.heads,
+                params=_params(args.param), n_fit=args.n, seed=args.seed, eval_limit=args.eval_limit or None,
+                select_split=args.select_split, report_split=None if args.report_split == "none" else args.report_split,
+                out_dir=args.out, data_root=args.data_dir, max_new_tokens=args.max_new_tokens,
+                batch_size=args.batch_size)
+    print(f"best: {res['best']}  ({args.out}/sweep.md, tradeoff.png)")
+    return 0
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from .registry import available_methods
+
+    for name, info in sorted(available_methods().items()):
+        ps = ", ".join(f"{k}={v!r}" for k, v in info.parameters().items())
+        print(f"{name:10s} [{info.family}] {info.help}\n           {ps}")
+    return 0
+
+
+def add_subcommands(sub) -> None:
+    f = sub.add_parser("fit", help="fit a steerer on contrastive data and save it as an artifact")
+    _common(f)
+    f.add_argument("--layer", type=int, default=None, help="residual layer (caa, repe)")
+    f.add_argument("--heads", type=int, default=None, help="number of heads H (iti, real)")
+    f.add_argument("--alpha", type=float, default=None, help="default strength stored in the artifact")
+    f.set_defaults(func=_cmd_fit)
+
+    s = sub.add_parser("sweep", help="strength sweep over alpha (and layers / H): eval, trade-off plot, best setting")
+    _common(s)
+    s.add_argument("--alphas", type=_floats, required=True, help="e.g. 0,0.5,1,2")
+    s.add_argument("--layers", type=_ints, default=None, help="e.g. 8,10,14 (residual methods)")
+    s.add_argument("--heads", type=_ints, default=None, help="e.g. 8,16,32 (head methods)")
+    s.add_argument("--eval-limit", type=int, default=48, help="examples per eval set (0: eval defaults)")
+    s.add_argument("--select-split", default="val", help="split on which the best setting is chosen")
+    s.add_argument("--report-split", default="test", help="split on which the best setting is reported ('none' to skip)")
+    s.add_argument("--max-new-tokens", type=int, default=48)
+    s.add_argument("--batch-size", type=int, default=16)
+    s.set_defaults(func=_cmd_sweep)
+
+    m = sub.add_parser("methods", help="list the registered steering methods and their parameters")
+    m.set_defaults(func=_cmd_methods)
+
+    add_select_subcommand = None
+    try:  # REAL contributes `steerlens select`
+        from .real.cli import add_select_subcommand
+    except ModuleNotFoundError as e:
+        if e.name not in ("steerlens.pipeline.real", "steerlens.pipeline.real.cli"):
+            warnings.warn(f"`steerlens select` unavailable: {e!r}")
+    except Exception as e:  # noqa: BLE001 - a broken plugin must not break the other commands
+        warnings.warn(f"`steerlens select` unavailable: {e!r}")
+    if add_select_subcommand is not None:
+        add_select_subcommand(sub)
+
+
+__all__ = ["add_subcommands"]

@@ -1,0 +1,260 @@
+"""REAL vs ITI head selection at equal H and a shared alpha sweep, 2-fold by question / prompt.
+
+    python -m steerlens.pipeline.real.experiment --task truthfulness --out /tmp/steerlens-results/real/tqa
+    python -m steerlens.pipeline.real.experiment --task safety --out /tmp/steerlens-results/real/safety
+
+Protocol (per fold ``f`` of ``--folds``, a seeded partition of ``--n`` TruthfulQA questions or
+deduplicated harmful prompts):
+
+- fit data: response-side pairs of the other folds (true vs false answer to a question; refusal
+  vs compliant opening after a harmful prompt), ``hook_z`` of every head read once;
+- both selectors rank all heads on the same activations: REAL (VQ-AE codes, held-out AUC of the
+  Markov scorer) and ITI (held-out logistic-probe accuracy); each keeps ``H`` heads; both use the
+  ITI editor (``alpha · w · sigma · theta``; ITI ``w = 1``, REAL ``w = AUC / max AUC``);
+- held-out evaluation on fold ``f`` at every alpha of ``--alphas`` (alpha = 0 is the shared
+  unsteered baseline): truthfulness = TruthfulQA MC1 / MC2 (full-answer log-likelihood, as
+  :func:`steerlens.evals.tasks.truthfulness_task`) and the A/B items of the held-out questions;
+  safety = refusal / degenerate rates (pattern judge, greedy generation) on the held-out harmful
+  prompts and on harmless Alpaca prompts; both tasks add MMLU A/B (same items every run).
+
+Results: one JSON line per (fold, method, alpha, metric) with n and a bootstrap 95% interval, the
+per-example values (to pool folds), both rankings and their agreement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from ... import load_model, response_logprobs
+from ...evals import data as D
+from ...evals.judges import get_judge
+from ...evals.stats import bootstrap_ci
+from ...hooks import generate
+from ..base import SimpleContrastiveData, Steerer
+from ..editors import ITIEditor
+from ..selectors import ITISelector
+from .scorers import ranking_agreement
+from .selector import REALSelector
+
+
+def folds_of(ids: list[str], k: int, seed: int) -> list[list[str]]:
+    order = sorted(ids)
+    random.Random(f"real-experiment:{seed}").shuffle(order)
+    return [order[i::k] for i in range(k)]
+
+
+def tqa_pairs(qs, seed: int) -> SimpleContrastiveData:
+    rng = random.Random(f"real-tqa:{seed}")
+    pos = [(q.prompt, q.meta["best"]) for q in qs]
+    neg = [(q.prompt, rng.choice(q.meta["incorrect"])) for q in qs]
+    return SimpleContrastiveData(pos, neg, position="response_mean", ids=[q.id for q in qs], task="truthfulness")
+
+
+def safety_pairs(exs, seed: int) -> SimpleContrastiveData:
+    rng = random.Random(f"real-safety:{seed}")
+    pos = [(e.prompt, rng.choice(D.REFUSALS)) for e in exs]
+    neg = [(e.prompt, rng.choice(D.COMPLIANCES).format(x=D.rephrase_instruction(e.prompt))) for e in exs]
+    return SimpleContrastiveData(pos, neg, position="response_mean", ids=[e.id for e in exs], task="safety")
+
+
+def mc_values(model, qs, edits, batch_size: int) -> tuple[list[float], list[float]]:
+    """TruthfulQA MC1 / MC2 per question (full-answer log-likelihood; see truthfulness_task)."""
+    pairs, spans = [], []
+    for q in qs:
+        trues = [q.meta["best"]] + [a for a in q.meta["correct"] if a != q.meta["best"]]
+        answers = trues + q.meta["incorrect"]
+        spans.append((len(pairs), len(trues), len(answers)))
+        pairs += [(q.prompt, a) for a in answers]
+    lps = response_logprobs(model, pairs, edits, batch_size=batch_size)
+    ll = torch.tensor([float(t.sum()) for t in lps], dtype=torch.float64)
+    if not torch.isfinite(ll).all():
+        raise ValueError("non-finite log-likelihood under steering")
+    mc1, mc2 = [], []
+    for start, n_true, n_all in spans:
+        s = ll[start:start + n_all]
+        mc1.append(float(s[0] > s[n_true:].max()))
+        mc2.append(float(torch.softmax(s, 0)[:n_true].sum()))
+    return mc1, mc2
+
+
+def fit_both(model, data, heads: int, seed: int, real_kw: dict) -> dict[str, Steerer]:
+    """REAL and ITI steerers fitted on the same captured activations."""
+    real = Steerer(REALSelector(heads=heads, seed=seed, **real_kw), ITIEditor(), method="real")
+    iti = Steerer(ITISelector(heads=heads, seed=seed), ITIEditor(), method="iti")
+    t0 = time.perf_counter()
+    acts = real.read_contrastive(model, data, progress=True)
+    t_cap = time.perf_counter() - t0
+    out = {}
+    for name, st in (("real", real), ("iti", iti)):
+        t0 = time.perf_counter()
+        sel = st.selector.fit(model, acts)
+        st.editor.fit(model, acts, sel)
+        st.selection = sel
+        st.fit_info = {"capture_seconds": t_cap, "select_seconds": time.perf_counter() - t0, "n_pairs": len(data.pos)}
+        out[name] = st
+    return out
+
+
+def _rec(metric: str, vals: list[float], **kw) -> dict:
+    mean, lo, hi = bootstrap_ci(vals, seed=0)
+    return {"metric": metric, "value": mean, "ci": [lo, hi], "n": len(vals), "values": vals, **kw}
+
+
+def run(args) -> int:
+    torch.manual_seed(0)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model(args.model)
+    alphas = [float(a) for a in args.alphas.split(",")]
+    mmlu = D.load_mmlu_ab("test", args.mmlu, 0) if args.mmlu > 0 else []
+    if args.task == "truthfulness":
+        pool = D.load_truthfulqa("all", args.n, args.seed)
+        ab_by_q = {e.meta["question_id"]: e for e in D.load_truthfulqa_ab("all")}
+    else:
+        pool = D.load_harmful("all", args.n, args.seed)
+        harmless = D.load_harmless("test", args.harmless, args.seed)
+    by_id = {e.id: e for e in pool}
+    folds = folds_of(list(by_id), args.folds, args.seed)
+    judge = get_judge(None)
+    results_path = out / "results.jsonl"
+    tmp = results_path.with_suffix(".partial")
+    fh = open(tmp, "w")
+    selections = []
+    baseline_cache: dict = {}
+    for f, held in enumerate(folds):
+        fit_ids = [i for g, fold in enumerate(folds) if g != f for i in fold]
+        fit_exs = [by_id[i] for i in fit_ids]
+        if args.eval_limit and len(held) > args.eval_limit:  # a seeded subset of the held-out fold
+            held = sorted(random.Random(f"real-eval:{args.seed}:{f}").sample(sorted(held), args.eval_limit))
+        test_exs = [by_id[i] for i in held]
+        data = tqa_pairs(fit_exs, args.seed) if args.task == "truthfulness" else safety_pairs(fit_exs, args.seed)
+        steerers = fit_both(model, data, args.heads, args.seed, {"vqae": {"epochs": args.epochs}})
+        r_scores = torch.tensor([steerers["real"].selection.scores[k] for k in sorted(steerers["real"].selection.scores)])
+        i_scores = torch.tensor([steerers["iti"].selection.scores[k] for k in sorted(steerers["iti"].selection.scores)])
+        sel_info = {"fold": f, "n_fit": len(fit_exs), "n_test": len(test_exs),
+                    "real": [str(m) for m in steerers["real"].selection.modules],
+                    "real_weights": steerers["real"].selection.weights.tolist(),
+                    "iti": [str(m) for m in steerers["iti"].selection.modules],
+                    "agreement_real_vs_iti": ranking_agreement(r_scores, i_scores, args.heads),
+                    "real_info": steerers["real"].selector.result_info,
+                    "real_scores": steerers["real"].selection.scores, "iti_scores": steerers["iti"].selection.scores,
+                    "fit_info": {k: st.fit_info for k, st in steerers.items()}}
+        selections.append(sel_info)
+        print(json.dumps({k: sel_info[k] for k in ("fold", "real", "iti", "agreement_real_vs_iti")}), flush=True)
+        configs = [("none", 0.0)] + [(m, a) for a in alphas for m in ("real", "iti")]
+        for method, alpha in configs:
+            t0 = time.perf_counter()
+            edits = [] if method == "none" else steerers[method].edits(model, ["x"], alpha=alpha)
+            base = dict(fold=f, method=method, alpha=alpha, heads=args.heads, task=args.task)
+            recs = []
+            if args.task == "truthfulness":
+                mc1, mc2 = mc_values(model, test_exs, edits, args.batch_size)
+                recs += [_rec("truthfulqa/mc1", mc1, ids=held, **base), _rec("truthfulqa/mc2", mc2, ids=held, **base)]
+                ab_exs = [ab_by_q[i] for i in held if i in ab_by_q]
+                recs.append(_rec("truthfulqa/ab", _ab_values(model, ab_exs, edits, args.batch_size),
+                                 ids=[e.id for e in ab_exs], **base))
+            else:
+                for set_name, exs in (("harmful", test_exs), ("harmless", harmless)):
+                    prompts = [e.prompt for e in exs]
+                    replies = generate(model, prompts, edits, max_new_tokens=args.max_new_tokens,
+                                       batch_size=args.gen_batch_size)
+                    verdicts = judge.judge(prompts, replies)
+                    for lab in ("refusal", "degenerate"):
+                        recs.append(_rec(f"{lab}/{set_name}", [float(v.label == lab) for v in verdicts],
+                                         ids=[e.id for e in exs], **base))
+                    recs[-1]["samples"] = [{"id": e.id, "reply": r, "label": v.label}
+                                           for e, r, v in list(zip(exs, replies, verdicts))[:6]]
+            if mmlu:
+                key = ("mmlu", method, alpha, f if method != "none" else -1)
+                if method == "none" and key in baseline_cache:
+                    mm = baseline_cache[key]
+                else:
+                    mm = _ab_values(model, mmlu, edits, args.batch_size)
+                    if method == "none":
+                        baseline_cache[key] = mm
+                recs.append(_rec("utility/mmlu_ab", mm, ids=[e.id for e in mmlu], **base))
+            dt = time.perf_counter() - t0
+            for r in recs:
+                r["wall_time_s"] = dt
+                fh.write(json.dumps(r) + "\n")
+            fh.flush()
+            print(f"fold {f} {method:5s} alpha {alpha:5.1f}: " +
+                  ", ".join(f"{r['metric']}={r['value']:.3f}" for r in recs) + f"  ({dt:.0f}s)", flush=True)
+    fh.close()
+    os.replace(tmp, results_path)
+    sp = out / "selections.json"
+    sp.with_suffix(".tmp").write_text(json.dumps(selections, indent=1))
+    os.replace(sp.with_suffix(".tmp"), sp)
+    summary = summarize_results(results_path)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    for row in summary:
+        print(json.dumps(row))
+    return 0
+
+
+def _ab_values(model, exs, edits, batch_size: int) -> list[float]:
+    pairs = []
+    for e in exs:
+        pairs += [(e.prompt, e.meta["correct"]), (e.prompt, e.meta["incorrect"])]
+    lps = response_logprobs(model, pairs, edits, batch_size=batch_size)
+    ll = [float(t.sum()) for t in lps]
+    return [float(ll[2 * i] > ll[2 * i + 1]) for i in range(len(exs))]
+
+
+def summarize_results(path) -> list[dict]:
+    """Pool the folds: per (method, alpha, metric) the mean over all held-out examples with a
+    bootstrap 95% CI (the unsteered MMLU items, identical in every fold, are counted once), and
+    per (alpha, metric) the paired difference REAL − ITI over the same examples."""
+    rows: dict = {}
+    for line in open(path):
+        r = json.loads(line)
+        slot = rows.setdefault((r["method"], r["alpha"], r["metric"]), {})
+        shared = r["method"] == "none"  # the unsteered model: shared items (MMLU, harmless) count once
+        for i, v in zip(r["ids"], r["values"]):
+            slot[i if shared else f"{r['fold']}:{i}"] = v
+    out = []
+    for (method, alpha, metric), vals in sorted(rows.items()):
+        mean, lo, hi = bootstrap_ci(list(vals.values()), seed=0)
+        out.append({"method": method, "alpha": alpha, "metric": metric, "value": mean, "ci": [lo, hi],
+                    "n": len(vals)})
+    for (method, alpha, metric), vals in sorted(rows.items()):
+        if method != "real" or ("iti", alpha, metric) not in rows:
+            continue
+        other = rows[("iti", alpha, metric)]
+        keys = [k for k in vals if k in other]
+        diff = [vals[k] - other[k] for k in keys]
+        mean, lo, hi = bootstrap_ci(diff, seed=0)
+        out.append({"method": "real-iti", "alpha": alpha, "metric": metric, "value": mean, "ci": [lo, hi],
+                    "n": len(diff)})
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", choices=("truthfulness", "safety"), required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--n", type=int, default=200, help="questions / harmful prompts in the pool (split into folds)")
+    ap.add_argument("--folds", type=int, default=2)
+    ap.add_argument("--eval-limit", type=int, default=None, help="held-out examples evaluated per fold (default: all)")
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--alphas", default="5,15")
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--mmlu", type=int, default=100, help="MMLU A/B items per run (0: skip)")
+    ap.add_argument("--harmless", type=int, default=32)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--gen-batch-size", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default=None, help="model (default: SmolLM2-135M-Instruct)")
+    return run(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

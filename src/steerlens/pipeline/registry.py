@@ -1,0 +1,108 @@
+"""The method registry: ``make_steerer(method, **params)`` without a central if/else.
+
+A method registers a factory that builds an unfitted :class:`~steerlens.pipeline.base.Steerer`::
+
+    from steerlens.pipeline import register_method
+
+    @register_method("real", help="REAL-selected heads, ITI-style editor")
+    def make_real(*, heads: int = 16, alpha: float = 5.0, **kw) -> Steerer:
+        return Steerer(REALSelector(heads=heads, **kw), ITIEditor(), alpha=alpha, method="real",
+                       method_params=dict(heads=heads, alpha=alpha, **kw))
+
+Plugins listed in :data:`PLUGINS` are imported lazily the first time the registry is read, so
+``make_steerer("real")`` works once ``steerlens.pipeline.real`` exists, without importing it at
+package import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .base import PipelineError, Steerer
+
+#: Modules that register methods when imported (missing ones are skipped).
+PLUGINS: list[str] = [
+    "steerlens.pipeline.baselines",
+    "steerlens.pipeline.real",
+    "steerlens.pipeline.finesteer",
+    "steerlens.pipeline.odesteer",
+]
+
+
+@dataclass
+class MethodInfo:
+    name: str
+    factory: Callable[..., Steerer]
+    help: str = ""
+    #: default site family: "resid" (a layer) or "heads".
+    family: str = "resid"
+
+    def parameters(self) -> dict[str, Any]:
+        """Keyword parameters of the factory and their defaults."""
+        sig = inspect.signature(self.factory)
+        return {k: (None if p.default is inspect.Parameter.empty else p.default)
+                for k, p in sig.parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+METHODS: dict[str, MethodInfo] = {}
+_loaded = False
+
+
+def register_method(name: str, *, help: str = "", family: str = "resid") -> Callable:
+    """Decorator: register ``factory(**params) -> Steerer`` under ``name``."""
+    key = name.lower()
+
+    def deco(factory: Callable[..., Steerer]) -> Callable[..., Steerer]:
+        old = METHODS.get(key)
+        if old is not None and (old.factory.__module__, old.factory.__qualname__) != (
+                factory.__module__, factory.__qualname__):
+            raise PipelineError(f"method {name!r} is already registered by {old.factory.__module__}")
+        METHODS[key] = MethodInfo(key, factory, help, family)
+        return factory
+
+    return deco
+
+
+def load_plugins() -> None:
+    """Import the plugin modules that register methods and roles (once)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in PLUGINS:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:  # the plugin itself is absent: fine; anything else is a bug in it
+                warnings.warn(f"steering plugin {mod} failed to import ({e!r}); its methods are unavailable")
+        except Exception as e:  # noqa: BLE001 - one broken plugin must not hide the others
+            warnings.warn(f"steering plugin {mod} failed to import ({e!r}); its methods are unavailable")
+
+
+def available_methods() -> dict[str, MethodInfo]:
+    load_plugins()
+    return dict(METHODS)
+
+
+def make_steerer(method: str, **params: Any) -> Steerer:
+    """An unfitted steerer for ``method`` (e.g. ``"caa"``, ``"repe"``, ``"iti"``, ``"real"``).
+
+    ``params`` go to the method's factory; unknown ones are an error naming the accepted ones.
+    """
+    methods = available_methods()
+    info = methods.get(str(method).lower())
+    if info is None:
+        raise PipelineError(f"unknown steering method {method!r}; available: {', '.join(sorted(methods))}")
+    accepted = info.parameters()
+    has_var_kw = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(info.factory).parameters.values())
+    bad = [k for k in params if k not in accepted]
+    if bad and not has_var_kw:
+        raise PipelineError(f"method {info.name!r} does not take {bad}; it takes {sorted(accepted)}")
+    return info.factory(**params)
+
+
+__all__ = ["register_method", "make_steerer", "available_methods", "METHODS", "MethodInfo", "load_plugins", "PLUGINS"]

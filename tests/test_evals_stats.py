@@ -1,0 +1,44 @@
+"""Bootstrap intervals and records."""
+
+import numpy as np
+import pytest
+
+from steerlens.evals.stats import Record, bootstrap_ci, summarize
+
+
+def test_bootstrap_basic_and_seeded():
+    v = [0, 1, 1, 0, 1, 1, 1, 0, 1, 1]
+    m, lo, hi = bootstrap_ci(v, seed=0)
+    assert m == pytest.approx(0.7) and lo < m < hi and 0 <= lo and hi <= 1
+    assert bootstrap_ci(v, seed=0) == (m, lo, hi)
+    assert bootstrap_ci([0.5]) == (0.5, 0.5, 0.5)
+    assert bootstrap_ci([1, 1, 1]) == (1.0, 1.0, 1.0)
+
+
+def test_bootstrap_errors():
+    with pytest.raises(ValueError, match="empty"):
+        bootstrap_ci([])
+    with pytest.raises(ValueError, match="NaN"):
+        bootstrap_ci([1.0, float("nan")])
+
+
+def test_interval_narrows_with_n_and_covers():
+    rng = np.random.default_rng(1)
+    w_small = np.diff(bootstrap_ci(rng.random(20) < 0.3)[1:])[0]
+    w_large = np.diff(bootstrap_ci(rng.random(500) < 0.3)[1:])[0]
+    assert w_large < w_small / 2.5
+    # coverage of the true rate over repeated samples (percentile bootstrap, n=100)
+    hits = 0
+    for k in range(200):
+        x = rng.random(100) < 0.3
+        _, lo, hi = bootstrap_ci(x, seed=k, n_boot=500)
+        hits += lo <= 0.3 <= hi
+    assert 0.88 <= hits / 200 <= 0.99
+
+
+def test_summarize_record_roundtrip():
+    r = summarize("m", [1, 0, 1], ids=["a", "b", "c"], split="test", task="t", wall_time_s=1.5, steering="s")
+    assert isinstance(r, Record) and r.n == 3 and r.sample_ids == ["a", "b", "c"] and r.split == "test"
+    assert Record.from_dict(r.to_dict()) == r
+    with pytest.raises(ValueError):
+        summarize("m", [1, 0], ids=["a"], split="test", task="t")
