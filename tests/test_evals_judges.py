@@ -11,9 +11,12 @@ from steerlens.evals.judges import (LABELS, ModelJudge, PatternJudge, Verdict, d
                                     parse_yes_no)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "judge_labels.jsonl"
-# Threshold: the labelled set has >= 60 replies; 0.9 allows at most ~6 errors. A keyword judge
-# that only knew "I'm sorry" / "I cannot" misses the partial refusals and the degenerate class
-# and scores well below this (checked below with a one-pattern judge).
+# Threshold 0.9 (at most 7 errors in 72). The judge was written while reading this set, so its
+# accuracy here (0.97: 70/72) is in-sample. Out-of-sample estimates: 2-fold cross-validation of
+# the degenerate-text thresholds misclassified 2/72; before two phrases were added after reading
+# the set ("I don't have the ability to", "I'm afraid I"), the phrase list missed 2/12 refusals.
+# Together that suggests ~0.94 on new 48-token replies; 0.9 leaves room for that while still
+# failing when a class breaks (a one-phrase judge without degenerate detection scores 0.57).
 MIN_ACCURACY = 0.9
 
 
@@ -53,10 +56,10 @@ def test_pattern_judge_accuracy_on_labelled_set():
     assert min(per.values()) >= 0.75, per
     partial = [v for r, v in zip(rows, verdicts) if r.get("partial")]
     assert sum(v.label == "refusal" for v in partial) >= len(partial) - 1
-    naive, _, _ = _accuracy(PatternJudge([r"I'm sorry"], degenerate_kw={"min_chars": 0, "min_distinct_ratio": 0,
-                                                                        "max_ngram_share": 2, "max_char_run": 10**6,
-                                                                        "max_nonword_share": 2}), rows)
-    assert naive < acc
+    no_degenerate = {"min_chars": 0, "min_distinct_ratio": 0, "soft_distinct_ratio": 0, "max_char_run": 10**6,
+                     "max_nonword_share": 2}
+    naive, _, _ = _accuracy(PatternJudge([r"I'm sorry"], degenerate_kw=no_degenerate), rows)
+    assert naive < MIN_ACCURACY - 0.1  # the set is hard enough to tell a phrase list from a judge
 
 
 @pytest.mark.parametrize("text,label", [

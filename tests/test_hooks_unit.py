@@ -246,3 +246,33 @@ def test_tiny_model_is_deterministic():
     a, b = steerlens.load_model("tiny-random", seed=0), steerlens.load_model("tiny-random", seed=0)
     assert a.fingerprint() == b.fingerprint()
     assert steerlens.load_model("tiny-random", seed=1).fingerprint() != a.fingerprint()
+
+
+def test_hub_id_offline_and_unwrappable_architecture_errors(monkeypatch, tmp_path):
+    import transformers
+    from transformer_lens.model_bridge import TransformerBridge
+
+    def offline(*a, **k):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", offline)
+    with pytest.raises(steerlens.ModelLoadError, match="offline"):
+        steerlens.load_model("some-org/some-model")
+    monkeypatch.undo()
+
+    def cannot_wrap(*a, **k):
+        raise ValueError("Unsupported architecture: FooForCausalLM")
+
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", cannot_wrap)
+    with pytest.raises(steerlens.ModelLoadError, match="cannot wrap .*FooForCausalLM"):
+        steerlens.load_model("tiny-random")
+
+
+def test_bfloat16_option(tiny):
+    m = steerlens.load_model("tiny-random", dtype="bfloat16")
+    assert m.dtype == torch.bfloat16
+    out = capture(m, PROMPTS[:2], ["blocks.1.hook_resid_post"], progress=False)
+    ref = capture(tiny, PROMPTS[:2], ["blocks.1.hook_resid_post"], progress=False)
+    v, r = list(out.values())[0], list(ref.values())[0]
+    assert v.dtype == torch.bfloat16
+    assert torch.nn.functional.cosine_similarity(v.float(), r, dim=-1).min() > 0.98

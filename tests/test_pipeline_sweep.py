@@ -61,3 +61,10 @@ def test_cli_fit_and_methods(tmp_path, capsys):
     listing = capsys.readouterr().out
     assert "caa" in listing and "iti" in listing and "repe" in listing
     assert main(["fit", "--method", "nope", "--task", "safety", "--out", str(tmp_path / "x")]) == 2
+    capsys.readouterr()
+    assert main(["generate", "--model", "tiny-random", "--prompt", "hi", "--steering", str(out), "--alpha", "20",
+                 "--max-new-tokens", "3"]) == 0
+    steered = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["generate", "--model", "tiny-random", "--prompt", "hi", "--max-new-tokens", "3"]) == 0
+    plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert steered["prompt"] == "hi" and steered["reply"] != plain["reply"]

@@ -195,5 +195,16 @@ def test_clear_errors(tiny):
         st.fit(tiny, SimpleContrastiveData(["a"], ["b"], position="middle"))
     with pytest.raises(steerlens.SiteError, match="layer 40 out of range"):
         make_steerer("caa", layer=40).fit(tiny, SimpleContrastiveData(["a"], ["b"]))
+    with pytest.raises(PipelineError, match="test"):
+        st.fit(tiny, SimpleContrastiveData(["a"], ["b"], split="test"))
     with pytest.raises(PipelineError, match="H=9"):
         make_steerer("iti", heads=9).fit(tiny, SimpleContrastiveData(["a", "c"], ["b", "d"]))
+
+
+def test_gate_decision_is_validated():
+    with pytest.raises(PipelineError, match=r"\[0, 1\]"):
+        GateDecision(torch.zeros(2), torch.tensor([0.5, 1.5]))
+    with pytest.raises(PipelineError, match="scales"):
+        GateDecision(torch.zeros(3), torch.ones(2))
+    d = GateDecision(torch.tensor([0.2, 3.0]), torch.tensor([0.0, 1.0]))
+    assert d.open.tolist() == [False, True]

@@ -81,15 +81,16 @@ def test_markov_batched_equals_per_module():
             torch.testing.assert_close(full[m:m + 1], one)
 
 
-def test_logreg_matches_sklearn():
+@pytest.mark.parametrize("features", ["position", "bag"])
+def test_logreg_matches_sklearn(features):
     from sklearn.linear_model import LogisticRegression
 
     g = torch.Generator().manual_seed(1)
     codes = torch.randint(0, 6, (3, 80, 4), generator=g)
     y = (codes[:, :, 0] < 3).long()[0]  # labels from module 0's first code
     y[:8] = 1 - y[:8]
-    sc = LogRegScorer(n_codes=6, C=0.5).fit(codes, y)
-    x = code_features(codes, 6).numpy()
+    sc = LogRegScorer(n_codes=6, C=0.5, features=features).fit(codes, y)
+    x = code_features(codes, 6, features).numpy()
     for m in range(3):
         clf = LogisticRegression(C=0.5, max_iter=5000, tol=1e-10).fit(x[m], y.numpy())
         np.testing.assert_allclose(sc.score(codes[m:m + 1].expand(3, -1, -1))[m].numpy(),

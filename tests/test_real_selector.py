@@ -152,7 +152,7 @@ def test_diagnostics_files(tiny, real_fitted, tmp_path):
     assert [r["rank"] for r in rep["ranking"]] == list(range(1, 9))
     scores = [r["score"] for r in rep["ranking"]]
     assert scores == sorted(scores, reverse=True)
-    assert all("auc_logreg" in r and "codes_dead" in r for r in rep["ranking"])
+    assert all("auc_logreg" in r and "codes_dead" in r and "separation" in r for r in rep["ranking"])
     grid = score_grid(st.selection.scores, tiny.n_layers, tiny.n_heads)
     assert not torch.isnan(grid).any()
     # ITI selections work too (no code usage)
@@ -178,3 +178,50 @@ def test_select_cli(tmp_path):
     rep = json.loads((out / "ranking.json").read_text())
     assert len(rep["selected"]) == 2 and rep["run"]["method"] == "real" and rep["run"]["n_pairs"] == 12
     assert (out / "heatmap.png").exists()
+
+
+def test_experiment_runs_on_tiny_model(tmp_path):
+    from steerlens.evals.data import DataError, data_dir
+    from steerlens.pipeline.real.experiment import main
+
+    try:
+        data_dir()
+    except DataError:
+        pytest.skip("benchmark data not available")
+    out = tmp_path / "exp"
+    assert main(["--task", "truthfulness", "--out", str(out), "--model", "tiny-random", "--n", "10", "--eval-limit",
+                 "3", "--heads", "2", "--alphas", "4", "--epochs", "1", "--mmlu", "3"]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    # 2 folds x (none, real, iti) x (mc1, mc2, ab, mmlu)
+    assert len(rows) == 2 * 3 * 4
+    assert {r["method"] for r in rows} == {"none", "real", "iti"}
+    assert all(r["n"] == len(r["values"]) and r["ci"][0] <= r["value"] <= r["ci"][1] for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    mmlu_none = [r for r in summary if r["method"] == "none" and r["metric"] == "utility/mmlu_ab"]
+    assert mmlu_none[0]["n"] == 3  # the unsteered MMLU items are shared by the folds: counted once
+    assert any(r["method"] == "real-iti" for r in summary)
+    sels = json.loads((out / "selections.json").read_text())
+    assert len(sels) == 2 and not set(sels[0]["real"]) - set(sels[0]["real_scores"])
+    assert (out / "diag_real_fold0" / "heatmap.png").exists() and (out / "real_fold1" / "metadata.json").exists()
+
+
+def test_ties_in_auc_are_broken_by_separation():
+    from steerlens.pipeline.base import head_module
+    from steerlens.pipeline.real.selector import top_h_by_auc
+
+    mods = [head_module(0, h) for h in range(4)]
+    auc = torch.tensor([1.0, 1.0, 1.0, 0.9])
+    sep = torch.tensor([1.0, 5.0, 3.0, 9.0])
+    sel = top_h_by_auc(mods, auc, 2, "auc", tiebreak=sep)
+    assert [m.heads[0] for m in sel.modules] == [1, 2]
+    assert [m.heads[0] for m in top_h_by_auc(mods, auc, 2, "auc").modules] == [0, 1]  # module order
+    torch.testing.assert_close(sel.weights, torch.ones(2))
+
+
+def test_separation_is_standardised_mean_difference():
+    from steerlens.pipeline.real.scorers import batched_separation
+
+    s = torch.tensor([[3.0, 5.0, 0.0, 2.0]])
+    y = torch.tensor([1, 1, 0, 0])
+    # means 4 and 1, variances 1 and 1 -> d' = 3
+    assert abs(float(batched_separation(s, y)[0]) - 3.0) < 1e-6

@@ -336,6 +336,14 @@ class GateDecision:
     scores: Float[torch.Tensor, "n"]
     scale: Float[torch.Tensor, "n"]
 
+    def __post_init__(self) -> None:
+        self.scores = torch.as_tensor(self.scores, dtype=torch.float32).flatten()
+        self.scale = torch.as_tensor(self.scale, dtype=torch.float32).flatten()
+        if self.scores.shape != self.scale.shape:
+            raise PipelineError(f"gate: {self.scores.shape[0]} scores but {self.scale.shape[0]} scales")
+        if not torch.isfinite(self.scale).all() or (self.scale < 0).any() or (self.scale > 1).any():
+            raise PipelineError("gate scales must be finite and in [0, 1]")
+
     @property
     def open(self) -> torch.Tensor:
         return self.scale > 0
@@ -502,7 +510,8 @@ class Steerer:
                                position=position, paired=paired and len(pos) == len(neg))
 
     def fit(self, model, data: Any, *, gate_data: Any = None, progress: bool = False,
-            acts: Optional[ContrastiveActs] = None, selection: Optional[Selection] = None) -> "Steerer":
+            acts: Optional[ContrastiveActs] = None, selection: Optional[Selection] = None,
+            allow_test: bool = False) -> "Steerer":
         """Fit selector, editor and gate on contrastive ``data``.
 
         Args:
@@ -514,7 +523,13 @@ class Steerer:
                 reuse one capture for many settings).
             selection: a selection already made on ``acts`` (skips the selector; sweeps over H
                 re-cut one ranking).
+            allow_test: fitting on data from the ``test`` split is refused unless this is set
+                (test figures would no longer be held out).
         """
+        for d in (data, gate_data):
+            if d is not None and getattr(d, "split", None) == "test" and not allow_test:
+                raise PipelineError("refusing to fit on the 'test' split (its figures would no longer be "
+                                    "held out); use the fit split, or pass allow_test=True deliberately")
         m = as_model(model)
         if acts is None:
             acts = self.read_contrastive(m, data, progress=progress)
@@ -556,15 +571,18 @@ class Steerer:
         sites = list(dict.fromkeys(list(gsites) + list(qsites)))
         acts = self._capture(m, prompts, sites, "last", progress) if sites else {}
         decision = self.gate.decide(m, {s: acts[s] for s in gsites}, len(prompts))
+        if decision.scale.shape[0] != len(prompts):
+            raise PipelineError(f"gate returned {decision.scale.shape[0]} decisions for {len(prompts)} prompts")
         return decision, {s: acts[s] for s in qsites}
 
     def edits(self, model, prompts: Sequence[str], alpha: Optional[float] = None) -> list[Edit]:
         """Hook-layer edits for ``prompts`` (gate scale folded into per-input ``scale``)."""
         a = self.alpha if alpha is None else float(alpha)
+        prompts = list(prompts)
         decision, query = self.decide(model, prompts)
         scale = None if self.gate.always_open else decision.scale
         return self.editor.edits(as_model(model), self.selection, a, scale=scale,  # type: ignore[arg-type]
-                                 query_acts=query or None, n=len(list(prompts)))
+                                 query_acts=query or None, n=len(prompts))
 
     # -- state ------------------------------------------------------------------------------
     def config(self) -> dict:

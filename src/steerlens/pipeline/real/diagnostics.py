@@ -124,9 +124,16 @@ def selection_report(selection, selector=None, *, n_layers: Optional[int] = None
     index = {m: i for i, m in enumerate(mods)}
     compare = getattr(selector, "params", {}).get("compare") if selector is not None else None
     summary = usage_summary(tensors["usage"]) if "usage" in tensors else None
-    for rank, (key, score) in enumerate(selection.ranking()):
+    primary = getattr(selector, "params", {}).get("scorer") if selector is not None else None
+    sep = tensors.get(f"separation_{primary}")
+    ranking = selection.ranking()
+    if sep is not None and mods:  # the selector's order: AUC, then held-out d' for ties
+        ranking.sort(key=lambda kv: (-kv[1], -float(sep[index[kv[0]]]) if kv[0] in index else 0.0, kv[0]))
+    for rank, (key, score) in enumerate(ranking):
         row = {"rank": rank + 1, "module": key, "score": score, "selected": key in weights,
                "weight": weights.get(key, 0.0)}
+        if sep is not None and key in index:
+            row["separation"] = float(sep[index[key]])
         s = parse_site(key)
         row["layer"] = s.layer
         if s.is_head:

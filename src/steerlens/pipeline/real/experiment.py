@@ -40,6 +40,7 @@ from ...hooks import generate
 from ..base import SimpleContrastiveData, Steerer
 from ..editors import ITIEditor
 from ..selectors import ITISelector
+from .diagnostics import write_selection_report
 from .scorers import ranking_agreement
 from .selector import REALSelector
 
@@ -147,6 +148,11 @@ def run(args) -> int:
                     "real_scores": steerers["real"].selection.scores, "iti_scores": steerers["iti"].selection.scores,
                     "fit_info": {k: st.fit_info for k, st in steerers.items()}}
         selections.append(sel_info)
+        for name, st in steerers.items():  # artifacts + ranking JSON / heatmap per fold and method
+            st.save(out / f"{name}_fold{f}", model=model)
+            write_selection_report(out / f"diag_{name}_fold{f}", st.selection, st.selector,
+                                   n_layers=model.n_layers, n_heads=model.n_heads,
+                                   title=f"{name} fold {f} ({len(fit_exs)} {args.task} pairs): {st.selection.score_name}")
         print(json.dumps({k: sel_info[k] for k in ("fold", "real", "iti", "agreement_real_vs_iti")}), flush=True)
         configs = [("none", 0.0)] + [(m, a) for a in alphas for m in ("real", "iti")]
         for method, alpha in configs:

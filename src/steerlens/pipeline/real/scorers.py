@@ -55,6 +55,15 @@ def batched_auc(scores: Float[torch.Tensor, "M n"], labels: Int[torch.Tensor, "n
     return (gt + 0.5 * eq).float()
 
 
+def batched_separation(scores: Float[torch.Tensor, "M n"], labels: Int[torch.Tensor, "n"]) -> Float[torch.Tensor, "M"]:
+    """Standardised mean difference (d') of the scores of the two classes, per module:
+    ``(mean⁺ − mean⁻) / sqrt((var⁺ + var⁻) / 2)``. Continuous where the AUC saturates at 1."""
+    y = torch.as_tensor(labels).bool()
+    sp, sn = scores[:, y].double(), scores[:, ~y].double()
+    pooled = (0.5 * (sp.var(1, unbiased=False) + sn.var(1, unbiased=False))).sqrt().clamp(min=1e-12)
+    return ((sp.mean(1) - sn.mean(1)) / pooled).float()
+
+
 class MarkovScorer:
     """Log-likelihood ratio of two per-class Markov chains over code sequences (see module doc).
 
@@ -149,16 +158,35 @@ class LogRegScorer:
     def __init__(self, n_codes: int = 32, features: str = "position", C: float = 1.0, max_iter: int = 200) -> None:
         if C <= 0:
             raise ScorerError("C must be > 0")
+        if features not in ("position", "bag"):
+            raise ScorerError(f"features must be 'position' or 'bag', got {features!r}")
         self.K, self.features, self.C, self.max_iter = int(n_codes), features, float(C), int(max_iter)
         self.w: Optional[torch.Tensor] = None
         self.b: Optional[torch.Tensor] = None
 
+    def _index(self, codes: torch.Tensor) -> torch.Tensor:
+        """Feature index of every (example, group): the one-hot features are never built, a
+        logit is a sum of ``G`` gathered weights (``"bag"`` sums repeated codes, i.e. counts)."""
+        if self.features == "position":
+            return codes + torch.arange(codes.shape[2], device=codes.device) * self.K
+        if self.features == "bag":
+            return codes
+        raise ScorerError(f"features must be 'position' or 'bag', got {self.features!r}")
+
+    def _n_features(self, G: int) -> int:
+        return G * self.K if self.features == "position" else self.K
+
+    @staticmethod
+    def _logits(w: torch.Tensor, b: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        M, N, G = idx.shape
+        return torch.gather(w, 1, idx.reshape(M, N * G)).view(M, N, G).sum(-1) + b.unsqueeze(1)
+
     def fit(self, codes: Int[torch.Tensor, "M N G"], labels: Int[torch.Tensor, "N"]) -> "LogRegScorer":
         y = torch.as_tensor(labels).double()
         _check(codes, y, self.K)
-        x = code_features(codes, self.K, self.features).double()  # [M, N, F]
-        M, N, Fd = x.shape
-        w = torch.zeros(M, Fd, dtype=torch.float64, requires_grad=True)
+        idx = self._index(codes)
+        M, N, G = codes.shape
+        w = torch.zeros(M, self._n_features(G), dtype=torch.float64, requires_grad=True)
         b = torch.zeros(M, dtype=torch.float64, requires_grad=True)
         opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=self.max_iter, tolerance_grad=1e-9,
                                 tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
@@ -166,7 +194,7 @@ class LogRegScorer:
 
         def closure():
             opt.zero_grad()
-            logits = torch.einsum("mnf,mf->mn", x, w) + b.unsqueeze(1)
+            logits = self._logits(w, b, idx)
             # per module: (C Σ_n logloss + ½‖w‖²) / N  — same minimiser as scikit-learn's
             loss = (self.C * F.binary_cross_entropy_with_logits(logits, yy, reduction="sum")
                     + 0.5 * w.pow(2).sum()) / N
@@ -175,14 +203,16 @@ class LogRegScorer:
 
         opt.step(closure)
         self.w, self.b = w.detach().float(), b.detach().float()
+        self.n_groups = G
         return self
 
     def score(self, codes: Int[torch.Tensor, "M N G"]) -> Float[torch.Tensor, "M N"]:
         if self.w is None or self.b is None:
             raise ScorerError("LogRegScorer is not fitted")
         _check(codes, None, self.K)
-        x = code_features(codes, self.K, self.features)
-        return torch.einsum("mnf,mf->mn", x, self.w) + self.b.unsqueeze(1)
+        if self._n_features(codes.shape[2]) != self.w.shape[1]:
+            raise ScorerError(f"fitted on {self.n_groups} groups, got {codes.shape[2]}")
+        return self._logits(self.w, self.b, self._index(codes))
 
 
 SCORERS = {"markov": MarkovScorer, "logreg": LogRegScorer}

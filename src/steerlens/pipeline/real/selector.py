@@ -31,7 +31,7 @@ from ..base import ContrastiveActs, PipelineError, Selection, Selector, Steerer,
 from ..editors import ITIEditor
 from ..registry import register_method
 from ..selectors import class_split, top_h_selection
-from .scorers import batched_auc, make_scorer, ranking_agreement
+from .scorers import batched_auc, batched_separation, make_scorer, ranking_agreement
 from .vqae import VQAEConfig, train_vqae
 
 #: REAL's published H is 48 of 1024 heads (7B Llama); by default H scales with the candidate count.
@@ -49,6 +49,7 @@ class RelevanceResult:
 
     Attributes:
         auc: ``{scorer: [M]}`` held-out ROC-AUC per module.
+        separation: ``{scorer: [M]}`` held-out d' of the scores (tie-breaker where AUCs saturate).
         codes: ``[M, N, G]`` code indices of every row (rows: pos then neg).
         labels: ``[N]`` 1 = positive.
         train: ``[N]`` bool, the rows the autoencoders and scorers were fitted on.
@@ -58,6 +59,7 @@ class RelevanceResult:
     """
 
     auc: dict[str, torch.Tensor]
+    separation: dict[str, torch.Tensor]
     codes: torch.Tensor
     labels: torch.Tensor
     train: torch.Tensor
@@ -137,18 +139,40 @@ def real_relevance(
         del model
     codes_t = torch.cat(codes, 0)
     t1 = time.perf_counter()
-    aucs = {}
+    aucs, seps = {}, {}
     kw = scorer_kwargs or {}
     for name in scorers:
         sc = make_scorer(name, cfg.n_codes, **kw.get(name, {})).fit(codes_t[:, train], labels[train])
-        aucs[name] = batched_auc(sc.score(codes_t[:, test]), labels[test])
+        held = sc.score(codes_t[:, test])
+        aucs[name] = batched_auc(held, labels[test])
+        seps[name] = batched_separation(held, labels[test])
     t2 = time.perf_counter()
     usage = code_usage(codes_t[:, train], labels[train], cfg.n_codes)
-    return RelevanceResult(aucs, codes_t, labels, train, usage, hist,
+    return RelevanceResult(aucs, seps, codes_t, labels, train, usage, hist,
                            {"vqae": t1 - t0, "scorers": t2 - t1})
 
 
 _VQ_FIELDS = {f.name for f in fields(VQAEConfig)}
+
+
+def top_h_by_auc(modules: Sequence[Site], auc: torch.Tensor, h: int, score_name: str,
+                 tiebreak: Optional[torch.Tensor] = None) -> Selection:
+    """The ``h`` modules with the highest AUC, weights ``AUC / max AUC`` over the selected.
+
+    Ties in AUC (common when classes separate perfectly: on response-side refusal data most
+    heads reach AUC 1.0) are broken by ``tiebreak`` (higher first; REAL uses the held-out d' of
+    the scores), then by module order. Without a tie-breaker this equals
+    :func:`~steerlens.pipeline.selectors.top_h_selection` with relative weights."""
+    if tiebreak is None:
+        return top_h_selection(modules, auc, h, score_name, weights="relative")
+    if h > len(modules):
+        raise PipelineError(f"asked for H={h} modules but there are only {len(modules)} candidates")
+    order = sorted(range(len(modules)), key=lambda i: (-float(auc[i]), -float(tiebreak[i]), i))[:h]
+    sel = auc[order].float()
+    if sel.max() <= 0:
+        raise PipelineError("cannot weight by relative AUC: the best selected AUC is <= 0")
+    return Selection([modules[i] for i in order], sel / sel.max(), {str(m): float(a) for m, a in zip(modules, auc)},
+                     score_name)
 
 
 @register_role
@@ -164,6 +188,9 @@ class REALSelector(Selector):
         compare: a second scorer also run for diagnostics (its AUCs and the ranking agreement are
             stored), or ``None``.
         markov_order, smoothing: the Markov scorer's order (0/1) and pseudo-count.
+        tiebreak: ``"separation"`` (default) orders modules of equal AUC by the held-out d' of their
+            scores (AUCs saturate at 1.0 on easy data, e.g. refusal vs compliance, where ordering
+            ties by module index would pick the first layers); ``"order"``: by module index.
         test_frac, seed: the held-out split (80/20, by pair for paired data).
         layers: restrict candidates to these layers.
         module_chunk: train at most this many autoencoders at once (memory bound).
@@ -180,7 +207,9 @@ class REALSelector(Selector):
                  scorer: str = "markov", compare: Optional[str] = "logreg", markov_order: int = 1,
                  smoothing: float = 0.5, test_frac: float = 0.2, seed: int = 0,
                  layers: Optional[Sequence[int]] = None, module_chunk: Optional[int] = None,
-                 vqae: Optional[dict] = None) -> None:
+                 vqae: Optional[dict] = None, tiebreak: str = "separation") -> None:
+        if tiebreak not in ("separation", "order"):
+            raise PipelineError(f"tiebreak must be 'separation' or 'order', got {tiebreak!r}")
         if heads is not None and int(heads) < 1:
             raise PipelineError(f"heads (H) must be >= 1, got {heads}")
         if target not in ("heads", "resid"):
@@ -200,7 +229,7 @@ class REALSelector(Selector):
                          smoothing=float(smoothing), test_frac=float(test_frac), seed=int(seed),
                          layers=None if layers is None else [int(x) for x in layers],
                          module_chunk=None if module_chunk is None else int(module_chunk),
-                         vqae=dict(vqae or {}))
+                         vqae=dict(vqae or {}), tiebreak=tiebreak)
         self.result_info: dict = {}
         self.tensors: dict[str, torch.Tensor] = {}
         self.result: Optional[RelevanceResult] = None
@@ -239,7 +268,8 @@ class REALSelector(Selector):
         mods, res = self.score(model, acts)
         h = self.params["heads"] or default_heads(len(mods))
         primary = self.params["scorer"]
-        sel = top_h_selection(mods, res.auc[primary], h, f"heldout_auc_{primary}", weights="relative")
+        tie = res.separation[primary] if self.params["tiebreak"] == "separation" else None
+        sel = top_h_by_auc(mods, res.auc[primary], h, f"heldout_auc_{primary}", tiebreak=tie)
         info = {"modules": [str(m) for m in mods], "n_train": int(res.train.sum()),
                 "n_test": int((~res.train).sum()), "heads": h, "seconds": res.seconds,
                 "final_loss": {k: v[-1] for k, v in res.history.items() if v},
@@ -248,6 +278,7 @@ class REALSelector(Selector):
             info["agreement"] = res.agreement(primary, self.params["compare"], h)
         self.result, self.result_info = res, info
         self.tensors = {f"auc_{k}": v.float().clone() for k, v in res.auc.items()}
+        self.tensors.update({f"separation_{k}": v.float().clone() for k, v in res.separation.items()})
         self.tensors["usage"] = res.usage.to(torch.int64).clone()
         return sel
 
@@ -267,18 +298,20 @@ class REALSelector(Selector):
 def make_real(*, heads: Optional[int] = None, alpha: float = 5.0, target: str = "heads", scorer: str = "markov",
               compare: Optional[str] = "logreg", markov_order: int = 1, smoothing: float = 0.5,
               test_frac: float = 0.2, seed: int = 0, layers: Optional[Sequence[int]] = None,
-              module_chunk: Optional[int] = None, vqae: Optional[dict] = None, positions: str = "all",
-              sigma_over: str = "all", batch_size: int = 16) -> Steerer:
+              module_chunk: Optional[int] = None, vqae: Optional[dict] = None, tiebreak: str = "separation",
+              positions: str = "all", sigma_over: str = "all", batch_size: int = 16) -> Steerer:
     """REAL selection (see :class:`REALSelector`) + :class:`~steerlens.pipeline.ITIEditor`."""
     params = dict(heads=heads, alpha=alpha, target=target, scorer=scorer, compare=compare,
                   markov_order=markov_order, smoothing=smoothing, test_frac=test_frac, seed=seed,
                   layers=None if layers is None else list(layers), module_chunk=module_chunk,
-                  vqae=dict(vqae or {}), positions=positions, sigma_over=sigma_over, batch_size=batch_size)
+                  vqae=dict(vqae or {}), tiebreak=tiebreak, positions=positions, sigma_over=sigma_over,
+                  batch_size=batch_size)
     sel = REALSelector(heads=heads, target=target, scorer=scorer, compare=compare, markov_order=markov_order,
                        smoothing=smoothing, test_frac=test_frac, seed=seed, layers=layers,
-                       module_chunk=module_chunk, vqae=vqae)
+                       module_chunk=module_chunk, vqae=vqae, tiebreak=tiebreak)
     return Steerer(sel, ITIEditor(positions=positions, sigma_over=sigma_over), alpha=alpha, method="real",
                    method_params=params, batch_size=batch_size)
 
 
-__all__ = ["REALSelector", "RelevanceResult", "real_relevance", "code_usage", "make_real", "default_heads"]
+__all__ = ["REALSelector", "RelevanceResult", "real_relevance", "code_usage", "make_real", "default_heads",
+           "top_h_by_auc"]

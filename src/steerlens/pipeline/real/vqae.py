@@ -228,7 +228,9 @@ class BatchedVQAE(torch.nn.Module):
             self.sd.copy_(x.std(1, unbiased=False).clamp(min=1e-6))
         if cfg.codebook_init == "data":
             g = generator if generator is not None else torch.Generator().manual_seed(cfg.seed + 1)
-            ze = self.encode(self.normalize(x)).reshape(self.M, -1, self.d_code)  # [M, N*G, c]
+            step = self._rows_per_chunk()
+            ze = torch.cat([self.encode(self.normalize(x[:, s:s + step])) for s in range(0, x.shape[1], step)], 1)
+            ze = ze.reshape(self.M, -1, self.d_code)  # [M, N*G, c]
             if ze.shape[1] < cfg.n_codes:
                 raise VQAEError(f"data init needs at least {cfg.n_codes} group vectors, got {ze.shape[1]}")
             # K distinct rows per module (duplicated codes would tie in every distance computation)
@@ -241,12 +243,17 @@ class BatchedVQAE(torch.nn.Module):
             raise VQAEError(f"codebook_init must be 'data' or 'normal', got {cfg.codebook_init!r}")
         return self
 
+    def _rows_per_chunk(self, budget: int = 1 << 23) -> int:
+        # the distance tensor [M, rows * G, K] dominates: keep it near `budget` elements (32 MiB)
+        return max(1, budget // (self.M * self.cfg.n_groups * self.cfg.n_codes))
+
     @torch.no_grad()
-    def codes(self, x: Float[torch.Tensor, "M N d"], batch_size: int = 4096) -> Int[torch.Tensor, "M N G"]:
-        """Code index of every group for every row (no codebook update)."""
+    def codes(self, x: Float[torch.Tensor, "M N d"], batch_size: Optional[int] = None) -> Int[torch.Tensor, "M N G"]:
+        """Code index of every group for every row (no codebook update), in row chunks."""
+        step = batch_size or self._rows_per_chunk()
         out = []
-        for s in range(0, x.shape[1], batch_size):
-            out.append(self.nearest(self.encode(self.normalize(x[:, s:s + batch_size]))))
+        for s in range(0, x.shape[1], step):
+            out.append(self.nearest(self.encode(self.normalize(x[:, s:s + step]))))
         return torch.cat(out, 1)
 
     def module(self, m: int) -> "ReferenceVQAE":
