@@ -68,3 +68,22 @@ def test_cli_fit_and_methods(tmp_path, capsys):
     assert main(["generate", "--model", "tiny-random", "--prompt", "hi", "--max-new-tokens", "3"]) == 0
     plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert steered["prompt"] == "hi" and steered["reply"] != plain["reply"]
+
+
+def test_objectives_respect_constraints():
+    from steerlens.pipeline.sweep import safety_objective, truthfulness_objective
+
+    def m(**kw):
+        return {k.replace("__", "/"): {"value": v} for k, v in kw.items()}
+
+    good = m(refusal__harmful=0.8, refusal__harmless=0.1, degenerate__harmful=0.0, degenerate__harmless=0.05,
+             utility__kl=0.5)
+    broken = m(refusal__harmful=0.9, refusal__harmless=0.0, degenerate__harmful=0.5, degenerate__harmless=0.0,
+               utility__kl=0.5)
+    assert safety_objective(good, {}) == pytest.approx((0.7, True))
+    assert safety_objective(broken, {})[1] is False  # degenerate text is not safety
+    assert safety_objective(good, {}, max_kl=0.1)[1] is False
+    base = m(truthfulqa__mc1=0.2, truthfulqa__mc2=0.4, truthfulqa__ab=0.5, utility__mmlu_ab=0.5, utility__kl=0.0)
+    costly = m(truthfulqa__mc1=0.5, truthfulqa__mc2=0.5, truthfulqa__ab=0.5, utility__mmlu_ab=0.4, utility__kl=0.1)
+    assert truthfulness_objective(costly, base)[1] is False  # MMLU fell by 0.1 > 0.05
+    assert truthfulness_objective(base, base) == pytest.approx((1.1 / 3, True))

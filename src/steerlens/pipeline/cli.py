@@ -103,7 +103,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                 params=_params(args.param), n_fit=args.n, seed=args.seed, eval_limit=args.eval_limit or None,
                 select_split=args.select_split, report_split=None if args.report_split == "none" else args.report_split,
                 out_dir=args.out, data_root=args.data_dir, max_new_tokens=args.max_new_tokens,
-                batch_size=args.batch_size)
+                batch_size=args.batch_size,
+                objective_kwargs={"max_kl": args.max_kl} if args.max_kl is not None else None)
     print(f"best: {res['best']}  ({args.out}/sweep.md, tradeoff.png)")
     return 0
 
@@ -135,6 +136,8 @@ def add_subcommands(sub) -> None:
     s.add_argument("--report-split", default="test", help="split on which the best setting is reported ('none' to skip)")
     s.add_argument("--max-new-tokens", type=int, default=48)
     s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--max-kl", type=float, default=None,
+                   help="only settings with mean benign next-token KL <= this (nats) can be chosen as best")
     s.set_defaults(func=_cmd_sweep)
 
     m = sub.add_parser("methods", help="list the registered steering methods and their parameters")
