@@ -262,6 +262,7 @@ def default_model_dir(quiet: bool = False) -> Path:
         model.hf_quantizer = None
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=DEFAULT_MODEL + ".", dir=out.parent))
+    tmp.chmod(0o755)
     try:
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))

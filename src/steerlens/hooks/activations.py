@@ -182,6 +182,7 @@ def capture(
         final = Path(out_dir)
         final.parent.mkdir(parents=True, exist_ok=True)
         shard_dir = Path(tempfile.mkdtemp(prefix=final.name + ".", suffix=".partial", dir=final.parent))
+        shard_dir.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
 
     try:
         bar = tqdm(total=len(items), desc="capture", unit="input", disable=not progress, leave=False)
