@@ -35,5 +35,11 @@ test-fast: setup
 bench: setup
 	$(PY) benchmarks/run.py --out benchmarks/results
 
+## results: baseline sweeps on the default model (CAA/RepE safety, ITI truthfulness; ~45 min on 2 cores),
+## best setting of each chosen on val and reported on test, copied into README.md
+results: setup
+	$(PY) scripts/sweep_baselines.py
+	$(PY) scripts/readme_results.py
+
 clean-venv:
 	rm -rf $(VENV)

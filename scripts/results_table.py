@@ -8,10 +8,10 @@ Default sweep dirs: every runs/sweeps/*/ that holds a sweep.json (written by `st
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from steerlens.evals.report import atomic_write_text
 from steerlens.pipeline.sweep import results_table
 
 
@@ -26,10 +26,7 @@ def main(argv=None) -> int:
         return 1
     text = "# Steering results (default model)\n\n" + results_table(dirs)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    atomic_write_text(out, text)
     print(f"wrote {out} ({len(dirs)} sweeps)")
     return 0
 

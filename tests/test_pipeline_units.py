@@ -208,3 +208,20 @@ def test_gate_decision_is_validated():
         GateDecision(torch.zeros(3), torch.ones(2))
     d = GateDecision(torch.tensor([0.2, 3.0]), torch.tensor([0.0, 1.0]))
     assert d.open.tolist() == [False, True]
+
+
+def test_iti_breaks_saturated_accuracy_ties_by_separation():
+    """Heads that all reach held-out accuracy 1.0 are ordered by how far apart the classes are."""
+    from steerlens.pipeline.selectors import probe_accuracies
+
+    torch.manual_seed(0)
+    n, d = 40, 8
+    base = torch.randn(3, n, d) * 0.1
+    shift = torch.zeros(3, 1, d)
+    shift[:, 0, 0] = torch.tensor([2.0, 8.0, 4.0])  # all separable; head 1 most, then head 2
+    acc, sep = probe_accuracies(base + shift, base - shift, return_separation=True)
+    assert torch.all(acc == 1.0)
+    assert sep.argsort(descending=True).tolist() == [1, 2, 0]
+    mods = [Site.head(0, [h]) for h in range(3)]
+    assert [m.heads[0] for m in top_h_selection(mods, acc, 2, "acc", tiebreak=sep).modules] == [1, 2]
+    assert [m.heads[0] for m in top_h_selection(mods, acc, 2, "acc").modules] == [0, 1]

@@ -43,6 +43,17 @@ def _generation_config(model, max_new_tokens: int, do_sample: bool, temperature:
     return GenerationConfig(**kw)
 
 
+def _prepare(model, items, edits, *, pairs: bool, what: str):
+    """Validate inputs and edits for one of the batched runners below."""
+    m = as_model(model)
+    items, is_pair = check_items(items)
+    if is_pair != pairs:
+        raise InputError(f"{what} takes {'(prompt, response) pairs' if pairs else 'prompts, not (prompt, response) pairs'}")
+    edit_list = validate_edits(m, edits)
+    check_edit_inputs(edit_list, len(items))
+    return m, items, edit_list
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -74,14 +85,9 @@ def generate(
         batch_size: prompts per batch (left padding, KV cache).
         return_details: return :class:`Generation` records instead of strings.
     """
-    m = as_model(model)
-    items, is_pair = check_items(prompts)
-    if is_pair:
-        raise InputError("generate takes prompts, not (prompt, response) pairs")
+    m, items, edit_list = _prepare(model, prompts, edits, pairs=False, what="generate")
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    edit_list = validate_edits(m, edits)
-    check_edit_inputs(edit_list, len(items))
     gen_cfg = _generation_config(m, max_new_tokens, do_sample, temperature, top_p, top_k)
     eos = set(m.eos_token_ids)
     out: list[Optional[Generation]] = [None] * len(items)
@@ -141,12 +147,7 @@ def response_logprobs(
 ) -> list[torch.Tensor]:
     """Log-probability of each response token given the prompt (and the previous response
     tokens), under ``edits``. Returns one 1-D tensor per pair; ``.sum()`` is the log-likelihood."""
-    m = as_model(model)
-    items, is_pair = check_items(pairs)
-    if not is_pair:
-        raise InputError("response_logprobs takes (prompt, response) pairs")
-    edit_list = validate_edits(m, edits)
-    check_edit_inputs(edit_list, len(items))
+    m, items, edit_list = _prepare(model, pairs, edits, pairs=True, what="response_logprobs")
     out: list[Optional[torch.Tensor]] = [None] * len(items)
     bar = tqdm(total=len(items), desc="score", unit="pair", disable=not progress, leave=False)
     for batch in iter_batches(m, items, batch_size, chat=chat):
@@ -175,12 +176,7 @@ def next_token_logprobs(
     progress: bool = False,
 ) -> torch.Tensor:
     """``[n, vocab]`` log-probabilities of the token after each prompt, under ``edits``."""
-    m = as_model(model)
-    items, is_pair = check_items(prompts)
-    if is_pair:
-        raise InputError("next_token_logprobs takes prompts")
-    edit_list = validate_edits(m, edits)
-    check_edit_inputs(edit_list, len(items))
+    m, items, edit_list = _prepare(model, prompts, edits, pairs=False, what="next_token_logprobs")
     out: list[Optional[torch.Tensor]] = [None] * len(items)
     bar = tqdm(total=len(items), desc="next-token", unit="prompt", disable=not progress, leave=False)
     for batch in iter_batches(m, items, batch_size, chat=chat):

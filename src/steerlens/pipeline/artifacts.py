@@ -70,6 +70,7 @@ def save_steerer(steerer: Steerer, path: Union[str, os.PathLike], model=None) ->
     final.parent.mkdir(parents=True, exist_ok=True)
     tensors = steerer.state_dict()
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is an ordinary directory
     old: Optional[Path] = None
     try:
         save_file(tensors, str(tmp / TENSORS))

@@ -42,12 +42,12 @@ def make_repe(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, where: str = "p
 @register_method("iti", help="ITI: top-H heads by probe accuracy, alpha·sigma·theta shifts", family="heads")
 def make_iti(*, heads: int = 16, alpha: float = 5.0, test_frac: float = 0.2, seed: int = 0, C: float = 1.0,
              layers: Optional[Sequence[int]] = None, positions: str = "all", sigma_over: str = "all",
-             batch_size: int = 16) -> Steerer:
+             tiebreak: str = "separation", batch_size: int = 16) -> Steerer:
     """ITI with ``heads`` = H (see :class:`ITISelector` and :class:`ITIEditor` for the open choices)."""
     params = dict(heads=heads, alpha=alpha, test_frac=test_frac, seed=seed, C=C,
                   layers=None if layers is None else list(layers), positions=positions, sigma_over=sigma_over,
-                  batch_size=batch_size)
-    return Steerer(ITISelector(heads=heads, test_frac=test_frac, seed=seed, C=C, layers=layers),
+                  tiebreak=tiebreak, batch_size=batch_size)
+    return Steerer(ITISelector(heads=heads, test_frac=test_frac, seed=seed, C=C, layers=layers, tiebreak=tiebreak),
                    ITIEditor(positions=positions, sigma_over=sigma_over),
                    alpha=alpha, method="iti", method_params=params, batch_size=batch_size)
 

@@ -75,30 +75,37 @@ def class_split(n_pos: int, n_neg: int, paired: bool, test_frac: float, seed: in
 
 def probe_accuracies(pos: torch.Tensor, neg: torch.Tensor, *, test_frac: float = 0.2, seed: int = 0,
                      C: float = 1.0, max_iter: int = 1000, paired: bool = False,
-                     progress: bool = False) -> torch.Tensor:
+                     progress: bool = False, return_separation: bool = False):
     """Held-out accuracy of one logistic probe per module.
 
     Args:
         pos, neg: ``[m, n, d]`` activations of ``m`` modules.
         test_frac, seed: the seeded held-out split (by pair when ``paired``).
         C, max_iter: scikit-learn ``LogisticRegression`` settings (L2, lbfgs).
+        return_separation: also return the held-out d' of the probe's decision values
+            (``(mean⁺ − mean⁻) / pooled std``), a continuous tie-breaker for saturated accuracies.
 
     Returns:
-        ``[m]`` accuracies on the held-out part.
+        ``[m]`` accuracies on the held-out part (and ``[m]`` d' with ``return_separation``).
     """
     from sklearn.linear_model import LogisticRegression
 
     (trp, trn), (tep, ten) = class_split(pos.shape[1], neg.shape[1], paired, test_frac, seed)
     y_tr = np.r_[np.ones(len(trp)), np.zeros(len(trn))]
     y_te = np.r_[np.ones(len(tep)), np.zeros(len(ten))]
-    out = torch.zeros(pos.shape[0])
+    out, sep = torch.zeros(pos.shape[0]), torch.zeros(pos.shape[0])
     for i in tqdm(range(pos.shape[0]), desc="ITI probes", disable=not progress, leave=False):
         x_tr = torch.cat([pos[i, trp], neg[i, trn]]).double().numpy()
         x_te = torch.cat([pos[i, tep], neg[i, ten]]).double().numpy()
         clf = LogisticRegression(C=C, max_iter=max_iter)
         clf.fit(x_tr, y_tr)
         out[i] = float((clf.predict(x_te) == y_te).mean())
-    return out
+        if return_separation:
+            f = clf.decision_function(x_te)
+            fp, fn = f[y_te == 1], f[y_te == 0]
+            pooled = np.sqrt(0.5 * (fp.var() + fn.var())) + 1e-8
+            sep[i] = float((fp.mean() - fn.mean()) / pooled)
+    return (out, sep) if return_separation else out
 
 
 @register_role
@@ -110,7 +117,10 @@ class ITISelector(Selector):
         test_frac, seed: the held-out split (20% by default; by pair for paired data).
         C, max_iter: the probe's L2 regularisation and iterations (scikit-learn, lbfgs).
         layers: restrict candidates to these layers (default: all).
-        ties: broken by (layer, head) order, so the ranking is deterministic.
+        tiebreak: ``"separation"`` (default) orders heads of equal held-out accuracy by the held-out
+            d' of the probe's decision values (on response-side refusal data most heads reach
+            accuracy 1.0); ``"order"`` keeps (layer, head) order. Either way the ranking is
+            deterministic. REAL breaks its AUC ties the same way, so the two compare fairly.
 
     Every head's accuracy is kept in ``Selection.scores``; selected heads get weight 1.
     """
@@ -118,13 +128,17 @@ class ITISelector(Selector):
     kind = "iti_selector"
 
     def __init__(self, heads: int = 16, test_frac: float = 0.2, seed: int = 0, C: float = 1.0,
-                 max_iter: int = 1000, layers: Optional[Sequence[int]] = None) -> None:
+                 max_iter: int = 1000, layers: Optional[Sequence[int]] = None,
+                 tiebreak: str = "separation") -> None:
+        if tiebreak not in ("separation", "order"):
+            raise PipelineError(f"tiebreak must be 'separation' or 'order', got {tiebreak!r}")
         if int(heads) < 1:
             raise PipelineError(f"heads (H) must be >= 1, got {heads}")
         if not 0 < test_frac < 1:
             raise PipelineError(f"test_frac must be in (0, 1), got {test_frac}")
         super().__init__(heads=int(heads), test_frac=float(test_frac), seed=int(seed), C=float(C),
-                         max_iter=int(max_iter), layers=None if layers is None else [int(x) for x in layers])
+                         max_iter=int(max_iter), layers=None if layers is None else [int(x) for x in layers],
+                         tiebreak=tiebreak)
 
     def candidates(self, model) -> list[Site]:
         return all_head_modules(model, self.params["layers"])
@@ -134,28 +148,35 @@ class ITISelector(Selector):
         layers = range(m.n_layers) if self.params["layers"] is None else self.params["layers"]
         return [Site.head(layer, range(m.n_heads)).validate(m) for layer in layers]
 
-    def score(self, model, acts: ContrastiveActs) -> tuple[list[Site], torch.Tensor]:
-        """Every candidate head and its held-out probe accuracy."""
+    def score(self, model, acts: ContrastiveActs) -> tuple[list[Site], torch.Tensor, torch.Tensor]:
+        """Every candidate head, its held-out probe accuracy and held-out d' (the tie-breaker)."""
         mods = self.candidates(model)
         pos, neg = acts.stacked(mods)
-        acc = probe_accuracies(pos, neg, test_frac=self.params["test_frac"], seed=self.params["seed"],
-                               C=self.params["C"], max_iter=self.params["max_iter"], paired=acts.paired)
-        return mods, acc
+        acc, sep = probe_accuracies(pos, neg, test_frac=self.params["test_frac"], seed=self.params["seed"],
+                                    C=self.params["C"], max_iter=self.params["max_iter"], paired=acts.paired,
+                                    return_separation=True)
+        return mods, acc, sep
 
     def fit(self, model, acts: ContrastiveActs) -> Selection:
-        mods, acc = self.score(model, acts)
-        return top_h_selection(mods, acc, self.params["heads"], "heldout_probe_accuracy", weights="ones")
+        mods, acc, sep = self.score(model, acts)
+        tie = sep if self.params.get("tiebreak", "separation") == "separation" else None
+        return top_h_selection(mods, acc, self.params["heads"], "heldout_probe_accuracy", weights="ones",
+                               tiebreak=tie)
 
 
 def top_h_selection(modules: Sequence[Site], scores: torch.Tensor, h: int, score_name: str,
-                    weights: str = "ones") -> Selection:
-    """The ``h`` best-scoring modules (ties broken by site order: layer, then head).
+                    weights: str = "ones", tiebreak: Optional[torch.Tensor] = None) -> Selection:
+    """The ``h`` best-scoring modules.
 
+    Ties in ``scores`` (common when the classes separate perfectly: on response-side refusal data
+    most heads reach accuracy / AUC 1.0) are broken by ``tiebreak`` (higher first, e.g. the
+    held-out d' of the scores), then by site order (layer, then head).
     ``weights="ones"`` (ITI) or ``"relative"`` (score / max selected score, as REAL does).
     """
     if h > len(modules):
         raise PipelineError(f"asked for H={h} modules but there are only {len(modules)} candidates")
-    order = sorted(range(len(modules)), key=lambda i: (-float(scores[i]), modules[i]))[:h]
+    tb = torch.zeros(len(modules)) if tiebreak is None else tiebreak
+    order = sorted(range(len(modules)), key=lambda i: (-float(scores[i]), -float(tb[i]), modules[i]))[:h]
     chosen = [modules[i] for i in order]
     sel = scores[order].float()
     if weights == "ones":

@@ -161,18 +161,9 @@ def top_h_by_auc(modules: Sequence[Site], auc: torch.Tensor, h: int, score_name:
 
     Ties in AUC (common when classes separate perfectly: on response-side refusal data most
     heads reach AUC 1.0) are broken by ``tiebreak`` (higher first; REAL uses the held-out d' of
-    the scores), then by module order. Without a tie-breaker this equals
-    :func:`~steerlens.pipeline.selectors.top_h_selection` with relative weights."""
-    if tiebreak is None:
-        return top_h_selection(modules, auc, h, score_name, weights="relative")
-    if h > len(modules):
-        raise PipelineError(f"asked for H={h} modules but there are only {len(modules)} candidates")
-    order = sorted(range(len(modules)), key=lambda i: (-float(auc[i]), -float(tiebreak[i]), i))[:h]
-    sel = auc[order].float()
-    if sel.max() <= 0:
-        raise PipelineError("cannot weight by relative AUC: the best selected AUC is <= 0")
-    return Selection([modules[i] for i in order], sel / sel.max(), {str(m): float(a) for m, a in zip(modules, auc)},
-                     score_name)
+    the scores), then by module order: :func:`~steerlens.pipeline.selectors.top_h_selection` with
+    relative weights, the same rule ITI's selector uses."""
+    return top_h_selection(modules, auc, h, score_name, weights="relative", tiebreak=tiebreak)
 
 
 @register_role
