@@ -60,9 +60,10 @@ def reset_peak_rss() -> None:
 
 
 def interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
+    """Run every variant once per repeat, reversing the order on odd repeats (A B, B A, ...)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
+    for r in range(repeats):
+        for k, fn in (list(fns.items()) if r % 2 == 0 else list(fns.items())[::-1]):
             t = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t)
@@ -155,7 +156,7 @@ def bench_memory(model, n_inputs: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/hooks.json")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--capture-inputs", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("--memory-inputs", type=int, default=512)
