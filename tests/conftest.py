@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import steerlens
+from steerlens.evals import data as D
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +18,12 @@ def smol():
     """SmolLM2-135M-Instruct, the default model (cached float32 weights)."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     return steerlens.load_model()
+
+
+@pytest.fixture(scope="session")
+def root():
+    """The benchmark data directory (../shared/data, $STEERLENS_DATA); tests that need it skip without it."""
+    try:
+        return D.data_dir()
+    except D.DataError as e:
+        pytest.skip(f"benchmark data not available: {e}")

@@ -5,13 +5,6 @@ import pytest
 from steerlens.evals import data as D
 
 
-@pytest.fixture(scope="module")
-def root():
-    try:
-        return D.data_dir()
-    except D.DataError as e:
-        pytest.skip(f"benchmark data not available: {e}")
-
 
 def test_data_dir_explicit_env_and_missing(root, tmp_path, monkeypatch):
     assert D.data_dir(root) == root.resolve()

@@ -15,13 +15,6 @@ from steerlens.evals.tasks import edits_for, safety_task, truthfulness_task, uti
 from steerlens.hooks.edits import AddVector, EditError
 
 
-@pytest.fixture(scope="module")
-def root():
-    try:
-        return D.data_dir()
-    except D.DataError as e:
-        pytest.skip(f"benchmark data not available: {e}")
-
 
 class RowSteerer:
     """A fitted-steerer stand-in: one vector per prompt (row i gets i * unit)."""
