@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from steerlens.evals.report import atomic_write_text
+from steerlens.fileio import atomic_write_text
 from steerlens.pipeline.sweep import results_table
 
 

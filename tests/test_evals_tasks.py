@@ -11,7 +11,7 @@ from steerlens.evals import data as D
 from steerlens.evals.judges import RefusalJudge, Verdict
 from steerlens.evals.report import load_results, run_eval
 from steerlens.evals.steering import resolve_edits
-from steerlens.evals.tasks import edits_for, safety_task, truthfulness_task, utility_task
+from steerlens.evals.tasks import ab_values, edits_for, mc_values, safety_task, truthfulness_task, utility_task
 from steerlens.hooks.edits import AddVector, EditError
 
 
@@ -146,3 +146,20 @@ def test_default_model_safety_and_steering_effect(smol, root):
     assert steered["refusal/harmful"].value >= base["refusal/harmful"].value + 0.25  # seen: 0/8 -> 4/8
     assert steered["refusal/harmful"].steering == "md"
     assert set(steered["refusal/harmful"].sample_ids) <= {e.id for e in D.load_harmful("test", root=root)}
+
+
+def test_mc_values_match_direct_log_likelihoods(tiny):
+    """MC1/MC2 from mc_values equal the definitions applied to response_logprobs by hand."""
+    q = D.Example(id="q:0", prompt="What colour is the sky?", split="test", source="hand",
+                  meta={"best": "Blue.", "correct": ["Blue.", "Often blue."], "incorrect": ["Green.", "Purple."]})
+    mc1, mc2, n = mc_values(tiny, [q], batch_size=4)
+    lps = steerlens.response_logprobs(tiny, [(q.prompt, a) for a in ["Blue.", "Often blue.", "Green.", "Purple."]])
+    ll = torch.tensor([float(t.sum()) for t in lps], dtype=torch.float64)
+    assert n == 4
+    assert mc1 == [float(ll[0] > ll[2:].max())]
+    assert abs(mc2[0] - float(torch.softmax(ll, 0)[:2].sum())) < 1e-9
+    ab = [D.Example(id=f"ab:{i}", prompt=p, split="test", source="hand", meta={"correct": c, "incorrect": w})
+          for i, (p, c, w) in enumerate([("Pick one.", " (A)", " (B)"), ("Is fire cold?", "No.", "Yes, very cold.")])]
+    lp = [float(t.sum()) for t in steerlens.response_logprobs(
+        tiny, [(e.prompt, e.meta[k]) for e in ab for k in ("correct", "incorrect")])]
+    assert ab_values(tiny, ab) == [float(lp[0] > lp[1]), float(lp[2] > lp[3])]

@@ -46,9 +46,10 @@ def test_bad_sites_give_clear_errors(tiny, spec, msg):
 
 def test_exactly_one_bos(tiny):
     bos = tiny.tokenizer.bos_token_id
-    for chat in (True, False):
-        ids = tiny.prompt_ids("Hello", chat=chat)
-        assert ids[0] == bos and ids.count(bos) == 1 or (chat and ids[0] == bos and ids[1] != bos)
+    plain = tiny.prompt_ids("Hello", chat=False)
+    assert plain[0] == bos and plain.count(bos) == 1
+    chat = tiny.prompt_ids("Hello", chat=True)  # SmolLM2's BOS <|im_start|> also opens each turn
+    assert chat[0] == bos and chat[1] != bos
     plain = tiny.prompt_ids(tiny.tokenizer.bos_token + "Hello", chat=False)
     assert plain[0] == bos and plain[1] != bos
 

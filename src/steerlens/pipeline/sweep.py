@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from ..fileio import atomic_savefig, atomic_write_json
 from ..hooks.activations import capture
 from ..models import as_model
 from .base import ContrastiveActs, PipelineError, Steerer, check_data, resid_module
@@ -125,12 +126,6 @@ class Setting:
 
 def _fmt(x: float) -> str:
     return f"{x:g}"
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def _metrics(records, name: str) -> dict:
@@ -269,13 +264,13 @@ def sweep(model, method: str, task: str, *, alphas: Sequence[float], layers: Opt
         result["report"] = {name: _metrics(rrecs, name) for name in rconfigs}
         result["wall_time_s"][f"eval_{report_split}"] = round(time.perf_counter() - t2, 1)
     result["wall_time_s"]["total"] = round(time.perf_counter() - t0, 1)
-    _atomic_json(out / "sweep.json", result)
+    atomic_write_json(out / "sweep.json", result, indent=2)
     (out / "sweep.md").write_text(sweep_markdown(result))
     try:
         plot_sweep(result, out / "tradeoff.png")
     except Exception as e:  # noqa: BLE001 - a plot must not lose the results
         result["plot_error"] = repr(e)
-        _atomic_json(out / "sweep.json", result)
+        atomic_write_json(out / "sweep.json", result, indent=2)
     return result
 
 
@@ -356,10 +351,8 @@ def plot_sweep(result: dict, path: Path) -> Path:
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(f"{result['method']} on {result['task']} ({result['select_split']} split; labels = alpha)", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -36,7 +36,8 @@ def contrastive_data(task: str, split: str = "fit", n=None, seed: int = 0, root=
 def _cmd_select(args: argparse.Namespace) -> int:
     from ...models import load_model
     from ..registry import make_steerer
-    from .diagnostics import _atomic_write, write_selection_report
+    from ...fileio import atomic_write_json
+    from .diagnostics import write_selection_report
     from .selector import default_heads
 
     model = load_model(args.model, device=args.device)
@@ -61,7 +62,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     with open(rank_path) as f:
         rep = json.load(f)
     rep["run"] = meta
-    _atomic_write(Path(rank_path), lambda tmp: Path(tmp).write_text(json.dumps(rep, indent=1)))
+    atomic_write_json(Path(rank_path), rep)
     top = ", ".join(f"{m} ({w:.2f})" for m, w in zip(rep["selected"], rep["weights"]))
     print(f"{args.method}: selected {len(rep['selected'])} heads in {t2 - t1:.1f}s: {top}")
     for k, p in paths.items():

@@ -12,29 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
 from jaxtyping import Float, Int
 
+from ...fileio import atomic_write
 from ...hooks import Site
 from ...hooks.sites import parse_site
-
-
-def _atomic_write(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def usage_summary(usage: Int[torch.Tensor, "M K 2"], purity: float = 0.8) -> dict[str, list]:
@@ -82,7 +68,7 @@ def plot_heatmap(grid: torch.Tensor, path: Union[str, os.PathLike], *, selected:
     ax.set_title(title or label, fontsize=9)
     fig.colorbar(im, ax=ax, label=label)
     fig.tight_layout()
-    out = _atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    out = atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return out
 
@@ -107,7 +93,7 @@ def plot_usage(usage: Int[torch.Tensor, "M K 2"], modules: Sequence[str], path: 
     axes[0, 0].set_title(title, fontsize=9)
     axes[-1, 0].set_xlabel("code index")
     fig.tight_layout()
-    out = _atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    out = atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return out
 
@@ -161,7 +147,7 @@ def write_selection_report(out_dir: Union[str, os.PathLike], selection, selector
     REAL, ``usage.png`` (per-class code usage of the ``usage_top`` best modules). Returns paths."""
     out = Path(out_dir)
     rep = selection_report(selection, selector, n_layers=n_layers, n_heads=n_heads)
-    paths = {"ranking": str(_atomic_write(out / "ranking.json",
+    paths = {"ranking": str(atomic_write(out / "ranking.json",
                                           lambda tmp: Path(tmp).write_text(json.dumps(rep, indent=1))))}
     grid = score_grid(selection.scores, n_layers, n_heads)
     if not torch.isnan(grid).all():

@@ -32,10 +32,12 @@ from pathlib import Path
 
 import torch
 
-from ... import load_model, response_logprobs
+from ... import load_model
 from ...evals import data as D
 from ...evals.judges import get_judge
 from ...evals.stats import bootstrap_ci
+from ...evals.tasks import ab_values, mc_values
+from ...fileio import atomic_write_json
 from ...hooks import generate
 from ..base import SimpleContrastiveData, Steerer
 from ..editors import ITIEditor
@@ -63,26 +65,6 @@ def safety_pairs(exs, seed: int) -> SimpleContrastiveData:
     pos = [(e.prompt, rng.choice(D.REFUSALS)) for e in exs]
     neg = [(e.prompt, rng.choice(D.COMPLIANCES).format(x=D.rephrase_instruction(e.prompt))) for e in exs]
     return SimpleContrastiveData(pos, neg, position="response_mean", ids=[e.id for e in exs], task="safety")
-
-
-def mc_values(model, qs, edits, batch_size: int) -> tuple[list[float], list[float]]:
-    """TruthfulQA MC1 / MC2 per question (full-answer log-likelihood; see truthfulness_task)."""
-    pairs, spans = [], []
-    for q in qs:
-        trues = [q.meta["best"]] + [a for a in q.meta["correct"] if a != q.meta["best"]]
-        answers = trues + q.meta["incorrect"]
-        spans.append((len(pairs), len(trues), len(answers)))
-        pairs += [(q.prompt, a) for a in answers]
-    lps = response_logprobs(model, pairs, edits, batch_size=batch_size)
-    ll = torch.tensor([float(t.sum()) for t in lps], dtype=torch.float64)
-    if not torch.isfinite(ll).all():
-        raise ValueError("non-finite log-likelihood under steering")
-    mc1, mc2 = [], []
-    for start, n_true, n_all in spans:
-        s = ll[start:start + n_all]
-        mc1.append(float(s[0] > s[n_true:].max()))
-        mc2.append(float(torch.softmax(s, 0)[:n_true].sum()))
-    return mc1, mc2
 
 
 def fit_both(model, data, heads: int, seed: int, real_kw: dict) -> dict[str, Steerer]:
@@ -161,10 +143,10 @@ def run(args) -> int:
             base = dict(fold=f, method=method, alpha=alpha, heads=args.heads, task=args.task)
             recs = []
             if args.task == "truthfulness":
-                mc1, mc2 = mc_values(model, test_exs, edits, args.batch_size)
+                mc1, mc2, _ = mc_values(model, test_exs, edits, batch_size=args.batch_size)
                 recs += [_rec("truthfulqa/mc1", mc1, ids=held, **base), _rec("truthfulqa/mc2", mc2, ids=held, **base)]
                 ab_exs = [ab_by_q[i] for i in held if i in ab_by_q]
-                recs.append(_rec("truthfulqa/ab", _ab_values(model, ab_exs, edits, args.batch_size),
+                recs.append(_rec("truthfulqa/ab", ab_values(model, ab_exs, edits, batch_size=args.batch_size),
                                  ids=[e.id for e in ab_exs], **base))
             else:
                 for set_name, exs in (("harmful", test_exs), ("harmless", harmless)):
@@ -182,7 +164,7 @@ def run(args) -> int:
                 if method == "none" and key in baseline_cache:
                     mm = baseline_cache[key]
                 else:
-                    mm = _ab_values(model, mmlu, edits, args.batch_size)
+                    mm = ab_values(model, mmlu, edits, batch_size=args.batch_size)
                     if method == "none":
                         baseline_cache[key] = mm
                 recs.append(_rec("utility/mmlu_ab", mm, ids=[e.id for e in mmlu], **base))
@@ -196,22 +178,12 @@ def run(args) -> int:
     fh.close()
     os.replace(tmp, results_path)
     sp = out / "selections.json"
-    sp.with_suffix(".tmp").write_text(json.dumps(selections, indent=1))
-    os.replace(sp.with_suffix(".tmp"), sp)
+    atomic_write_json(sp, selections)
     summary = summarize_results(results_path)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_json(out / "summary.json", summary)
     for row in summary:
         print(json.dumps(row))
     return 0
-
-
-def _ab_values(model, exs, edits, batch_size: int) -> list[float]:
-    pairs = []
-    for e in exs:
-        pairs += [(e.prompt, e.meta["correct"]), (e.prompt, e.meta["incorrect"])]
-    lps = response_logprobs(model, pairs, edits, batch_size=batch_size)
-    ll = [float(t.sum()) for t in lps]
-    return [float(ll[2 * i] > ll[2 * i + 1]) for i in range(len(exs))]
 
 
 def summarize_results(path) -> list[dict]:

@@ -1,0 +1,46 @@
+"""Atomic file writes: nothing half-written on disk.
+
+Every writer goes to a temporary file in the target's directory and is moved into place with
+``os.replace``; if writing fails the temporary file is removed and the old file (if any) stays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Union
+
+PathLike = Union[str, os.PathLike]
+
+
+def atomic_write(path: PathLike, write: Callable[[str], Any]) -> Path:
+    """Call ``write(tmp_path)`` then move ``tmp_path`` onto ``path`` (mode 0644)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: PathLike, obj: Any, indent: int = 1) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=indent, default=str, ensure_ascii=False))
+
+
+def atomic_savefig(fig, path: PathLike, **savefig_kw: Any) -> Path:
+    """``fig.savefig`` to ``path`` atomically (format from ``path``'s suffix unless given)."""
+    savefig_kw.setdefault("format", Path(path).suffix.lstrip(".") or "png")
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, **savefig_kw))
