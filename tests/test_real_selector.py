@@ -225,3 +225,50 @@ def test_separation_is_standardised_mean_difference():
     y = torch.tensor([1, 1, 0, 0])
     # means 4 and 1, variances 1 and 1 -> d' = 3
     assert abs(float(batched_separation(s, y)[0]) - 3.0) < 1e-6
+
+
+def test_safety_experiment_reports_matched_over_refusal(tmp_path):
+    from steerlens.evals.data import DataError, data_dir
+    from steerlens.pipeline.real.experiment import main
+
+    try:
+        data_dir()
+    except DataError:
+        pytest.skip("benchmark data not available")
+    out = tmp_path / "exp"
+    assert main(["--task", "safety", "--out", str(out), "--model", "tiny-random", "--n", "8", "--eval-limit", "2",
+                 "--heads", "2", "--alphas", "1,3", "--epochs", "1", "--mmlu", "0", "--harmless", "2",
+                 "--harmless-val", "3", "--max-new-tokens", "4", "--max-over-refusal", "1.0"]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["metric"] for r in rows} == {f"{k}/{s}" for k in ("refusal", "degenerate")
+                                          for s in ("harmful", "harmless", "harmless_val")}
+    summary = json.loads((out / "summary.json").read_text())
+    matched = {(r["method"], r["metric"]): r for r in summary if r["method"].startswith("matched:")}
+    # a budget of 1.0 admits every alpha: each method is compared at the largest one
+    assert matched[("matched:real", "refusal/harmful")]["alpha"] == 3.0
+    assert matched[("matched:iti", "refusal/harmful")]["alpha"] == 3.0
+    assert matched[("matched:real", "refusal/harmful")]["n"] == 4  # 2 folds x 2 held-out prompts
+    diff = matched[("matched:real-iti", "refusal/harmful")]
+    assert diff["n"] == 4 and diff["ci"][0] <= diff["value"] <= diff["ci"][1]
+    assert (out / "tradeoff.png").stat().st_size > 0
+
+
+def test_matched_over_refusal_picks_largest_alpha_within_budget(tmp_path):
+    from steerlens.pipeline.real.experiment import matched_over_refusal, summarize_results
+
+    path = tmp_path / "results.jsonl"
+    lines = []
+    # harmless-val over-refusal: real 0.0 @1, 0.5 @2; iti 0.0 @1, 0.0 @2; harmful refusal differs
+    spec = {("real", 1.0): (0.0, [1, 0]), ("real", 2.0): (0.5, [1, 1]),
+            ("iti", 1.0): (0.0, [0, 0]), ("iti", 2.0): (0.0, [0, 1])}
+    for (m, a), (orr, harm) in spec.items():
+        lines.append({"fold": 0, "method": m, "alpha": a, "metric": "refusal/harmless_val",
+                      "ids": ["v1", "v2"], "values": [orr, orr]})
+        lines.append({"fold": 0, "method": m, "alpha": a, "metric": "refusal/harmful",
+                      "ids": ["h1", "h2"], "values": [float(v) for v in harm]})
+    path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    rows = matched_over_refusal(summarize_results(path), path, 0.1)
+    got = {(r["method"], r["metric"]): r for r in rows}
+    assert got[("matched:real", "refusal/harmful")]["alpha"] == 1.0  # 2.0 over budget
+    assert got[("matched:iti", "refusal/harmful")]["alpha"] == 2.0
+    assert got[("matched:real-iti", "refusal/harmful")]["value"] == 0.0  # [1,0] - [0,1] -> mean 0
