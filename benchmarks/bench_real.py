@@ -193,6 +193,16 @@ def main() -> int:
               f"scorer spearman {b1['agreement']['spearman']:.2f}, top-{args.top} overlap "
               f"{b1['agreement']['top_overlap']}", flush=True)
 
+    # On 2 cores the loop would rather run two 1-thread heads side by side than one 2-thread head
+    # (per-head training is dispatch-bound; a second thread slows it): that ideal loop time is
+    # the 1-thread per-head median x M / 2, compared with the 2-thread batched time.
+    by_t = {r["threads"]: r for r in runs}
+    if 1 in by_t and 2 in by_t:
+        ideal = statistics.median(by_t[1]["loop_per_head_seconds"]) * M / 2
+        by_t[2]["loop_two_workers_seconds_extrapolated"] = ideal
+        by_t[2]["speedup_batched_vs_two_worker_loop"] = ideal / statistics.median(by_t[2]["batched_vqae_seconds"])
+        print(f"2 cores: loop as two 1-thread workers {ideal:.0f}s extrapolated; "
+              f"speedup {by_t[2]['speedup_batched_vs_two_worker_loop']:.1f}x", flush=True)
     out = {"benchmark": "real", "modules": M, "d": int(pos.shape[2]), "n_pairs": int(pos.shape[1]),
            "epochs": args.epochs, "capture": cap, "runs": runs,
            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,

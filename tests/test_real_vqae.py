@@ -101,21 +101,25 @@ def test_batched_ema_matches_onehot_definition():
     torch.testing.assert_close(m.ema_sum, exp_sum)
 
 
-def test_supcon_matches_naive():
+@pytest.mark.parametrize("labels", [[0, 1, 0, 1, 1, 0], [0, 1, 0, 2, 1, 0, 0]])  # label 2: an anchor with no partner
+def test_supcon_matches_naive(labels):
     g = torch.Generator().manual_seed(1)
-    z = torch.randn(2, 6, 5, generator=g, dtype=torch.float64)
-    y = torch.tensor([0, 1, 0, 1, 1, 0])
+    n = len(labels)
+    z = torch.randn(2, n, 5, generator=g, dtype=torch.float64)
+    y = torch.tensor(labels)
     t = 0.5
     got = supcon_loss(z, y, t)
     for m in range(2):
         zn = F.normalize(z[m], dim=-1)
         losses = []
-        for i in range(6):
-            others = [a for a in range(6) if a != i]
+        for i in range(n):
+            others = [a for a in range(n) if a != i]
             denom = math.log(sum(math.exp(float(zn[i] @ zn[a]) / t) for a in others))
             pos = [p for p in others if y[p] == y[i]]
-            losses.append(-sum(float(zn[i] @ zn[p]) / t - denom for p in pos) / len(pos))
+            if pos:
+                losses.append(-sum(float(zn[i] @ zn[p]) / t - denom for p in pos) / len(pos))
         assert abs(float(got[m]) - sum(losses) / len(losses)) < 1e-9
+    assert torch.isfinite(torch.autograd.functional.jacobian(lambda v: supcon_loss(v, y, t).sum(), z)).all()
 
 
 def test_supcon_no_positive_pairs_is_zero():
@@ -160,3 +164,17 @@ def test_errors(bad):
     else:
         with pytest.raises(VQAEError, match="codebook_init"):
             BatchedVQAE(2, 32, VQAEConfig(codebook_init="kmeans")).setup(x[:2])
+
+
+def test_nearest_code_is_argmin_of_squared_distance_with_ties_to_lower_index():
+    from steerlens.pipeline.real.vqae import nearest_code
+
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(5, 300, 4, generator=g)
+    cb = torch.randn(5, 32, 4, generator=g)
+    cb[:, 7] = cb[:, 3]  # duplicated code: the tie goes to code 3, as argmin would
+    z[:, 0] = cb[:, 3]
+    expect = torch.cdist(z.double(), cb.double()).argmin(-1)
+    got = nearest_code(z, cb)
+    assert torch.equal(got, expect)
+    assert (got[:, 0] == 3).all()
