@@ -8,6 +8,8 @@ response pairs (``fit`` split, ``hook_z`` of every layer read in one capture pas
 - loop: :class:`ReferenceVQAE` trained head by head on the same rows from the same initial state
   (so codes can be compared), on a subset of heads, extrapolated to all heads (reported as such);
 - the batched/loop ratio is measured in one run, interleaved (batched, loop, batched), medians;
+- the first optimizer of a process imports ``torch._dynamo`` (~1.6 s); both children pay that
+  before their timers;
 - wall time of the full batched scoring, peak memory (VmHWM of a fresh child process, before and
   after the work), the Markov vs logistic scorer ranking agreement (Spearman, top-H overlap).
 
@@ -78,8 +80,15 @@ def _load(path: str):
     return t["pos"], t["neg"]
 
 
+def _warm_imports() -> None:
+    """The first optimizer built in a process imports ``torch._dynamo`` (about 1.6 s here): a
+    one-time process cost, paid before the timers in both children so that neither counts it."""
+    torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3, fused=True)
+
+
 def _child_batched(path: str, threads: int, epochs: int, heads_top: int, q) -> None:
     torch.set_num_threads(threads)
+    _warm_imports()
     from steerlens.pipeline.real import VQAEConfig, real_relevance
 
     pos, neg = _load(path)
@@ -97,6 +106,7 @@ def _child_batched(path: str, threads: int, epochs: int, heads_top: int, q) -> N
 
 def _child_loop(path: str, threads: int, epochs: int, heads: list[int], q) -> None:
     torch.set_num_threads(threads)
+    _warm_imports()
     from steerlens.pipeline.real import BatchedVQAE, VQAEConfig, train_reference
     from steerlens.pipeline.selectors import class_split
 

@@ -238,7 +238,8 @@ def test_safety_experiment_reports_matched_over_refusal(tmp_path):
     out = tmp_path / "exp"
     assert main(["--task", "safety", "--out", str(out), "--model", "tiny-random", "--n", "8", "--eval-limit", "2",
                  "--heads", "2", "--alphas", "1,3", "--epochs", "1", "--mmlu", "0", "--harmless", "2",
-                 "--harmless-val", "3", "--max-new-tokens", "4", "--max-over-refusal", "1.0"]) == 0
+                 "--harmless-val", "3", "--max-new-tokens", "4", "--max-over-refusal", "1.0",
+                 "--max-degenerate", "1.0"]) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {r["metric"] for r in rows} == {f"{k}/{s}" for k in ("refusal", "degenerate")
                                           for s in ("harmful", "harmless", "harmless_val")}
@@ -251,6 +252,10 @@ def test_safety_experiment_reports_matched_over_refusal(tmp_path):
     diff = matched[("matched:real-iti", "refusal/harmful")]
     assert diff["n"] == 4 and diff["ci"][0] <= diff["value"] <= diff["ci"][1]
     assert (out / "tradeoff.png").stat().st_size > 0
+    (out / "summary.json").unlink()
+    assert main(["--task", "safety", "--out", str(out), "--summarize-only", "--max-over-refusal", "1.0",
+                 "--max-degenerate", "1.0"]) == 0
+    assert json.loads((out / "summary.json").read_text()) == summary
 
 
 def test_matched_over_refusal_picks_largest_alpha_within_budget(tmp_path):
@@ -272,3 +277,14 @@ def test_matched_over_refusal_picks_largest_alpha_within_budget(tmp_path):
     assert got[("matched:real", "refusal/harmful")]["alpha"] == 1.0  # 2.0 over budget
     assert got[("matched:iti", "refusal/harmful")]["alpha"] == 2.0
     assert got[("matched:real-iti", "refusal/harmful")]["value"] == 0.0  # [1,0] - [0,1] -> mean 0
+    # a model that babbles refuses nothing: iti at alpha 2 is degenerate on the val prompts
+    with open(path, "a") as fh:
+        for (m, a), deg in {("iti", 1.0): 0.0, ("iti", 2.0): 1.0, ("real", 1.0): 0.0, ("real", 2.0): 0.0}.items():
+            fh.write(json.dumps({"fold": 0, "method": m, "alpha": a, "metric": "degenerate/harmless_val",
+                                 "ids": ["v1", "v2"], "values": [deg, deg]}) + "\n")
+    got = {(r["method"], r["metric"]): r for r in matched_over_refusal(summarize_results(path), path, 0.1, 0.2)}
+    assert got[("matched:iti", "refusal/harmful")]["alpha"] == 1.0
+    assert got[("matched:real", "refusal/harmful")]["alpha"] == 1.0
+    # nothing admissible: the unsteered model (alpha 0) is the comparison point
+    got = {(r["method"], r["metric"]): r for r in matched_over_refusal(summarize_results(path), path, -1.0)}
+    assert got == {} or all(r["alpha"] in (0.0, [0.0, 0.0]) for r in got.values())
