@@ -293,7 +293,9 @@ def matched_over_refusal(summary: list[dict], path, max_over_refusal: float,
 
 
 def plot_tradeoff(summary: list[dict], path) -> None:
-    """Harmful refusal against harmless over-refusal (test prompts), one line per method over alpha."""
+    """Two panels over alpha, one colour per method: held-out harmful prompts (refusal solid,
+    degenerate dashed) and harmless test prompts (over-refusal solid, degenerate dashed), with
+    bootstrap 95% bands on the refusal lines; the alpha chosen at matched over-refusal is starred."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -302,24 +304,36 @@ def plot_tradeoff(summary: list[dict], path) -> None:
     from ...fileio import atomic_savefig
 
     val = {(r["method"], r["alpha"], r["metric"]): r for r in summary if r["method"] in ("none", "real", "iti")}
-    fig, ax = plt.subplots(figsize=(5, 4))
-    base = (val.get(("none", 0.0, "refusal/harmless")), val.get(("none", 0.0, "refusal/harmful")))
-    for method, colour in (("real", "tab:red"), ("iti", "tab:blue")):
-        alphas = sorted(a for (m, a, k) in val if m == method and k == "refusal/harmful")
-        pts = [(0.0, base)] if all(base) else []
-        pts += [(a, (val.get((method, a, "refusal/harmless")), val[(method, a, "refusal/harmful")])) for a in alphas]
-        pts = [(a, (x, y)) for a, (x, y) in pts if x is not None]
-        if not pts:
-            continue
-        ax.plot([x["value"] for _, (x, _) in pts], [y["value"] for _, (_, y) in pts], "o-", color=colour, label=method)
-        for a, (x, y) in pts:
-            ax.annotate(f"{a:g}", (x["value"], y["value"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("over-refusal, harmless Alpaca test")
-    ax.set_ylabel("refusal, held-out harmful")
-    ax.set_xlim(-0.03, 1.03)
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_title("REAL vs ITI heads: refusal / over-refusal over alpha", fontsize=9)
-    ax.legend()
+    chosen = {r["method"].split(":", 1)[1]: r["alpha"] for r in summary
+              if r["method"] in ("matched:real", "matched:iti") and r["metric"] == "refusal/harmful"}
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    for ax, where, title in ((axes[0], "harmful", "held-out harmful prompts"),
+                             (axes[1], "harmless", "harmless Alpaca test prompts")):
+        for method, colour in (("real", "tab:red"), ("iti", "tab:blue")):
+            alphas = sorted(a for (m, a, k) in val if m == method and k == f"refusal/{where}")
+            alphas = ([0.0] if ("none", 0.0, f"refusal/{where}") in val else []) + alphas
+            if not alphas:
+                continue
+
+            def get(a, metric, method=method):
+                return val.get(("none" if a == 0 else method, a, metric))
+
+            ref = [get(a, f"refusal/{where}") for a in alphas]
+            deg = [get(a, f"degenerate/{where}") for a in alphas]
+            ax.plot(alphas, [r["value"] for r in ref], "o-", color=colour, label=f"{method} refusal")
+            ax.fill_between(alphas, [r["ci"][0] for r in ref], [r["ci"][1] for r in ref], color=colour, alpha=0.12)
+            if all(deg):
+                ax.plot(alphas, [d["value"] for d in deg], "s--", color=colour, alpha=0.6, label=f"{method} degenerate")
+            if method in chosen and chosen[method] in alphas:
+                i = alphas.index(chosen[method])
+                ax.plot([alphas[i]], [ref[i]["value"]], "*", color=colour, markersize=14, markeredgecolor="k")
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("alpha")
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(-0.03, 1.03)
+    axes[0].set_ylabel("rate")
+    axes[1].legend(fontsize=7)
+    fig.suptitle("REAL vs ITI heads over alpha (* = alpha chosen at matched over-refusal on val)", fontsize=9)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
