@@ -202,6 +202,7 @@ def test_experiment_runs_on_tiny_model(tmp_path):
     assert any(r["method"] == "real-iti" for r in summary)
     sels = json.loads((out / "selections.json").read_text())
     assert len(sels) == 2 and not set(sels[0]["real"]) - set(sels[0]["real_scores"])
+    assert sels[0]["selected_overlap"] == len(set(sels[0]["real"]) & set(sels[0]["iti"]))
     assert (out / "diag_real_fold0" / "heatmap.png").exists() and (out / "real_fold1" / "metadata.json").exists()
 
 

@@ -154,6 +154,10 @@ def run(args) -> int:
                     "real_weights": steerers["real"].selection.weights.tolist(),
                     "iti": [str(m) for m in steerers["iti"].selection.modules],
                     "agreement_real_vs_iti": ranking_agreement(r_scores, i_scores, args.heads),
+                    # the heads actually kept (after each selector's tie-break): with many scores
+                    # tied at 1.0 (safety), the score-only top-H overlap above overstates agreement
+                    "selected_overlap": len(set(map(str, steerers["real"].selection.modules))
+                                            & set(map(str, steerers["iti"].selection.modules))),
                     "real_info": steerers["real"].selector.result_info,
                     "real_scores": steerers["real"].selection.scores, "iti_scores": steerers["iti"].selection.scores,
                     "fit_info": {k: st.fit_info for k, st in steerers.items()}}
@@ -163,7 +167,8 @@ def run(args) -> int:
             write_selection_report(out / f"diag_{name}_fold{f}", st.selection, st.selector,
                                    n_layers=model.n_layers, n_heads=model.n_heads,
                                    title=f"{name} fold {f} ({len(fit_exs)} {args.task} pairs): {st.selection.score_name}")
-        print(json.dumps({k: sel_info[k] for k in ("fold", "real", "iti", "agreement_real_vs_iti")}), flush=True)
+        print(json.dumps({k: sel_info[k] for k in ("fold", "real", "iti", "agreement_real_vs_iti", "selected_overlap")}),
+              flush=True)
         configs = [("none", 0.0)] + [(m, a) for a in alphas for m in ("real", "iti")]
         for method, alpha in configs:
             t0 = time.perf_counter()
