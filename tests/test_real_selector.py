@@ -180,14 +180,9 @@ def test_select_cli(tmp_path):
     assert (out / "heatmap.png").exists()
 
 
-def test_experiment_runs_on_tiny_model(tmp_path):
-    from steerlens.evals.data import DataError, data_dir
+def test_experiment_runs_on_tiny_model(tmp_path, root):
     from steerlens.pipeline.real.experiment import main
 
-    try:
-        data_dir()
-    except DataError:
-        pytest.skip("benchmark data not available")
     out = tmp_path / "exp"
     assert main(["--task", "truthfulness", "--out", str(out), "--model", "tiny-random", "--n", "10", "--eval-limit",
                  "3", "--heads", "2", "--alphas", "4", "--epochs", "1", "--mmlu", "3"]) == 0
@@ -228,14 +223,9 @@ def test_separation_is_standardised_mean_difference():
     assert abs(float(batched_separation(s, y)[0]) - 3.0) < 1e-6
 
 
-def test_safety_experiment_reports_matched_over_refusal(tmp_path):
-    from steerlens.evals.data import DataError, data_dir
+def test_safety_experiment_reports_matched_over_refusal(tmp_path, root):
     from steerlens.pipeline.real.experiment import main
 
-    try:
-        data_dir()
-    except DataError:
-        pytest.skip("benchmark data not available")
     out = tmp_path / "exp"
     assert main(["--task", "safety", "--out", str(out), "--model", "tiny-random", "--n", "8", "--eval-limit", "2",
                  "--heads", "2", "--alphas", "1,3", "--epochs", "1", "--mmlu", "0", "--harmless", "2",

@@ -122,6 +122,14 @@ def test_supcon_matches_naive(labels):
     assert torch.isfinite(torch.autograd.functional.jacobian(lambda v: supcon_loss(v, y, t).sum(), z)).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_supcon_is_finite_in_low_precision(dtype):
+    z = torch.randn(2, 6, 8).to(dtype).requires_grad_()
+    loss = supcon_loss(z, torch.tensor([0, 1, 0, 1, 1, 0]), 0.07)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(z.grad).all()
+
+
 def test_supcon_no_positive_pairs_is_zero():
     z = torch.randn(3, 2, 4)
     assert torch.equal(supcon_loss(z, torch.tensor([0, 1]), 0.07), torch.zeros(3))

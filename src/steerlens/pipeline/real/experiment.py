@@ -241,15 +241,18 @@ def summarize_results(path) -> list[dict]:
     return out
 
 
-def _pooled(path) -> dict:
-    """(method, alpha, metric) -> {example key: value}, folds pooled as in :func:`summarize_results`."""
+def _pooled(path, by_fold: bool = True) -> dict:
+    """(method, alpha, metric) -> {example key: value}, folds pooled as in :func:`summarize_results`.
+    Steered rows are keyed ``fold:id`` (a shared item, e.g. a harmless prompt, is steered by a
+    different fit in every fold); the unsteered model's rows by ``id`` (counted once). With
+    ``by_fold=False`` every row is keyed by ``id`` — for held-out items, which the folds partition."""
     rows: dict = {}
     for line in open(path):
         r = json.loads(line)
         slot = rows.setdefault((r["method"], r["alpha"], r["metric"]), {})
-        shared = r["method"] == "none"
+        per_fold = by_fold and r["method"] != "none"
         for i, v in zip(r["ids"], r["values"]):
-            slot[i if shared else f"{r['fold']}:{i}"] = v
+            slot[f"{r['fold']}:{i}" if per_fold else i] = v
     return rows
 
 
@@ -283,12 +286,9 @@ def matched_over_refusal(summary: list[dict], path, max_over_refusal: float,
                         "ci": [lo, hi], "n": len(vals), "val_over_refusal": val.get((src, alpha)),
                         "val_degenerate": val_deg.get((src, alpha)),
                         "max_over_refusal": max_over_refusal, "max_degenerate": max_degenerate})
-    a, b = (rows.get((m if chosen[m] > 0 else "none", chosen[m], "refusal/harmful"), {}) for m in ("real", "iti"))
+    held = _pooled(path, by_fold=False)  # held-out harmful prompts: one fold each, keyed by id
+    a, b = (held.get((m if chosen[m] > 0 else "none", chosen[m], "refusal/harmful"), {}) for m in ("real", "iti"))
     if a and b:
-        def strip(k):  # the unsteered rows are keyed by id, steered rows by fold:id
-            return k.split(":", 1)[1] if ":" in k and k.split(":", 1)[0].isdigit() else k
-        a = {strip(k): v for k, v in a.items()}
-        b = {strip(k): v for k, v in b.items()}
         keys = [k for k in a if k in b]
         mean, lo, hi = bootstrap_ci([a[k] - b[k] for k in keys], seed=0)
         out.append({"method": "matched:real-iti", "alpha": [chosen["real"], chosen["iti"]],

@@ -115,8 +115,8 @@ def supcon_loss(z: Float[torch.Tensor, "M B D"], labels: Int[torch.Tensor, "B"],
         return z.new_zeros(z.shape[0])
     w = pos.to(z.dtype) / n_pos.clamp(min=1).unsqueeze(-1).to(z.dtype) / has.sum().to(z.dtype)  # [B, B]
     # the diagonal (self-similarity) is excluded with a large finite offset: w is 0 there, and
-    # 0 * finite stays 0 where -inf would give NaN
-    self_mask = eye.to(z.dtype) * -1e9
+    # 0 * finite stays 0 where -inf would give NaN (half the dtype's minimum, so it stays finite)
+    self_mask = eye.to(z.dtype) * (torch.finfo(z.dtype).min / 2)
     zn = F.normalize(z, dim=-1)
     sim = torch.baddbmm(self_mask, zn, zn.transpose(1, 2), alpha=1.0 / temperature)  # [M, B, B]
     lse = torch.logsumexp(sim, dim=-1)  # [M, B]
@@ -192,7 +192,7 @@ class BatchedVQAE(torch.nn.Module):
 
     def nearest(self, ze: Float[torch.Tensor, "M B G c"]) -> Int[torch.Tensor, "M B G"]:
         """Index of the nearest code for every group vector (squared Euclidean distance)."""
-        with torch.no_grad():  # indices carry no gradient; a graph here also slows max_pool ~20x
+        with torch.no_grad():  # indices carry no gradient: building a graph here only costs time
             return nearest_code(ze.reshape(self.M, -1, self.d_code), self.codebook).view(ze.shape[:-1])
 
     def lookup(self, idx: Int[torch.Tensor, "M B G"]) -> Float[torch.Tensor, "M B G c"]:
