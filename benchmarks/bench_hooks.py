@@ -21,6 +21,7 @@ import torch
 
 import steerlens
 from steerlens import AddVector, capture, generate
+from steerlens.fileio import atomic_write_json
 from steerlens.hooks import iter_batches
 
 PROMPTS = [
@@ -176,11 +177,7 @@ def main(argv=None) -> int:
         "memory": bench_memory(model, args.memory_inputs),
     }
     result["wall_s"] = time.time() - t0
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    atomic_write_json(args.out, result, indent=2)
     print(json.dumps({"capture_ratio": result["capture"]["throughput_ratio_vs_plain_forward"],
                       "generate_ratio": {k: v["steered_over_unsteered_tokens_per_s"] for k, v in result["generate"].items()
                                          if isinstance(v, dict)},

@@ -21,7 +21,6 @@ Each timed part runs in its own spawned process so peak memory belongs to that p
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import platform
@@ -66,9 +65,10 @@ def capture_acts(n_questions: int, path: Path, batch_size: int) -> dict:
     z = z.permute(0, 2, 1, 3).reshape(model.n_layers * model.n_heads, 2 * n, model.d_head)
     from safetensors.torch import save_file
 
-    tmp = path.with_suffix(".tmp")
-    save_file({"pos": z[:, :n].contiguous(), "neg": z[:, n:].contiguous()}, str(tmp))
-    os.replace(tmp, path)
+    from steerlens.fileio import atomic_write
+
+    tensors = {"pos": z[:, :n].contiguous(), "neg": z[:, n:].contiguous()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
     return {"n_pairs": n, "capture_seconds": secs, "n_layers": model.n_layers, "n_heads": model.n_heads,
             "d_head": model.d_head, "data_fingerprint": data.fingerprint()[:16]}
 
@@ -218,11 +218,9 @@ def main() -> int:
            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                        "python": sys.version.split()[0]},
            "notes": "loop time measured on loop_heads and extrapolated to all modules (median per head x M)"}
-    p = Path(args.out)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    os.replace(tmp, p)
+    from steerlens.fileio import atomic_write_json
+
+    p = atomic_write_json(args.out, out)
     print(f"wrote {p}")
     return 0
 

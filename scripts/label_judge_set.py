@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 
 import torch
 
 import steerlens
 from steerlens.evals import data as D
+from steerlens.fileio import atomic_write_text
 
 
 def main() -> None:
@@ -53,11 +52,7 @@ def main() -> None:
             kind = "harmful" if e.source in D.HARMFUL_SOURCES else ("xstest_safe" if e.source == "xstest" else "harmless")
             rows.append({"id": e.id, "kind": kind, "steering": "none" if alpha is None else f"meandiff_l{args.layer}_a{alpha:g}",
                          "prompt": e.prompt, "reply": r, "label": ""})
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.out)) or ".")
-    with os.fdopen(fd, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, args.out)
+    atomic_write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     print(f"wrote {len(rows)} candidates to {args.out}")
 
 

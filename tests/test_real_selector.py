@@ -277,5 +277,11 @@ def test_matched_over_refusal_picks_largest_alpha_within_budget(tmp_path):
     assert got[("matched:iti", "refusal/harmful")]["alpha"] == 1.0
     assert got[("matched:real", "refusal/harmful")]["alpha"] == 1.0
     # nothing admissible: the unsteered model (alpha 0) is the comparison point
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"fold": 0, "method": "none", "alpha": 0.0, "metric": "refusal/harmful",
+                             "ids": ["h1", "h2"], "values": [0.0, 1.0]}) + "\n")
     got = {(r["method"], r["metric"]): r for r in matched_over_refusal(summarize_results(path), path, -1.0)}
     assert got == {} or all(r["alpha"] in (0.0, [0.0, 0.0]) for r in got.values())
+    assert got[("matched:real", "refusal/harmful")]["alpha"] == 0.0
+    assert got[("matched:real", "refusal/harmful")]["value"] == 0.5  # the unsteered rows
+    assert got[("matched:real-iti", "refusal/harmful")]["value"] == 0.0  # both at alpha 0: no difference

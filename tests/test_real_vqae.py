@@ -147,10 +147,12 @@ def test_training_lowers_reconstruction_and_codes_follow_class():
     assert (0.5 * (u1 - u0).abs().sum(-1) > 0.2).all()  # total variation distance
 
 
-def test_reference_standalone_init_differs_but_trains():
-    x, y = _data(M=1, dtype=torch.float32)
+def test_reference_standalone_trains_like_a_one_module_batched_model():
+    x, y = _data(M=1, dtype=torch.float64)
     ref = train_reference(x[0], y, VQAEConfig(epochs=1))
     assert ref.codes(x[0]).shape == (x.shape[1], 8)
+    batched, _ = train_vqae(x, y, VQAEConfig(epochs=1), progress=False)
+    assert torch.equal(ref.codes(x[0]), batched.codes(x)[0])
 
 
 @pytest.mark.parametrize("bad", ["nan", "width", "rows", "labels", "init"])

@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..fileio import atomic_write
 from ..models import as_model
 from .batching import Batch, InputError, Item, check_items, iter_batches
 from .edits import Edit, check_edit_inputs, take_edits, validate_edits
@@ -97,9 +98,7 @@ class ShardedActivations:
 def _write_shard(out_dir: Path, i: int, rows: dict[str, list[torch.Tensor]]) -> str:
     name = f"shard_{i:05d}.safetensors"
     tensors = {k: torch.cat(v, 0).contiguous() for k, v in rows.items()}
-    tmp = out_dir / (name + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, out_dir / name)
+    atomic_write(out_dir / name, lambda tmp: save_file(tensors, tmp))
     return name
 
 

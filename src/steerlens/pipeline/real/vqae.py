@@ -275,7 +275,7 @@ class BatchedVQAE(torch.nn.Module):
 
     def module(self, m: int) -> "ReferenceVQAE":
         """A :class:`ReferenceVQAE` holding a copy of module ``m``'s current state."""
-        ref = ReferenceVQAE(self.d, self.cfg, dtype=self.codebook.dtype, init=False)
+        ref = ReferenceVQAE(self.d, self.cfg, dtype=self.codebook.dtype)
         with torch.no_grad():
             for name in _LAYERS:
                 getattr(ref, f"{name}_w").copy_(getattr(self, f"{name}_w")[m])
@@ -287,23 +287,22 @@ class BatchedVQAE(torch.nn.Module):
 
 class ReferenceVQAE(torch.nn.Module):
     """One VQ autoencoder (the same math as :class:`BatchedVQAE` for ``M = 1``, written per module
-    with plain matmuls). For the benchmark's per-head loop and the equivalence test."""
+    with plain matmuls). For the benchmark's per-head loop and the equivalence test.
 
-    def __init__(self, d: int, cfg: Optional[VQAEConfig] = None, *, dtype: torch.dtype = torch.float32,
-                 generator: Optional[torch.Generator] = None, init: bool = True) -> None:
+    It holds state only: initialisation and data-dependent setup are :class:`BatchedVQAE`'s (one
+    code path), and a reference is taken from a batched model with :meth:`BatchedVQAE.module`."""
+
+    def __init__(self, d: int, cfg: Optional[VQAEConfig] = None, *, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.cfg = cfg = cfg or VQAEConfig()
         self.d = int(d)
         self.latent, self.d_code = _check_dims(self.d, cfg)
-        g = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
         for name, (i, o) in _layer_shapes(self.d, self.latent).items():
-            w, b = _linear_init(g, 1, i, o, dtype) if init else (torch.zeros(1, i, o, dtype=dtype), torch.zeros(1, o, dtype=dtype))
-            setattr(self, f"{name}_w", torch.nn.Parameter(w[0]))
-            setattr(self, f"{name}_b", torch.nn.Parameter(b[0]))
-        cb = torch.randn(cfg.n_codes, self.d_code, generator=g, dtype=dtype) if init else torch.zeros(cfg.n_codes, self.d_code, dtype=dtype)
-        self.register_buffer("codebook", cb)
+            setattr(self, f"{name}_w", torch.nn.Parameter(torch.zeros(i, o, dtype=dtype)))
+            setattr(self, f"{name}_b", torch.nn.Parameter(torch.zeros(o, dtype=dtype)))
+        self.register_buffer("codebook", torch.zeros(cfg.n_codes, self.d_code, dtype=dtype))
         self.register_buffer("ema_size", torch.ones(cfg.n_codes, dtype=dtype))
-        self.register_buffer("ema_sum", cb.clone())
+        self.register_buffer("ema_sum", torch.zeros(cfg.n_codes, self.d_code, dtype=dtype))
         self.register_buffer("mu", torch.zeros(self.d, dtype=dtype))
         self.register_buffer("sd", torch.ones(self.d, dtype=dtype))
 
@@ -318,23 +317,6 @@ class ReferenceVQAE(torch.nn.Module):
         flat = ze.reshape(-1, self.d_code)
         dist = self.codebook.pow(2).sum(-1) - 2 * flat @ self.codebook.T  # plain argmin: the reference
         return dist.argmin(-1).view(ze.shape[:-1])
-
-    @torch.no_grad()
-    def setup(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> "ReferenceVQAE":
-        cfg = self.cfg
-        if cfg.standardize:
-            self.mu.copy_(x.mean(0))
-            self.sd.copy_(x.std(0, unbiased=False).clamp(min=1e-6))
-        if cfg.codebook_init == "data":
-            g = generator if generator is not None else torch.Generator().manual_seed(cfg.seed + 1)
-            ze = self.encode(self.normalize(x)).reshape(-1, self.d_code)
-            if ze.shape[0] < cfg.n_codes:
-                raise VQAEError(f"data init needs at least {cfg.n_codes} group vectors, got {ze.shape[0]}")
-            cb = ze[torch.rand(ze.shape[0], generator=g).argsort()[:cfg.n_codes]]
-            self.codebook.copy_(cb)
-            self.ema_sum.copy_(cb)
-            self.ema_size.fill_(1.0)
-        return self
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mu) / self.sd
@@ -460,8 +442,8 @@ def train_reference(
     """Train one :class:`ReferenceVQAE` (same schedule and row order as :func:`train_vqae`)."""
     cfg = cfg or (model.cfg if model is not None else VQAEConfig())
     _check_xy(x, labels, 0)
-    if model is None:
-        model = ReferenceVQAE(x.shape[1], cfg, dtype=x.dtype).setup(x)
+    if model is None:  # the initial state of a one-module batched model (same init code path)
+        model = BatchedVQAE(1, x.shape[1], cfg, dtype=x.dtype).setup(x.unsqueeze(0)).module(0)
     y = None if labels is None else torch.as_tensor(labels).long()
     opt = _adam(model.parameters(), cfg.lr)
     g = torch.Generator().manual_seed(cfg.seed + 2)
