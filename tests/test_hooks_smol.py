@@ -60,3 +60,30 @@ def test_hooks_gone_after_exception_on_real_model(smol):
     assert count_hooks(smol) == n0
     base = next_token_logprobs(smol, PROMPTS[:2])
     assert torch.equal(base, next_token_logprobs(smol, PROMPTS[:2]))
+
+
+def test_current_last_edit_teacher_forced_equals_generation(smol):
+    """An activation-dependent edit on the current last position only: the teacher-forced
+    log-probs of the steered greedy continuation equal the per-step log-probs recorded while
+    generating it (the edit touches the same tokens in both), batched with left padding."""
+    from steerlens import FunctionEdit
+    from steerlens.hooks import response_logprobs
+
+    acts = capture(smol, ["I'm sorry, I can't help.", "Sure, here is how."], ["blocks.10.hook_resid_post"],
+                   progress=False)["blocks.10.hook_resid_post"]
+    v = acts[0] - acts[1]
+    u = v / v.norm()
+
+    def delta(act, info):  # push along v, harder the less the token already points that way
+        return v * (1.5 - torch.tanh(act @ u / 10))[..., None]
+
+    e = FunctionEdit("blocks.10.hook_resid_post", delta, 1.0, positions="current_last")
+    gens = generate(smol, PROMPTS, [e], max_new_tokens=16, batch_size=4, progress=False, return_details=True,
+                    logprobs=True)
+    plain = generate(smol, PROMPTS, None, max_new_tokens=16, batch_size=4, progress=False)
+    assert [g.text for g in gens] != plain
+    lps = response_logprobs(smol, [(g.prompt, g.token_ids) for g in gens], [e], batch_size=4)
+    diff = max(float((lp - torch.tensor(g.logprobs)).abs().max()) for g, lp in zip(gens, lps))
+    assert diff <= 1e-4, diff
+    unsteered = response_logprobs(smol, [(g.prompt, g.token_ids) for g in gens], None, batch_size=4)
+    assert max(float((a - b).abs().max()) for a, b in zip(lps, unsteered)) > 0.1

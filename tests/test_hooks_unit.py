@@ -7,7 +7,7 @@ import torch
 
 import steerlens
 from steerlens import AddVector, FunctionEdit, Site, SiteError, capture, generate, steer
-from steerlens.hooks import EditError, InputError, count_hooks, next_token_logprobs, response_logprobs
+from steerlens.hooks import EditError, HookLeakError, InputError, count_hooks, next_token_logprobs, response_logprobs
 from steerlens.hooks.activations import ShardedActivations
 from steerlens.hooks.sites import parse_site
 
@@ -135,7 +135,7 @@ def test_strength_zero_is_identity(tiny):
     h = torch.randn(2, tiny.d_head) * 10
     base = _logits(tiny, PROMPTS)
     for e in [AddVector("blocks.1.hook_resid_post", v, 0.0), AddVector("blocks.0.attn.hook_z[0,2]", h, 0.0),
-              FunctionEdit("blocks.0.hook_resid_post", lambda a, r: a * 100, strength=0.0)]:
+              FunctionEdit("blocks.0.hook_resid_post", lambda a, info: a * 100, alpha=0.0)]:
         assert torch.equal(_logits(tiny, PROMPTS, [e]), base)
     assert not torch.equal(_logits(tiny, PROMPTS, [AddVector("blocks.1.hook_resid_post", v, 1.0)]), base)
 
@@ -172,10 +172,59 @@ def test_hooks_removed_after_exception(tiny):
             raise RuntimeError("boom")
     assert count_hooks(tiny) == n0
     # an exception raised inside a hook during the forward pass too
-    bad = FunctionEdit("blocks.0.hook_resid_post", lambda a, r: (_ for _ in ()).throw(ValueError("in hook")))
+    bad = FunctionEdit("blocks.0.hook_resid_post", lambda a, info: (_ for _ in ()).throw(ValueError("in hook")))
     with pytest.raises(ValueError, match="in hook"):
         generate(tiny, PROMPTS[:2], [bad], max_new_tokens=2, progress=False)
     assert count_hooks(tiny) == n0
+
+
+def test_leak_check_fails_when_a_handle_is_left(tiny, monkeypatch):
+    """The cleanup check can fail: with removal disabled, a leaked hook is counted and reported."""
+    import steerlens.hooks.runtime as rt
+
+    n0 = count_hooks(tiny)
+    monkeypatch.setattr(rt, "_remove", lambda hp, handle: None)
+    with pytest.raises(HookLeakError, match="blocks.1.hook_resid_post"):
+        generate(tiny, PROMPTS[:1], [AddVector("blocks.1.hook_resid_post", torch.ones(tiny.d_model))],
+                 max_new_tokens=2, progress=False)
+    assert count_hooks(tiny) == n0 + 1  # the leak is visible to the count
+    monkeypatch.undo()
+    for hp in tiny.bridge.hook_dict.values():  # clean up the deliberate leak
+        hp.remove_hooks("both")
+    assert count_hooks(tiny) == n0
+
+
+def test_cleanup_leaves_other_callers_hooks(tiny, monkeypatch):
+    """Our cleanup removes exactly our handles: a hook someone else attached stays, also when a
+    hook raises, and also when removing one of ours fails (HookLeakError names it)."""
+    import steerlens.hooks.runtime as rt
+
+    seen = []
+    with tiny.bridge.hooks(fwd_hooks=[("blocks.1.hook_resid_post", lambda a, hook: seen.append(1))]):
+        n_foreign = count_hooks(tiny)
+        bad = FunctionEdit("blocks.1.hook_resid_post", lambda a, info: (_ for _ in ()).throw(ValueError("x")))
+        with pytest.raises(ValueError):
+            generate(tiny, PROMPTS[:1], [bad], max_new_tokens=2, progress=False)
+        assert count_hooks(tiny) == n_foreign
+        real = rt._remove
+
+        def flaky(hp, handle):
+            if hp is tiny.bridge.hook_dict["blocks.0.hook_resid_post"]:
+                raise RuntimeError("cannot remove")
+            real(hp, handle)
+
+        monkeypatch.setattr(rt, "_remove", flaky)
+        edits = [AddVector("blocks.0.hook_resid_post", torch.ones(tiny.d_model)),
+                 AddVector("blocks.1.hook_resid_post", torch.ones(tiny.d_model))]
+        with pytest.raises(HookLeakError, match="blocks.0.hook_resid_post"):
+            generate(tiny, PROMPTS[:1], edits, max_new_tokens=2, progress=False)
+        monkeypatch.undo()
+        assert count_hooks(tiny) == n_foreign + 1  # ours at layer 0 is stuck; the foreign one is intact
+        n_seen = len(seen)
+        next_token_logprobs(tiny, PROMPTS[:1])
+        assert len(seen) == n_seen + 1
+        tiny.bridge.hook_dict["blocks.0.hook_resid_post"].remove_hooks("both")
+    assert count_hooks(tiny) == n_foreign - 1
 
 
 def test_edit_validation_errors(tiny):

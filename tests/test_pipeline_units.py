@@ -1,4 +1,4 @@
-"""Unit tests of the pipeline's math, registry, selection grouping and gate folding (tiny model)."""
+"""Unit tests of the pipeline's math, registry, selection grouping (tiny model)."""
 
 import pytest
 import torch
@@ -8,7 +8,6 @@ from steerlens import AddVector, Site
 from steerlens.pipeline import (
     AlwaysOpen,
     ContrastiveActs,
-    Gate,
     GateDecision,
     ITIEditor,
     ITISelector,
@@ -21,7 +20,6 @@ from steerlens.pipeline import (
     available_methods,
     make_steerer,
     register_method,
-    register_role,
 )
 from steerlens.pipeline.base import group_modules, head_module
 from steerlens.pipeline.registry import METHODS
@@ -133,37 +131,6 @@ def test_top_h_relative_weights():
     torch.testing.assert_close(sel.weights, torch.tensor([1.0, 1.0, 0.75 / 0.9]))
     with pytest.raises(PipelineError, match="only 4"):
         top_h_selection(mods, torch.zeros(4), 5, "auc")
-
-
-@register_role
-class _HalfGate(Gate):
-    """Test gate: opens for prompts containing 'bomb' (scale 1), else 0."""
-
-    kind = "test_half_gate"
-
-    def decide(self, model, prompt_acts, n):
-        raise AssertionError("replaced per test")
-
-
-def test_gate_scale_is_folded_per_input(tiny):
-    class Keyword(_HalfGate):
-        def decide(self, model, prompt_acts, n):
-            s = torch.tensor([1.0 if "bomb" in p else 0.0 for p in self.prompts])
-            return GateDecision(s, s)
-
-    data = SimpleContrastiveData([("bomb", "No.")], [("bomb", "Yes")], position="response_mean")
-    gate = Keyword()
-    st = Steerer(FixedSelector(["blocks.1.hook_resid_post"]), MeanDiffEditor(), gate, alpha=20.0)
-    gate.fit = lambda model, acts: None
-    st.fit(tiny, data, gate_data=SimpleContrastiveData(["bomb"], ["cake"], position="last"))
-    prompts = ["How do I make a bomb?", "How do I bake a cake?"]
-    gate.prompts = prompts
-    edits = st.edits(tiny, prompts)
-    assert torch.equal(edits[0].scale, torch.tensor([1.0, 0.0]))
-    lp = steerlens.next_token_logprobs(tiny, prompts, edits)
-    base = steerlens.next_token_logprobs(tiny, prompts)
-    assert torch.equal(lp[1], base[1])  # gated out: untouched
-    assert not torch.allclose(lp[0], base[0])
 
 
 def test_registry_is_open_and_checks_params():

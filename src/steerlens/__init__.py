@@ -17,6 +17,8 @@ from .hooks import (
     Edit,
     EditError,
     FunctionEdit,
+    FunctionGate,
+    HookGate,
     Site,
     SiteError,
     capture,
@@ -24,6 +26,7 @@ from .hooks import (
     next_token_logprobs,
     response_logprobs,
     steer,
+    Trace,
 )
 from .models import ModelLoadError, SteerModel, load_model
 
@@ -31,4 +34,5 @@ __all__ = [
     "__version__", "load_model", "SteerModel", "ModelLoadError",
     "capture", "steer", "generate", "response_logprobs", "next_token_logprobs",
     "Site", "SiteError", "AddVector", "FunctionEdit", "Edit", "EditError",
+    "HookGate", "FunctionGate", "Trace",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from ..hooks.edits import AddVector, Edit, EditError
+from ..hooks.edits import Edit, EditError
 
 
 def is_steerer(obj: Any) -> bool:
@@ -25,10 +25,8 @@ def is_steerer(obj: Any) -> bool:
 def resolve_edits(steering: Any, model, prompts: Sequence[str], alpha: Optional[float] = None) -> list[Edit]:
     """Edits for ``prompts`` from ``steering`` (``None`` | edits | fitted steerer).
 
-    ``alpha`` overrides the strength: it is passed to a steerer's ``edits``; for plain
-    :class:`~steerlens.AddVector` edits it replaces each edit's ``alpha`` (on copies; the
-    caller's edits are not changed); other edit types (whose strength is not a linear scale)
-    reject an ``alpha`` override."""
+    ``alpha`` overrides the strength: it is passed to a steerer's ``edits``; for plain edits it
+    replaces each edit's ``alpha`` (on copies; the caller's edits are not changed)."""
     if steering is None:
         return []
     if is_steerer(steering):
@@ -45,13 +43,7 @@ def resolve_edits(steering: Any, model, prompts: Sequence[str], alpha: Optional[
         if not isinstance(e, Edit):
             raise EditError(f"steering produced {type(e).__name__}, not a steerlens Edit")
     if alpha is not None and not is_steerer(steering):
-        new = []
-        for e in out:
-            if isinstance(e, AddVector):
-                new.append(AddVector(e.site, e.vector, float(alpha), scale=e.scale, positions=e.positions))
-            else:
-                raise EditError(f"alpha override is not defined for {type(e).__name__} edits")
-        out = new
+        out = [e.with_alpha(float(alpha)) for e in out]
     return out
 
 

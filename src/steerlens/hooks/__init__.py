@@ -1,16 +1,21 @@
-"""Where activations are read and edited: sites, batched capture, edits, cleanup, steered generation."""
+"""Where activations are read and edited: sites, batched capture, edits, gates, cleanup, steered
+generation and traces."""
 
 from .batching import Batch, InputError, iter_batches
-from .activations import ShardedActivations, capture
-from .edits import AddVector, Edit, EditError, FunctionEdit
-from .generation import Generation, generate, next_token_logprobs, response_logprobs
+from .activations import ShardedActivations, SiteDict, capture
+from .edits import POSITIONS, AddVector, Edit, EditError, FunctionEdit, TokenInfo
+from .gates import FunctionGate, GateError, HookGate
+from .generation import Generation, Replies, generate, next_token_logprobs, response_logprobs
+from .runtime import HookLeakError, Run, attach, count_hooks, site_order
 from .sites import Site, SiteError, all_head_sites, parse_site, parse_sites
-from .context import HookLeakError, count_hooks, steer
+from .context import steer
+from .trace import Trace
 
 __all__ = [
-    "Site", "SiteError", "parse_site", "parse_sites", "all_head_sites",
-    "Edit", "AddVector", "FunctionEdit", "EditError",
-    "capture", "ShardedActivations", "steer", "count_hooks", "HookLeakError",
-    "generate", "Generation", "response_logprobs", "next_token_logprobs",
+    "Site", "SiteError", "parse_site", "parse_sites", "all_head_sites", "site_order",
+    "Edit", "AddVector", "FunctionEdit", "EditError", "TokenInfo", "POSITIONS",
+    "HookGate", "FunctionGate", "GateError",
+    "capture", "ShardedActivations", "SiteDict", "steer", "attach", "count_hooks", "HookLeakError", "Run",
+    "generate", "Generation", "Replies", "response_logprobs", "next_token_logprobs", "Trace",
     "Batch", "InputError", "iter_batches",
 ]

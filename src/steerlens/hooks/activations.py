@@ -31,16 +31,45 @@ from tqdm.auto import tqdm
 from ..fileio import atomic_write
 from ..models import as_model
 from .batching import Batch, InputError, Item, check_items, iter_batches
-from .edits import Edit, check_edit_inputs, take_edits, validate_edits
-from .sites import Site, SiteLike, parse_sites
-from .context import attach, make_hooks
+from .edits import Edit, check_edit_inputs, validate_edits
+from .sites import Site, SiteLike, parse_site, parse_sites
+from .runtime import StopForward, batch_run
 
 Position = Literal["last", "response_mean", "mean", "all"]
 POSITIONS = ("last", "response_mean", "mean", "all")
 
 
-class _StopForward(Exception):
-    """Raised by the hook at the deepest site: nothing after it is needed."""
+class SiteDict(dict):
+    """``{Site: tensor}`` that also answers to the strings the caller passed (hook names such as
+    ``"blocks.10.hook_resid_post"``, or ``"blocks.3.attn.hook_z"`` for all heads) and to any
+    string form of a site."""
+
+    def __init__(self, data=(), aliases: Optional[dict] = None) -> None:
+        super().__init__(data)
+        self._aliases = dict(aliases or {})
+
+    def _key(self, key):
+        if isinstance(key, str):
+            if key in self._aliases:
+                return self._aliases[key]
+            try:
+                return parse_site(key)
+            except Exception:  # noqa: BLE001 - not a site string: a plain KeyError below
+                return key
+        return key
+
+    def __getitem__(self, key):
+        k = self._key(key)
+        try:
+            return super().__getitem__(k)
+        except KeyError:
+            raise KeyError(f"{key!r} was not captured; captured: {[str(s) for s in self]}") from None
+
+    def __contains__(self, key) -> bool:
+        return super().__contains__(self._key(key))
+
+    def get(self, key, default=None):
+        return super().get(self._key(key), default)
 
 
 def _reduce(act: torch.Tensor, batch: Batch, position: str) -> Union[torch.Tensor, list[torch.Tensor]]:
@@ -59,7 +88,7 @@ def _run_forward(model, batch: Batch, stop: bool) -> None:
     try:
         hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
            position_ids=batch.position_ids, use_cache=False, logits_to_keep=1)
-    except _StopForward:
+    except StopForward:
         if not stop:
             raise
 
@@ -137,6 +166,8 @@ def capture(
     m = as_model(model)
     items, is_pair = check_items(inputs)
     site_list = parse_sites(sites, m)
+    given = [sites] if isinstance(sites, (str, Site)) else list(sites)
+    aliases = {str(g): s for g, s in zip(given, site_list) if isinstance(g, str)}
     if position not in POSITIONS:
         raise InputError(f"position must be one of {POSITIONS}, got {position!r}")
     if position == "response_mean" and not is_pair:
@@ -165,7 +196,7 @@ def capture(
                     red = red.to(dtype or red.dtype).cpu()
                 state["out"][s] = red
             if stop_here:
-                raise _StopForward
+                raise StopForward
             return act
         return read
 
@@ -190,8 +221,7 @@ def capture(
         for batch in iter_batches(m, items, batch_size, chat=chat, max_length=max_length,
                                   sort_by_length=shard_dir is None):
             state["batch"], state["out"] = batch, {}
-            hooks = make_hooks(m, take_edits(edit_list, batch.rows.cpu())) + read_hooks
-            with attach(m, hooks):
+            with batch_run(m, edit_list, batch, extra_hooks=read_hooks):
                 _run_forward(m, batch, stop=True)
             rows = batch.rows.cpu()
             if shard_dir is not None:
@@ -226,7 +256,7 @@ def capture(
         return ShardedActivations(final)
 
     inv = torch.argsort(torch.cat(order))
-    out: dict = {}
+    out = SiteDict(aliases=aliases)
     for s in site_list:
         if position == "all":
             flat = [t for chunk in results[s] for t in chunk]

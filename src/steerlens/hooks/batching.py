@@ -50,7 +50,8 @@ class Batch:
 
 
 def check_items(items: Sequence[Item]) -> tuple[list[Item], bool]:
-    """Validate inputs; return them as a list and whether they are (prompt, response) pairs."""
+    """Validate inputs; return them as a list and whether they are (prompt, response) pairs.
+    A response may be text or a list of token ids."""
     if isinstance(items, (str, tuple)):
         items = [items]
     items = list(items)
@@ -63,7 +64,9 @@ def check_items(items: Sequence[Item]) -> tuple[list[Item], bool]:
         parts = x if isinstance(x, (tuple, list)) else (x,)
         if isinstance(x, (tuple, list)) and len(x) != 2:
             raise InputError(f"a pair must be (prompt, response), got {len(x)} items")
-        for p in parts:
+        for k, p in enumerate(parts):
+            if k == 1 and isinstance(p, (list, tuple)) and all(isinstance(t, int) for t in p):
+                continue  # a response given as token ids (e.g. exactly what generate produced)
             if not isinstance(p, str):
                 raise InputError(f"inputs must be strings, got {type(p).__name__}")
     return items, all(is_pair)
@@ -77,7 +80,7 @@ def tokenize_items(model: SteerModel, items: Sequence[Item], chat: Optional[bool
     for x in items:
         if isinstance(x, (tuple, list)):
             p = model.prompt_ids(x[0], chat=chat)
-            r = model.response_ids(x[1])
+            r = list(x[1]) if isinstance(x[1], (list, tuple)) else model.response_ids(x[1])
         else:
             p, r = model.prompt_ids(x, chat=chat), []
         if max_length is not None and len(p) + len(r) > max_length:

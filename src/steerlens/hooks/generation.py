@@ -15,19 +15,36 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models import as_model
-from .batching import InputError, Item, check_items, iter_batches
-from .edits import Edit, check_edit_inputs, take_edits, validate_edits
-from .context import attach, make_hooks
+from .batching import InputError, check_items, iter_batches
+from .edits import Edit, check_edit_inputs, validate_edits
+from .runtime import Run, batch_run
+from .trace import Trace
 
 
 @dataclass
 class Generation:
-    """One generated reply: text, token ids, and whether it stopped at an end-of-turn token."""
+    """One generated reply: text, token ids, whether it stopped at an end-of-turn token, and
+    each gate's score and scale for this input (``{gate name: {"score": s, "scale": c}}``), and
+    with ``logprobs=True`` the log-probability of each generated token under the steered model."""
 
     prompt: str
     text: str
     token_ids: list[int] = field(default_factory=list)
     finished: bool = False
+    gates: dict = field(default_factory=dict)
+    logprobs: Optional[list[float]] = None
+
+
+class Replies(list):
+    """The list ``generate`` returns (strings, or :class:`Generation` records), with the run's
+    :class:`~steerlens.hooks.trace.Trace` in ``.trace`` when ``trace=True`` (else ``None``)."""
+
+    trace: Optional[Trace] = None
+
+
+def _row_gates(run: Run, j: int) -> dict:
+    return {name: {"score": float(d["score"][j]), "scale": float(d["scale"][j])}
+            for name, d in run.gate_decisions().items()}
 
 
 def _generation_config(model, max_new_tokens: int, do_sample: bool, temperature: float,
@@ -70,7 +87,9 @@ def generate(
     chat: Optional[bool] = None,
     progress: bool = True,
     return_details: bool = False,
-) -> list[str] | list[Generation]:
+    trace: bool = False,
+    logprobs: bool = False,
+) -> Replies:
     """Generate a reply to each prompt, steered by ``edits``.
 
     Greedy by default (batched output equals one-at-a-time output). With ``do_sample=True`` the
@@ -83,24 +102,37 @@ def generate(
         edits: steering edits; per-input edits carry one entry per prompt.
         max_new_tokens: generation length cap.
         batch_size: prompts per batch (left padding, KV cache).
-        return_details: return :class:`Generation` records instead of strings.
+        return_details: return :class:`Generation` records (with each gate's decision) instead
+            of strings.
+        trace: record every edit's per-token values; the result's ``.trace`` holds them.
+        logprobs: record each generated token's log-probability (``Generation.logprobs``).
     """
     m, items, edit_list = _prepare(model, prompts, edits, pairs=False, what="generate")
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     gen_cfg = _generation_config(m, max_new_tokens, do_sample, temperature, top_p, top_k)
+    if logprobs:
+        gen_cfg.output_logits, gen_cfg.return_dict_in_generate = True, True
     eos = set(m.eos_token_ids)
     out: list[Optional[Generation]] = [None] * len(items)
+    tr = Trace() if trace else None
+    live = [e for e in edit_list if not e.is_identity]  # the edits a Run keeps, in its order
     bar = tqdm(total=len(items), desc="generate", unit="prompt", disable=not progress, leave=False)
     for bi, batch in enumerate(iter_batches(m, items, batch_size, chat=chat)):
         if do_sample:
             torch.manual_seed(seed * 1_000_003 + bi)
-        hooks = make_hooks(m, take_edits(edit_list, batch.rows.cpu()))
-        with attach(m, hooks):
-            seqs = m.hf_model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                       generation_config=gen_cfg)
+        with batch_run(m, edit_list, batch, trace=trace) as run:
+            res = m.hf_model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                      generation_config=gen_cfg)
+        seqs = res.sequences if logprobs else res
         new = seqs[:, batch.input_ids.shape[1]:].cpu()
-        for j, row in enumerate(batch.rows.tolist()):
+        step_lp = None
+        if logprobs:  # [b, steps]: log p(chosen token) from the raw (unprocessed) logits
+            lg = torch.stack(res.logits, 1).float().log_softmax(-1).cpu()
+            step_lp = lg.gather(-1, new[:, :lg.shape[1], None]).squeeze(-1)
+        rows = batch.rows.tolist()
+        kept = []
+        for j, row in enumerate(rows):
             ids = new[j].tolist()
             finished = False
             for k, t in enumerate(ids):
@@ -110,11 +142,19 @@ def generate(
             while ids and ids[-1] == m.pad_token_id and m.pad_token_id not in eos:
                 ids.pop()
             text = m.tokenizer.decode(ids, skip_special_tokens=True)
-            out[row] = Generation(prompt=items[row], text=text, token_ids=ids, finished=finished)
+            out[row] = Generation(prompt=items[row], text=text, token_ids=ids, finished=finished,
+                                  gates=_row_gates(run, j),
+                                  logprobs=None if step_lp is None else step_lp[j, :len(ids)].tolist())
+            kept.append(len(ids) + int(finished))
+        if tr is not None:
+            texts = [[m.tokenizer.decode([t]) for t in new[j, :kept[j]].tolist()] for j in range(len(rows))]
+            tr.add_run(run, [e.label for e in live], [str(e.site) for e in live], rows, kept, texts)
         bar.update(batch.size)
     bar.close()
     gens = [g for g in out if g is not None]
-    return gens if return_details else [g.text for g in gens]
+    res = Replies(gens if return_details else [g.text for g in gens])
+    res.trace = tr
+    return res
 
 
 def _logits_at(m, batch, mask: torch.Tensor) -> torch.Tensor:
@@ -154,7 +194,7 @@ def response_logprobs(
         # position t predicts token t+1: keep the positions whose next token is a response token
         mask = batch.response_mask[:, 1:]
         tgt = batch.input_ids[:, 1:][mask]
-        with attach(m, make_hooks(m, take_edits(edit_list, batch.rows.cpu()))):
+        with batch_run(m, edit_list, batch):
             logits = _logits_at(m, batch, mask)  # [n_response_tokens, vocab]
         tok_lp = torch.log_softmax(logits.float(), -1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1).cpu()
         counts = mask.sum(1).tolist()
@@ -180,7 +220,7 @@ def next_token_logprobs(
     out: list[Optional[torch.Tensor]] = [None] * len(items)
     bar = tqdm(total=len(items), desc="next-token", unit="prompt", disable=not progress, leave=False)
     for batch in iter_batches(m, items, batch_size, chat=chat):
-        with attach(m, make_hooks(m, take_edits(edit_list, batch.rows.cpu()))):
+        with batch_run(m, edit_list, batch):
             logits = m.hf_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                 position_ids=batch.position_ids, use_cache=False, logits_to_keep=1).logits
         lp = torch.log_softmax(logits[:, -1].float(), -1).cpu()

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from ..hooks.sites import SiteError, parse_site
@@ -186,18 +185,10 @@ def load_steerer(path: Union[str, os.PathLike], model=None, *, check_model: bool
         try:
             for s in meta["config"].get("sites", []):
                 parse_site(s).validate(m)
-            _check_widths(steerer, m)
+            steerer.editor.check_model(m)
         except (SiteError, PipelineError) as e:
             raise ArtifactError(f"artifact {d} does not fit this model: {e}") from e
     return steerer
-
-
-def _check_widths(steerer: Steerer, model) -> None:
-    ed = steerer.editor
-    for mod, v in zip(getattr(ed, "modules", []), getattr(ed, "vectors", [])):
-        w = mod.width(model)
-        if v.shape[-1] != w:
-            raise PipelineError(f"{mod}: stored vector has width {v.shape[-1]} but the model's site has width {w}")
 
 
 def describe(path: Union[str, os.PathLike]) -> dict[str, Any]:

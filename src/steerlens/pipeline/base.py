@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Optional, Sequence
 import torch
 from jaxtyping import Float
 
-from ..hooks import Edit, Site
+from ..hooks import Edit, HookGate, Site
 from ..hooks.batching import InputError
 from ..hooks.activations import capture
 from ..hooks.sites import parse_site
@@ -350,20 +350,34 @@ class GateDecision:
 
 
 class Gate(Role):
-    """When to steer. Decided from the prompt (last prompt token) and held for the generation.
+    """When to steer: a fitted rule that the hook layer evaluates on live activations.
 
-    ``required_sites`` are read at the last prompt token; ``fit`` gets them for target (``pos``)
-    vs benign (``neg``) prompts; ``decide`` gets them for the prompts being steered.
+    ``fit`` gets prompt-side activations (last prompt token) of target (``pos``) vs benign
+    (``neg``) prompts at ``required_sites``; :meth:`hook_gate` returns the
+    :class:`~steerlens.hooks.gates.HookGate` that the edits carry (``None``: always open).
+    A prompt gate is decided at the last prompt token and held for the generation; a token
+    gate is re-evaluated on every token (see :mod:`steerlens.hooks.gates`).
     """
 
     def required_sites(self, model) -> list[Site]:
-        return []
+        hg = self.hook_gate(model)
+        return [] if hg is None else [hg.site]
 
     def fit(self, model, acts: ContrastiveActs) -> None:
         return None
 
-    def decide(self, model, prompt_acts: dict[Site, torch.Tensor], n: int) -> GateDecision:
+    def hook_gate(self, model) -> Optional[HookGate]:
         raise NotImplementedError
+
+    def decide(self, model, prompt_acts: dict[Site, torch.Tensor], n: int) -> GateDecision:
+        """Scores and scales of ``n`` prompts from their captured last-token activations (the
+        same numbers the hook gate computes inside the forward pass; used for reports)."""
+        hg = self.hook_gate(model)
+        if hg is None:
+            return GateDecision(torch.ones(n), torch.ones(n))
+        x = prompt_acts[hg.site]
+        s = hg.checked_score(x.unsqueeze(1))[:, 0]
+        return GateDecision(s, hg.scale_of(s).clamp(0, 1))
 
     @property
     def always_open(self) -> bool:
@@ -380,16 +394,18 @@ class AlwaysOpen(Gate):
     def always_open(self) -> bool:
         return True
 
-    def decide(self, model, prompt_acts: dict[Site, torch.Tensor], n: int) -> GateDecision:
-        return GateDecision(torch.ones(n), torch.ones(n))
+    def hook_gate(self, model) -> None:
+        return None
 
 
 class Editor(Role):
     """How to steer: fitted on the selected modules' activations, returns hook-layer edits.
 
-    ``query_sites`` (optional) are read at the last prompt token of the steered prompts (and of
-    the fitting prompts, into ``ContrastiveActs.query``) for editors whose edit depends on the
-    input; ``edits`` then receives them as ``query_acts``.
+    ``edits`` returns :class:`~steerlens.Edit` objects whose ``delta`` may read the live
+    activation; strength, gate and positions are applied by the hook layer, so an editor never
+    multiplies by them itself. ``query_sites`` (optional) are read at the last prompt token of
+    the fitting prompts into ``ContrastiveActs.query``, for editors fitted on prompt states
+    (MoSE's router).
     """
 
     def query_sites(self, model, selection: Selection) -> list[Site]:
@@ -398,10 +414,12 @@ class Editor(Role):
     def fit(self, model, acts: ContrastiveActs, selection: Selection) -> None:
         raise NotImplementedError
 
-    def edits(self, model, selection: Selection, alpha: float, scale: Optional[torch.Tensor] = None,
-              query_acts: Optional[dict[Site, torch.Tensor]] = None, n: Optional[int] = None) -> list[Edit]:
-        """Edits for ``n`` prompts. ``scale`` (``[n]`` or ``None`` = all 1) is the gate's."""
+    def edits(self, model, selection: Selection, alpha: float, gate: Optional[HookGate] = None) -> list[Edit]:
+        """The edits at strength ``alpha``, each carrying ``gate`` (``None``: always open)."""
         raise NotImplementedError
+
+    def check_model(self, model) -> None:
+        """Raise :class:`PipelineError` if the fitted state does not fit ``model`` (widths)."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -558,31 +576,39 @@ class Steerer:
         return self
 
     # -- applying ---------------------------------------------------------------------------
-    def decide(self, model, prompts: Sequence[str], *, progress: bool = False) -> tuple[GateDecision, dict]:
-        """Gate decision for ``prompts`` and the query activations (both from one capture pass)."""
-        if not self.fitted:
-            raise PipelineError("steerer is not fitted: call fit(model, data) or load_steerer(dir)")
+    def decide(self, model, prompts: Sequence[str], *, progress: bool = False) -> GateDecision:
+        """The gate's score and scale for ``prompts`` (one capture pass at the gate's site); the
+        same decision the hook layer takes inside ``generate``. For reports and gate evaluation."""
+        self._require_fitted()
         prompts = list(prompts)
         if not prompts:
             raise InputError("no prompts given (empty list)")
         m = as_model(model)
         gsites = [] if self.gate.always_open else self.gate.required_sites(m)
-        qsites = self.editor.query_sites(m, self.selection)  # type: ignore[arg-type]
-        sites = list(dict.fromkeys(list(gsites) + list(qsites)))
-        acts = self._capture(m, prompts, sites, "last", progress) if sites else {}
+        acts = self._capture(m, prompts, gsites, "last", progress) if gsites else {}
         decision = self.gate.decide(m, {s: acts[s] for s in gsites}, len(prompts))
         if decision.scale.shape[0] != len(prompts):
             raise PipelineError(f"gate returned {decision.scale.shape[0]} decisions for {len(prompts)} prompts")
-        return decision, {s: acts[s] for s in qsites}
+        return decision
 
-    def edits(self, model, prompts: Sequence[str], alpha: Optional[float] = None) -> list[Edit]:
-        """Hook-layer edits for ``prompts`` (gate scale folded into per-input ``scale``)."""
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise PipelineError("steerer is not fitted: call fit(model, data) or load_steerer(dir)")
+
+    def edits(self, model, prompts: Optional[Sequence[str]] = None, alpha: Optional[float] = None) -> list[Edit]:
+        """Hook-layer edits at strength ``alpha`` (default: the steerer's), each carrying the
+        gate. They do not depend on the prompts (a gate or a query-dependent editor reads the live
+        activations), so one list serves any prompts; ``prompts`` is accepted for the project's
+        steering protocol."""
+        self._require_fitted()
         a = self.alpha if alpha is None else float(alpha)
-        prompts = list(prompts)
-        decision, query = self.decide(model, prompts)
-        scale = None if self.gate.always_open else decision.scale
-        return self.editor.edits(as_model(model), self.selection, a, scale=scale,  # type: ignore[arg-type]
-                                 query_acts=query or None, n=len(prompts))
+        m = as_model(model)
+        gate = None if self.gate.always_open else self.gate.hook_gate(m)
+        out = self.editor.edits(m, self.selection, a, gate=gate)  # type: ignore[arg-type]
+        for e in out:
+            if e.name is None:
+                e.name = f"{self.method}:{e.site}"
+        return out
 
     # -- state ------------------------------------------------------------------------------
     def config(self) -> dict:

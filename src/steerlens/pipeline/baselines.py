@@ -19,7 +19,8 @@ from .selectors import FixedSelector, ITISelector
 DEFAULT_LAYER = 10
 
 
-@register_method("caa", help="CAA / ActAdd: mean difference at one residual layer", family="resid")
+@register_method("caa", help="CAA / ActAdd: mean difference at one residual layer", family="resid",
+                 contract={"params": {"layer": 1, "alpha": 4.0}, "gen_alpha": 20.0})
 def make_caa(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, where: str = "post", positions: str = "all",
              batch_size: int = 16) -> Steerer:
     """CAA: ``v = mean(h⁺) − mean(h⁻)`` at ``blocks.{layer}.hook_resid_{where}``; ``h ← h + alpha·v``."""
@@ -28,7 +29,8 @@ def make_caa(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, where: str = "po
                    alpha=alpha, method="caa", method_params=params, batch_size=batch_size)
 
 
-@register_method("repe", help="RepE-PCA: first PC of paired differences at one residual layer", family="resid")
+@register_method("repe", help="RepE-PCA: first PC of paired differences at one residual layer", family="resid",
+                 contract={"params": {"layer": 1, "alpha": 4.0}, "gen_alpha": 20.0})
 def make_repe(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, where: str = "post", positions: str = "all",
               center: bool = False, scale: str = "mean_proj", batch_size: int = 16) -> Steerer:
     """RepE-PCA at ``blocks.{layer}.hook_resid_{where}`` (see :class:`PCAEditor` for ``center``/``scale``)."""
@@ -39,7 +41,8 @@ def make_repe(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, where: str = "p
                    alpha=alpha, method="repe", method_params=params, batch_size=batch_size)
 
 
-@register_method("iti", help="ITI: top-H heads by probe accuracy, alpha·sigma·theta shifts", family="heads")
+@register_method("iti", help="ITI: top-H heads by probe accuracy, alpha·sigma·theta shifts", family="heads",
+                 contract={"params": {"heads": 3, "alpha": 8.0, "seed": 0}, "gen_alpha": 1000.0})
 def make_iti(*, heads: int = 16, alpha: float = 5.0, test_frac: float = 0.2, seed: int = 0, C: float = 1.0,
              layers: Optional[Sequence[int]] = None, positions: str = "all", sigma_over: str = "all",
              tiebreak: str = "separation", batch_size: int = 16) -> Steerer:

@@ -113,6 +113,8 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     from .registry import available_methods
 
     for name, info in sorted(available_methods().items()):
+        if info.hidden:
+            continue
         ps = ", ".join(f"{k}={v!r}" for k, v in info.parameters().items())
         print(f"{name:10s} [{info.family}] {info.help}\n           {ps}")
     return 0

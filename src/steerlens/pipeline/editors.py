@@ -12,7 +12,8 @@ from typing import Optional
 import torch
 from jaxtyping import Float
 
-from ..hooks import AddVector, Edit, Site
+from ..hooks import AddVector, Edit, EditError, HookGate, Site
+from ..hooks.edits import normalise_positions
 from ..hooks.sites import parse_site
 from .base import ContrastiveActs, Editor, PipelineError, Selection, register_role
 
@@ -21,12 +22,15 @@ class VectorEditor(Editor):
     """Base: a fitted vector per selected module, added with the selection's weights.
 
     Subclasses implement :meth:`module_vector`. Parameter ``positions``: ``"all"`` (default: every
-    prompt and generated token, as in CAA / ITI) or ``"last"``.
+    prompt and generated token, as in CAA / ITI), ``"from_prompt_last"`` or ``"current_last"``
+    (see :mod:`steerlens.hooks.edits`).
     """
 
     def __init__(self, positions: str = "all", **params) -> None:
-        if positions not in ("all", "last"):
-            raise PipelineError(f"positions must be 'all' or 'last', got {positions!r}")
+        try:
+            positions = normalise_positions(positions)
+        except EditError as e:
+            raise PipelineError(str(e)) from None
         super().__init__(positions=positions, **params)
         self.modules: list[Site] = []
         self.vectors: list[torch.Tensor] = []
@@ -60,15 +64,20 @@ class VectorEditor(Editor):
         except ValueError:
             raise PipelineError(f"{module} was not fitted by this editor (fitted: {[str(m) for m in self.modules]})") from None
 
-    def edits(self, model, selection: Selection, alpha: float, scale: Optional[torch.Tensor] = None,
-              query_acts=None, n: Optional[int] = None) -> list[Edit]:
+    def edits(self, model, selection: Selection, alpha: float, gate: Optional[HookGate] = None) -> list[Edit]:
         self._require_fitted()
         out: list[Edit] = []
         for site, idx in selection.grouped():
             rows = [selection.weights[i] * self.vector_for(selection.modules[i]) for i in idx]
             vec = torch.stack(rows) if site.is_head else rows[0]
-            out.append(AddVector(site, vec, alpha, scale=scale, positions=self.params["positions"]))
+            out.append(AddVector(site, vec, alpha, gate=gate, positions=self.params["positions"]))
         return out
+
+    def check_model(self, model) -> None:
+        for mod, v in zip(self.modules, self.vectors):
+            w = mod.width(model)
+            if v.shape[-1] != w:
+                raise PipelineError(f"{mod}: stored vector has width {v.shape[-1]} but the model's site has width {w}")
 
     # -- state ---------------------------------------------------------------------------------
     def extra_state(self) -> dict:

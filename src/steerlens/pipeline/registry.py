@@ -20,7 +20,7 @@ import importlib
 import inspect
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from .base import PipelineError, Steerer
 
@@ -40,6 +40,10 @@ class MethodInfo:
     help: str = ""
     #: default site family: "resid" (a layer) or "heads".
     family: str = "resid"
+    #: how the contract suite builds this method on the 2-layer tiny random model:
+    #: ``{"params": {...}, "gen_alpha": strength at which greedy text changes there}``.
+    contract: Optional[dict] = None
+    hidden: bool = False
 
     def parameters(self) -> dict[str, Any]:
         """Keyword parameters of the factory and their defaults."""
@@ -52,8 +56,13 @@ METHODS: dict[str, MethodInfo] = {}
 _loaded = False
 
 
-def register_method(name: str, *, help: str = "", family: str = "resid") -> Callable:
-    """Decorator: register ``factory(**params) -> Steerer`` under ``name``."""
+def register_method(name: str, *, help: str = "", family: str = "resid", contract: Optional[dict] = None,
+                    hidden: bool = False) -> Callable:
+    """Decorator: register ``factory(**params) -> Steerer`` under ``name``.
+
+    ``contract`` tells the contract suite (``tests/test_contract.py``) how to build the method on
+    the tiny random model; every registered method runs through it. ``hidden`` methods (test
+    roles) are left out of ``steerlens methods``."""
     key = name.lower()
 
     def deco(factory: Callable[..., Steerer]) -> Callable[..., Steerer]:
@@ -61,7 +70,7 @@ def register_method(name: str, *, help: str = "", family: str = "resid") -> Call
         if old is not None and (old.factory.__module__, old.factory.__qualname__) != (
                 factory.__module__, factory.__qualname__):
             raise PipelineError(f"method {name!r} is already registered by {old.factory.__module__}")
-        METHODS[key] = MethodInfo(key, factory, help, family)
+        METHODS[key] = MethodInfo(key, factory, help, family, contract, hidden)
         return factory
 
     return deco

@@ -285,7 +285,8 @@ class REALSelector(Selector):
 
 
 @register_method("real", help="REAL: top-H heads by VQ-AE code AUC, ITI-style alpha·w·sigma·theta shifts",
-                 family="heads")
+                 family="heads", contract={"params": {"heads": 3, "alpha": 50.0, "vqae": {"epochs": 3}},
+                                           "gen_alpha": 1000.0})
 def make_real(*, heads: Optional[int] = None, alpha: float = 5.0, target: str = "heads", scorer: str = "markov",
               compare: Optional[str] = "logreg", markov_order: int = 1, smoothing: float = 0.5,
               test_frac: float = 0.2, seed: int = 0, layers: Optional[Sequence[int]] = None,
