@@ -89,8 +89,9 @@ def results_markdown(records: Sequence[Record], meta: Optional[dict] = None) -> 
         lines.append(f"| {r.steering} | {r.metric} | {r.value:.3f} | [{r.ci_low:.3f}, {r.ci_high:.3f}] | {n} | "
                      f"{arrow} | {r.split} | {r.wall_time_s:.1f} |")
     lines.append("")
-    lines.append("Rates are fractions of examples; CI = seeded percentile bootstrap. `degenerate/*` = broken "
-                 "text (empty, repetition loops, non-words), counted apart from refusals.")
+    lines.append("Rates are fractions of examples with Wilson 95% intervals; other means (MC2, KL, perplexity) "
+                 "have seeded percentile-bootstrap intervals. `degenerate/*` = broken text (empty, repetition "
+                 "loops, non-words), counted apart from refusals.")
     return "\n".join(lines) + "\n"
 
 

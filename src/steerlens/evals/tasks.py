@@ -288,7 +288,8 @@ def utility_task(model, steering=None, *, limit: Optional[int] = None, seed: int
     recs.append(Record("utility/ppl", math.exp(mean), len(nll), math.exp(lo), math.exp(hi), split,
                        [e.id for e in texts], time.perf_counter() - t0, "utility", sname,
                        {"text": "Alpaca instructions, plain text, first word as context",
-                        "aggregate": "exp(mean per-text token NLL)", "mean_nll": mean}))
+                        "aggregate": "exp(mean per-text token NLL)", "mean_nll": mean, "ci": "bootstrap",
+                        "values": "per-text mean token NLL (nats)"}, nll))
     bar.update(1)
     bar.close()
     return recs
