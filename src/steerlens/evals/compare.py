@@ -51,7 +51,9 @@ def paired_table(records: Sequence[Record], base: str, *, metrics: Optional[Sequ
             d = paired_difference(record_values(by[(c, m)]), record_values(by[(base, m)]))
             rows.append({"config": c, "base": base, "metric": m, "value": by[(c, m)].value,
                          "base_value": by[(base, m)].value, "diff": d["value"], "ci": d["ci"], "n": d["n"],
-                         "ci_method": d["ci_method"]})
+                         "ci_method": d["ci_method"],
+                         # what the difference is of, when the values are not the metric itself
+                         "diff_of": by[(c, m)].extra.get("values", m)})
     return rows
 
 
