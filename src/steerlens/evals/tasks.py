@@ -100,7 +100,9 @@ def safety_task(model, steering=None, *, limit: Optional[int] = None, seed: int 
     """Refusal rates on held-out harmful prompts (higher = safer), harmless Alpaca and XSTest
     safe prompts (over-refusal, lower is better), XSTest unsafe prompts; the degenerate-text rate
     next to each. Metrics: ``refusal/<set>`` and ``degenerate/<set>``; ``extra`` has the label
-    counts, the judge's name and per-example outputs (``outputs``: id, reply, label, reason)."""
+    counts, the judge's name and per-example outputs (``outputs``: id, reply, label, reason, and
+    ``gates``: each gate's score and scale for that prompt when the steering is gated; ``extra["gates"]``
+    summarises how many prompts each gate opened)."""
     j = get_judge(judge)
     all_sets = _safety_sets(split, limit, seed, root)
     chosen = list(sets) if sets is not None else list(all_sets)
@@ -116,16 +118,23 @@ def safety_task(model, steering=None, *, limit: Optional[int] = None, seed: int 
         t0 = time.perf_counter()
         prompts = [e.prompt for e in exs]
         edits = edits_for(steering, model, prompts, alpha)
-        replies = generate(model, prompts, edits, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           progress=progress)
+        gens = generate(model, prompts, edits, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                        progress=progress, return_details=True)
+        replies = [g.text for g in gens]
         verdicts = j.judge(prompts, replies)
         dt = time.perf_counter() - t0
         counts = {lab: sum(v.label == lab for v in verdicts) for lab in ("refusal", "compliance", "degenerate", "unparseable")}
         judged = [(e, v) for e, v in zip(exs, verdicts) if v.label != "unparseable"]
-        outputs = [{"id": e.id, "prompt": e.prompt, "reply": r, "label": v.label, "reason": v.reason}
-                   for e, r, v in zip(exs, replies, verdicts)]
+        outputs = [{"id": e.id, "prompt": e.prompt, "reply": r, "label": v.label, "reason": v.reason,
+                    **({"gates": g.gates} if g.gates else {})}
+                   for e, r, v, g in zip(exs, replies, verdicts, gens)]
         extra = {"counts": counts, "judge": j.name, "n_unparseable": counts["unparseable"],
                  "max_new_tokens": max_new_tokens, "n_total": len(exs)}
+        gate_names = sorted({k for g in gens for k in g.gates})
+        if gate_names:  # per gate: how many prompts it opened (scale > 0) and the mean scale
+            extra["gates"] = {k: {"opened": sum(g.gates[k]["scale"] > 0 for g in gens if k in g.gates),
+                                  "mean_scale": sum(g.gates[k]["scale"] for g in gens if k in g.gates) / len(gens),
+                                  "n": sum(k in g.gates for g in gens)} for k in gate_names}
         if not judged:
             raise RuntimeError(f"safety/{s}: every verdict was unparseable ({len(exs)}); check the judge")
         ids = [e.id for e, _ in judged]

@@ -55,6 +55,47 @@ def fit_data(task: str, n: Optional[int] = None, seed: int = 0, data_root=None, 
     return builders[task](split=split, n=n, seed=seed, root=data_root)
 
 
+HARMFUL_SOURCE_GROUPS = {"advbench": ("advbench",), "harmbench": ("harmbench_val", "harmbench_test"),
+                         "jailbreakbench": ("jailbreakbench",)}
+
+
+def gate_data(n: Optional[int] = None, seed: int = 0, data_root=None, split: str = "fit", *,
+              n_benign: Optional[int] = None, xstest_negatives: bool = False,
+              sources: Optional[Sequence[str]] = None):
+    """Prompt-side gate data: harmful instructions (pos) vs harmless Alpaca instructions (neg)
+    from ``split`` (default ``fit``).
+
+    The harmful sets are pooled and deduplicated before splitting (:func:`D.load_harmful`), so the
+    split never changes with ``sources``: ``sources`` (``advbench`` / ``harmbench`` /
+    ``jailbreakbench``) only keeps the harmful prompts of those sources (leave-one-source-out).
+    ``n`` caps the harmful prompts, ``n_benign`` the harmless ones (default: as many as harmful).
+    ``xstest_negatives`` adds XSTest's *safe* prompts of the same split as hard negatives (the
+    report must then use XSTest's held-out split, which it does by default: ``test``)."""
+    from ..evals import data as D
+    from .base import SimpleContrastiveData
+
+    harm = D.load_harmful(split, None, seed, root=data_root)
+    if sources is not None:
+        bad = [s for s in sources if s not in HARMFUL_SOURCE_GROUPS]
+        if bad:
+            raise PipelineError(f"unknown harmful source(s) {bad}; use {sorted(HARMFUL_SOURCE_GROUPS)}")
+        keep = {x for s in sources for x in HARMFUL_SOURCE_GROUPS[s]}
+        harm = [e for e in harm if e.source in keep]
+    if n is not None and n < len(harm):
+        import random
+
+        rng = random.Random(f"steerlens-gate-sample:{seed}")
+        harm = [harm[i] for i in sorted(rng.sample(range(len(harm)), n))]
+    if not harm:
+        raise PipelineError(f"no harmful prompts in split {split!r} for sources {sources}")
+    benign = D.load_harmless(split, n_benign if n_benign is not None else len(harm), seed, root=data_root)
+    if xstest_negatives:
+        benign = benign + D.load_xstest(split, "safe", None, seed, root=data_root)
+    return SimpleContrastiveData([e.prompt for e in harm], [e.prompt for e in benign], position="last",
+                                 ids=[e.id for e in harm] + [e.id for e in benign], split=split,
+                                 task="safety_gate" + ("+xstest_safe" if xstest_negatives else ""))
+
+
 class FixedAlpha:
     """A fitted steerer pinned to one strength, with a display name (a sweep configuration)."""
 
@@ -135,8 +176,9 @@ def _metrics(records, name: str) -> dict:
 
 def fit_settings(model, method: str, data, *, layers: Optional[Sequence[int]] = None,
                  heads: Optional[Sequence[int]] = None, params: Optional[dict] = None,
-                 progress: bool = False) -> list[tuple[dict, Steerer]]:
-    """One fitted steerer per layer (residual methods) or per H (head methods), from one capture."""
+                 progress: bool = False, gate_data: Any = None) -> list[tuple[dict, Steerer]]:
+    """One fitted steerer per layer (residual methods) or per H (head methods), from one capture.
+    ``gate_data``: prompt-side data for a gate (``params["gate"]``), see :func:`gate_data`."""
     info = available_methods().get(method)
     if info is None:
         raise PipelineError(f"unknown steering method {method!r}; available: {sorted(available_methods())}")
@@ -151,7 +193,7 @@ def fit_settings(model, method: str, data, *, layers: Optional[Sequence[int]] = 
         full = first.selector.fit(m, acts)
         for h in hs:
             st = make_steerer(method, heads=h, **params)
-            st.fit(m, data, acts=acts, selection=full.top(h) if h != max(hs) else full)
+            st.fit(m, data, acts=acts, selection=full.top(h) if h != max(hs) else full, gate_data=gate_data)
             out.append(({"heads": h}, st))
         return out
     ls = [int(x) for x in (layers or [params.pop("layer", None) or 10])]
@@ -169,7 +211,7 @@ def fit_settings(model, method: str, data, *, layers: Optional[Sequence[int]] = 
                            position=position, paired=paired)
     for layer in ls:
         st = make_steerer(method, layer=layer, **params)
-        st.fit(m, data, acts=acts)
+        st.fit(m, data, acts=acts, gate_data=gate_data)
         out.append(({"layer": layer}, st))
     return out
 
@@ -205,7 +247,9 @@ def sweep(model, method: str, task: str, *, alphas: Sequence[float], layers: Opt
     t0 = time.perf_counter()
     m = as_model(model)
     data = fit_data(task, n_fit, seed, data_root)
-    fitted = fit_settings(m, method, data, layers=layers, heads=heads, params=params, progress=progress)
+    gdata = gate_data(None, seed, data_root) if (params or {}).get("gate") not in (None, "always_open") else None
+    fitted = fit_settings(m, method, data, layers=layers, heads=heads, params=params, progress=progress,
+                          gate_data=gdata)
     t_fit = time.perf_counter() - t0
 
     settings: list[Setting] = []
@@ -385,5 +429,5 @@ def results_table(sweep_dirs: Sequence[str | os.PathLike]) -> str:
                               "figures on the held-out test split.\n"
 
 
-__all__ = ["sweep", "fit_settings", "fit_data", "FixedAlpha", "OBJECTIVES", "EVAL_PLAN", "results_table",
+__all__ = ["sweep", "fit_settings", "fit_data", "gate_data", "HARMFUL_SOURCE_GROUPS", "FixedAlpha", "OBJECTIVES", "EVAL_PLAN", "results_table",
            "sweep_markdown", "plot_sweep", "safety_objective", "truthfulness_objective"]
