@@ -101,7 +101,8 @@ def safety_task(model, steering=None, *, limit: Optional[int] = None, seed: int 
     safe prompts (over-refusal, lower is better), XSTest unsafe prompts; the degenerate-text rate
     next to each. Metrics: ``refusal/<set>`` and ``degenerate/<set>``; ``extra`` has the label
     counts, the judge's name and per-example outputs (``outputs``: id, reply, label, reason, and
-    each gate's score and decision for that prompt). With ``trace`` the per-token trace of every
+    ``gates``: each gate's score and scale for that prompt when the steering is gated; ``extra["gates"]``
+    summarises how many prompts each gate opened). With ``trace`` the per-token trace of every
     reply is kept in ``extra["trace"]`` (records tagged with the example id)."""
     j = get_judge(judge)
     all_sets = _safety_sets(split, limit, seed, root)
@@ -130,6 +131,11 @@ def safety_task(model, steering=None, *, limit: Optional[int] = None, seed: int 
                    for e, r, v, g in zip(exs, replies, verdicts, gens)]
         extra = {"counts": counts, "judge": j.name, "n_unparseable": counts["unparseable"],
                  "max_new_tokens": max_new_tokens, "n_total": len(exs)}
+        gate_names = sorted({k for g in gens for k in g.gates})
+        if gate_names:  # per gate: how many prompts it opened (scale > 0) and the mean scale
+            extra["gates"] = {k: {"opened": sum(g.gates[k]["scale"] > 0 for g in gens if k in g.gates),
+                                  "mean_scale": sum(g.gates[k]["scale"] for g in gens if k in g.gates) / len(gens),
+                                  "n": sum(k in g.gates for g in gens)} for k in gate_names}
         if not judged:
             raise RuntimeError(f"safety/{s}: every verdict was unparseable ({len(exs)}); check the judge")
         ids = [e.id for e, _ in judged]

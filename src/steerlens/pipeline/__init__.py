@@ -29,7 +29,7 @@ from .base import (
     resid_module,
 )
 from .editors import ITIEditor, MeanDiffEditor, PCAEditor, VectorEditor
-from .registry import available_methods, make_steerer, register_method
+from .registry import available_gates, available_methods, make_gate, make_steerer, register_method
 from .selectors import FixedSelector, ITISelector, probe_accuracies, top_h_selection
 from . import baselines  # noqa: F401  (registers caa, repe, iti)
 
@@ -38,5 +38,5 @@ __all__ = [
     "Steerer", "PipelineError", "register_role", "register_method", "make_steerer", "available_methods",
     "FixedSelector", "ITISelector", "ITIEditor", "MeanDiffEditor", "PCAEditor", "VectorEditor",
     "probe_accuracies", "top_h_selection", "head_module", "resid_module", "all_head_modules",
-    "save_steerer", "load_steerer", "ArtifactError", "SimpleContrastiveData",
+    "save_steerer", "load_steerer", "ArtifactError", "SimpleContrastiveData", "make_gate", "available_gates",
 ]

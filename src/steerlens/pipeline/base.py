@@ -560,20 +560,47 @@ class Steerer:
             acts.query = self._capture(m, prompts, qsites, "last", progress)
         self.editor.fit(m, acts, selection)
         if not self.gate.always_open:
-            gdata = gate_data if gate_data is not None else data
-            gpos, gneg, gposition = check_data(gdata)
-            if gposition != "last":
-                raise PipelineError("the gate is fitted on prompt-side data (position 'last'): pass gate_data=")
-            gsites = self.gate.required_sites(m)
-            gacts = self._capture(m, gpos + gneg, gsites, "last", progress) if gsites else {}
-            n = len(gpos)
-            self.gate.fit(m, ContrastiveActs({s: t[:n] for s, t in gacts.items()},
-                                             {s: t[n:] for s, t in gacts.items()}, position="last"))
+            self._fit_gate(m, gate_data if gate_data is not None else data, progress)
         self.selection = selection
         self.fit_info = {"data": data_info(data),
                          "gate_data": data_info(gate_data) if gate_data is not None else None}
         self.model_fingerprint = m.fingerprint()
         return self
+
+    def _fit_gate(self, m, gdata: Any, progress: bool) -> None:
+        gpos, gneg, gposition = check_data(gdata)
+        if gposition != "last":
+            raise PipelineError("the gate is fitted on prompt-side data (position 'last'): pass gate_data=")
+        gsites = self.gate.required_sites(m)
+        gacts = self._capture(m, gpos + gneg, gsites, "last", progress) if gsites else {}
+        n = len(gpos)
+        self.gate.fit(m, ContrastiveActs({s: t[:n] for s, t in gacts.items()},
+                                         {s: t[n:] for s, t in gacts.items()}, position="last"))
+
+    def fit_gate(self, model, gate_data: Any, *, progress: bool = False, allow_test: bool = False) -> "Steerer":
+        """Fit (only) the gate on prompt-side target-vs-benign ``gate_data``; the selector and
+        editor keep their fitted state (e.g. after :meth:`with_gate` on a fitted steerer)."""
+        if getattr(gate_data, "split", None) == "test" and not allow_test:
+            raise PipelineError("refusing to fit the gate on the 'test' split; use the fit split")
+        if self.gate.always_open:
+            return self
+        self._fit_gate(as_model(model), gate_data, progress)
+        self.fit_info = {**self.fit_info, "gate_data": data_info(gate_data)}
+        return self
+
+    def with_gate(self, gate: "Gate") -> "Steerer":
+        """A steerer with the same selector, editor, selection and strength but ``gate`` (any
+        :class:`Gate`, fitted or not: fit it with :meth:`fit` or :meth:`fit_gate`). The roles are
+        shared, not copied. The gate's kind and parameters are recorded in ``method_params``."""
+        if not isinstance(gate, Gate):
+            raise PipelineError(f"with_gate expects a Gate role, got {type(gate).__name__}")
+        mp = {k: v for k, v in self.method_params.items() if k not in ("gate", "gate_params")}
+        if not gate.always_open:
+            mp.update(gate=gate.kind, gate_params=dict(gate.params))
+        st = Steerer(self.selector, self.editor, gate, alpha=self.alpha, method=self.method, method_params=mp,
+                     batch_size=self.batch_size)
+        st.selection, st.fit_info, st.model_fingerprint = self.selection, dict(self.fit_info), self.model_fingerprint
+        return st
 
     # -- applying ---------------------------------------------------------------------------
     def decide(self, model, prompts: Sequence[str], *, progress: bool = False) -> GateDecision:

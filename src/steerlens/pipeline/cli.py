@@ -4,6 +4,8 @@ Examples::
 
     steerlens fit --method caa --task safety --layer 10 --alpha 1 --n 64 --out runs/caa
     steerlens fit --method iti --task truthfulness --heads 16 --alpha 5 --out runs/iti
+    steerlens fit --method caa --task safety --layer 14 --alpha 1 --gate scs --gate-param layer=12 \
+        --gate-param form='"contrast"' --out runs/caa-scs
     steerlens sweep --method caa --task safety --alphas 0.5,1,2 --layers 8,10,14 --out runs/sweeps/caa-safety
     steerlens methods --roles
     steerlens run examples/caa-safety.toml --out runs/caa
@@ -65,11 +67,29 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="benchmark data directory (default: $STEERLENS_DATA or ../shared/data)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="extra method parameter (JSON value), repeatable, e.g. --param sigma_over=\"pos\"")
+    p.add_argument("--gate", default=None,
+                   help="gate any method per prompt: scs (SCS subspace gate), probe (logistic-probe gate); fitted "
+                        "on harmful vs harmless prompts of the fit split (see --gate-param, --gate-n, --gate-xstest)")
+    p.add_argument("--gate-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="gate parameter (JSON value), repeatable, e.g. --gate-param layer=12 --gate-param fpr=0.05")
+    p.add_argument("--gate-n", type=int, default=None, help="harmful gate-fitting prompts (default: all of the fit split)")
+    p.add_argument("--gate-xstest", action="store_true",
+                   help="add XSTest's fit-split safe prompts to the gate's benign side as hard negatives")
     p.add_argument("--out", required=True)
+
+
+def _gate_args(args: argparse.Namespace, params: dict) -> None:
+    gp = _params(args.gate_param)
+    if args.gate is None:
+        if gp or args.gate_xstest or args.gate_n is not None:
+            raise SystemExit("--gate-param / --gate-n / --gate-xstest need --gate")
+        return
+    params["gate"], params["gate_params"] = args.gate, gp
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from ..models import load_model
+    from .base import PipelineError
     from .registry import available_methods, make_steerer
     from .fitdata import fit_data, gate_data
 
@@ -84,17 +104,28 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         params["heads"] = args.heads
     if args.alpha is not None:
         params["alpha"] = args.alpha
+    _gate_args(args, params)
+    try:
+        st = make_steerer(args.method, **params)
+    except PipelineError as e:
+        print(f"steerlens fit: {e}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     model = load_model(args.model, device=args.device)
     data = fit_data(args.task, args.n, args.seed, args.data_dir)
-    st = make_steerer(args.method, **params)
-    gdata = None if st.gate.always_open else gate_data(args.task, None, args.seed, args.data_dir)
+    gdata = None
+    if not st.gate.always_open:
+        gdata = gate_data(args.task, args.gate_n, args.seed, args.data_dir, xstest_negatives=args.gate_xstest)
     st.fit(model, data, gate_data=gdata, progress=True)
     path = st.save(args.out)
     sel = st.selection
-    print(json.dumps({"artifact": str(path), "method": st.method, "alpha": st.alpha,
-                      "sites": [str(s) for s in sel.sites()] if sel else [],
-                      "n_pos": len(data.pos), "split": data.split, "wall_time_s": round(time.perf_counter() - t0, 1)}))
+    out = {"artifact": str(path), "method": st.method, "alpha": st.alpha,
+           "sites": [str(s) for s in sel.sites()] if sel else [],
+           "n_pos": len(data.pos), "split": data.split, "wall_time_s": round(time.perf_counter() - t0, 1)}
+    if gdata is not None:
+        out["gate"] = {"kind": st.gate.kind, "params": st.gate.params, "n_target": len(gdata.pos),
+                       "n_benign": len(gdata.neg), "threshold": getattr(st.gate, "threshold", None)}
+    print(json.dumps(out))
     return 0
 
 
@@ -102,9 +133,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from ..models import load_model
     from .sweep import sweep
 
+    params = _params(args.param)
+    _gate_args(args, params)
+    if args.gate_n is not None or args.gate_xstest:
+        raise SystemExit("steerlens sweep fits its gate on the whole fit split; --gate-n / --gate-xstest are for fit")
     model = load_model(args.model, device=args.device)
     res = sweep(model, args.method, args.task, alphas=args.alphas, layers=args.layers, heads=args.heads,
-                params=_params(args.param), n_fit=args.n, seed=args.seed, eval_limit=args.eval_limit or None,
+                params=params, n_fit=args.n, seed=args.seed, eval_limit=args.eval_limit or None,
                 select_split=args.select_split, report_split=None if args.report_split == "none" else args.report_split,
                 out_dir=args.out, data_root=args.data_dir, max_new_tokens=args.max_new_tokens,
                 batch_size=args.batch_size,
@@ -121,6 +156,9 @@ def _cmd_methods(args: argparse.Namespace) -> int:
             continue
         ps = ", ".join(f"{k}={v!r}" for k, v in info.parameters().items())
         print(f"{name:10s} [{info.family}] {info.help}\n           {ps}")
+    from .registry import available_gates
+
+    print(f"gates (--gate, any method): {', '.join(g for g in available_gates() if not g.startswith('test_'))}")
     if args.roles:
         from .spec import ROLE_ALIASES
 

@@ -23,7 +23,7 @@ task                    steering data                                   gate dat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from .base import PipelineError
 
@@ -39,14 +39,55 @@ class FitTask:
     pool: Optional[Callable] = None
 
 
+HARMFUL_SOURCE_GROUPS = {"advbench": ("advbench",), "harmbench": ("harmbench_val", "harmbench_test"),
+                         "jailbreakbench": ("jailbreakbench",)}
+
+
+def safety_gate_data(split: str = "fit", n: Optional[int] = None, seed: int = 0, *, root=None,
+                     n_benign: Optional[int] = None, xstest_negatives: bool = False,
+                     sources: Optional[Sequence[str]] = None):
+    """Prompt-side gate data: harmful instructions (pos) vs harmless Alpaca instructions (neg)
+    from ``split`` (default ``fit``).
+
+    The harmful sets are pooled and deduplicated before splitting (:func:`D.load_harmful`), so the
+    split never changes with ``sources``: ``sources`` (``advbench`` / ``harmbench`` /
+    ``jailbreakbench``) only keeps the harmful prompts of those sources (leave-one-source-out).
+    ``n`` caps the harmful prompts, ``n_benign`` the harmless ones (default: as many as harmful).
+    ``xstest_negatives`` adds XSTest's *safe* prompts of the same split as hard negatives (the
+    report must then use XSTest's held-out split, which it does by default: ``test``)."""
+    import random
+
+    from ..evals import data as D
+    from .base import SimpleContrastiveData
+
+    harm = D.load_harmful(split, None, seed, root=root)
+    if sources is not None:
+        bad = [s for s in sources if s not in HARMFUL_SOURCE_GROUPS]
+        if bad:
+            raise PipelineError(f"unknown harmful source(s) {bad}; use {sorted(HARMFUL_SOURCE_GROUPS)}")
+        keep = {x for s in sources for x in HARMFUL_SOURCE_GROUPS[s]}
+        harm = [e for e in harm if e.source in keep]
+    if n is not None and n < len(harm):
+        rng = random.Random(f"steerlens-gate-sample:{seed}")
+        harm = [harm[i] for i in sorted(rng.sample(range(len(harm)), n))]
+    if not harm:
+        raise PipelineError(f"no harmful prompts in split {split!r} for sources {sources}")
+    benign = D.load_harmless(split, n_benign if n_benign is not None else len(harm), seed, root=root)
+    if xstest_negatives:
+        benign = benign + D.load_xstest(split, "safe", None, seed, root=root)
+    return SimpleContrastiveData([e.prompt for e in harm], [e.prompt for e in benign], position="last",
+                                 ids=[e.id for e in harm] + [e.id for e in benign], split=split,
+                                 task="safety_gate" + ("+xstest_safe" if xstest_negatives else ""))
+
+
 def _tasks() -> dict[str, FitTask]:
     from ..evals import data as D
 
     return {
         "safety": FitTask("safety", "harmful prompt + refusal vs + compliant reply (response-side)",
-                          D.safety_response_pairs, D.safety_prompt_pairs, D.safety_pairs_from, D.load_harmful),
+                          D.safety_response_pairs, safety_gate_data, D.safety_pairs_from, D.load_harmful),
         "safety-prompt": FitTask("safety-prompt", "harmful vs harmless instructions (prompt-side)",
-                                 D.safety_prompt_pairs, D.safety_prompt_pairs),
+                                 D.safety_prompt_pairs, safety_gate_data),
         "truthfulness": FitTask("truthfulness", "TruthfulQA question + true vs + false answer (response-side)",
                                 D.truthfulness_response_pairs, None, D.truthfulness_pairs_from, D.load_truthfulqa),
     }
@@ -67,10 +108,14 @@ def fit_data(task: str, n: Optional[int] = None, seed: int = 0, data_root=None, 
     return fit_task(task).data(split=split, n=n, seed=seed, root=data_root)
 
 
-def gate_data(task: str, n: Optional[int] = None, seed: int = 0, data_root=None, split: str = "fit"):
-    """The prompt-side gate data of ``task`` (target vs benign prompts), or ``None``."""
+def gate_data(task: str = "safety", n: Optional[int] = None, seed: int = 0, data_root=None,
+              split: str = "fit", **kw):
+    """The prompt-side gate data of ``task`` (target vs benign prompts), or ``None`` when the task
+    has none. ``kw`` go to the task's builder (for safety: ``n_benign``, ``xstest_negatives``,
+    ``sources``, see :func:`safety_gate_data`)."""
     t = fit_task(task)
-    return None if t.gate is None else t.gate(split=split, n=n, seed=seed, root=data_root)
+    return None if t.gate is None else t.gate(split=split, n=n, seed=seed, root=data_root, **kw)
 
 
-__all__ = ["FitTask", "fit_task", "fit_data", "gate_data", "FIT_TASK_NAMES"]
+__all__ = ["FitTask", "fit_task", "fit_data", "gate_data", "safety_gate_data", "HARMFUL_SOURCE_GROUPS",
+           "FIT_TASK_NAMES"]

@@ -22,7 +22,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .base import PipelineError, Steerer
+from .base import Gate, PipelineError, Steerer
 
 #: Modules that register methods when imported (missing ones are skipped).
 PLUGINS: list[str] = [
@@ -97,10 +97,41 @@ def available_methods() -> dict[str, MethodInfo]:
     return dict(METHODS)
 
 
-def make_steerer(method: str, **params: Any) -> Steerer:
+def available_gates() -> list[str]:
+    """Kinds of the registered gate roles (``make_gate`` / ``make_steerer(gate=...)`` names)."""
+    from .base import ROLE_TYPES, Gate
+
+    load_plugins()
+    return sorted(k for k, c in ROLE_TYPES.items() if issubclass(c, Gate))
+
+
+def make_gate(gate: Any, **params: Any) -> Gate:
+    """An unfitted gate role from its kind (e.g. ``"scs"``, ``"probe"``, ``"always_open"``) and
+    parameters; a :class:`Gate` instance is returned as is (then ``params`` must be empty)."""
+    from .base import ROLE_TYPES
+
+    if isinstance(gate, Gate):
+        if params:
+            raise PipelineError("gate parameters given together with a gate instance; set them on the instance")
+        return gate
+    load_plugins()
+    cls = ROLE_TYPES.get(str(gate))
+    if cls is None or not issubclass(cls, Gate):
+        raise PipelineError(f"unknown gate {gate!r}; available: {', '.join(available_gates())}")
+    try:
+        return cls(**params)
+    except TypeError as e:
+        accepted = [k for k in inspect.signature(cls.__init__).parameters if k not in ("self", "params")]
+        raise PipelineError(f"gate {gate!r}: {e}; it takes {accepted}") from None
+
+
+def make_steerer(method: str, *, gate: Any = None, gate_params: Optional[dict] = None, **params: Any) -> Steerer:
     """An unfitted steerer for ``method`` (e.g. ``"caa"``, ``"repe"``, ``"iti"``, ``"real"``).
 
     ``params`` go to the method's factory; unknown ones are an error naming the accepted ones.
+    ``gate`` (a gate kind such as ``"scs"`` / ``"probe"``, or a :class:`Gate`) with
+    ``gate_params`` gates any method: the factory's steerer gets that gate instead of its own
+    (see :meth:`Steerer.with_gate`); fit it with ``fit(model, data, gate_data=...)``.
     """
     methods = available_methods()
     info = methods.get(str(method).lower())
@@ -111,7 +142,12 @@ def make_steerer(method: str, **params: Any) -> Steerer:
     bad = [k for k in params if k not in accepted]
     if bad and not has_var_kw:
         raise PipelineError(f"method {info.name!r} does not take {bad}; it takes {sorted(accepted)}")
-    return info.factory(**params)
+    st = info.factory(**params)
+    if gate is None:
+        if gate_params:
+            raise PipelineError("gate_params given without gate=")
+        return st
+    return st.with_gate(make_gate(gate, **(gate_params or {})))
 
 
-__all__ = ["register_method", "make_steerer", "available_methods", "METHODS", "MethodInfo", "load_plugins", "PLUGINS"]
+__all__ = ["register_method", "make_steerer", "make_gate", "available_gates", "available_methods", "METHODS", "MethodInfo", "load_plugins", "PLUGINS"]

@@ -57,7 +57,8 @@ from .registry import available_methods, load_plugins, make_steerer
 
 #: short role names: ``ROLE_ALIASES[role][name] = {"kind": ..., **default params}``.
 ROLE_ALIASES: dict[str, dict[str, dict]] = {
-    "gate": {"none": {"kind": "always_open"}, "always": {"kind": "always_open"}},
+    "gate": {"none": {"kind": "always_open"}, "always": {"kind": "always_open"},
+             "scs-contrast": {"kind": "scs", "form": "contrast"}, "scs-outside": {"kind": "scs", "form": "outside"}},
     "editor": {"caa": {"kind": "mean_diff"}, "mean_diff": {"kind": "mean_diff"}, "repe": {"kind": "pca"},
                "pca": {"kind": "pca"}, "iti": {"kind": "iti"}},
     "selector": {"real": {"kind": "real_selector"}, "iti": {"kind": "iti_selector"}},
@@ -183,7 +184,7 @@ def build_steerer(st: dict) -> Steerer:
         if st.get("selector"):
             steerer.selector = build_role("selector", st["selector"], editor=steerer.editor)
         if st.get("gate"):
-            steerer.gate = build_role("gate", st["gate"])
+            steerer = steerer.with_gate(build_role("gate", st["gate"]))
     else:
         editor = build_role("editor", st["editor"])
         selector = build_role("selector", st["selector"], editor=editor)

@@ -31,7 +31,7 @@ from ..fileio import atomic_savefig, atomic_write_json
 from ..hooks.activations import capture
 from ..models import as_model
 from .base import ContrastiveActs, PipelineError, Steerer, check_data, resid_module
-from .fitdata import fit_data, gate_data
+from .fitdata import HARMFUL_SOURCE_GROUPS, fit_data, gate_data
 from .registry import available_methods, make_steerer
 
 #: Which eval tasks (and task options) a sweep for a given fitting task runs.
@@ -122,9 +122,10 @@ def _metrics(records, name: str) -> dict:
 
 def fit_settings(model, method: str, data, *, layers: Optional[Sequence[int]] = None,
                  heads: Optional[Sequence[int]] = None, params: Optional[dict] = None,
-                 progress: bool = False, gate_data=None) -> list[tuple[dict, Steerer]]:
+                 progress: bool = False, gate_data: Any = None) -> list[tuple[dict, Steerer]]:
     """One fitted steerer per layer (residual methods) or per H (head methods), from one capture;
-    every fit goes through :meth:`Steerer.fit` (with ``gate_data`` for a gated method)."""
+    every fit goes through :meth:`Steerer.fit` (with ``gate_data``, prompt-side data for a gated
+    method or ``params["gate"]``, see :func:`steerlens.pipeline.fitdata.gate_data`)."""
     info = available_methods().get(method)
     if info is None:
         raise PipelineError(f"unknown steering method {method!r}; available: {sorted(available_methods())}")
@@ -375,5 +376,5 @@ def results_table(sweep_dirs: Sequence[str | os.PathLike]) -> str:
                               "figures on the held-out test split.\n"
 
 
-__all__ = ["sweep", "fit_settings", "fit_data", "FixedAlpha", "OBJECTIVES", "EVAL_PLAN", "results_table",
+__all__ = ["sweep", "fit_settings", "fit_data", "gate_data", "HARMFUL_SOURCE_GROUPS", "FixedAlpha", "OBJECTIVES", "EVAL_PLAN", "results_table",
            "sweep_markdown", "plot_sweep", "safety_objective", "truthfulness_objective"]
