@@ -8,20 +8,24 @@ Protocol (TruthfulQA split by question: ``fit`` / ``val`` / ``test`` of steerlen
 
 1. ``layers`` — response-side pairs (question + true vs false answer) of ``--n-fit`` fit questions
    and of ``--n-val-pairs`` val questions, read at candidate layers at the response's last token
-   (``response_last``, the default reading) and as the response mean. A barrier is fitted on the
-   fit pairs per layer and reading and scored on the val pairs (accuracy, AUC). The layer with
-   the best val AUC at the default reading is used for every residual method (ODESteer, CAA).
-2. ``truth-val`` — fits ODESteer (``response_last``), CAA (response mean, same layer), ITI and REAL
+   (``response_last``) and as the response mean (``response_mean``). A barrier is fitted on the
+   fit pairs per layer, reading and logistic-regression ``C`` (``--barrier-C``) and scored on the
+   val pairs (accuracy, AUC). The (reading, layer, C) with the best val AUC is ODESteer's; the
+   layer is used for every residual method (ODESteer, CAA).
+2. ``truth-val`` — fits ODESteer (chosen reading and C), CAA (response mean, same layer), ITI and REAL
    (H = ``--heads``, one ``hook_z`` capture shared, REAL with ``--real-epochs``) on the fit pairs;
-   MC1 / MC2 / A/B on ``--n-val`` val questions for each strength of each method's grid. Each
-   method's strength = the best val MC2 (ties: MC1, then the smaller strength).
+   MC1 / MC2 / A/B on ``--n-val`` val questions, MMLU A/B on the val items and next-token KL on
+   Alpaca val prompts for each strength of each method's grid. Each method's strength = the
+   project's truthfulness objective (mean of MC1, MC2, A/B) at its best among strengths whose val
+   MMLU A/B is at most ``--max-mmlu-drop`` below the unsteered model's (ties: smaller strength).
 3. ``truth-test`` — the unsteered model and each method at its chosen strength on ``--n-test``
    test questions: MC1, MC2, A/B, MMLU A/B (``--n-mmlu``) and next-token KL on Alpaca test prompts
    (``--n-kl``). Paired differences ODESteer − X per question (bootstrap 95% intervals); "best
-   other method" = the other method with the best *val* MC2.
+   other method" = the other method with the best *val* objective.
 4. ``ablation`` — at the chosen T: (a) barrier values on the val pairs' false-answer activations
    for Euler N ∈ {1, 3, 10}, midpoint and RK4 (N = 10), each against an RK4 N = 100 reference,
-   and the RFF barrier; (b) MC1 / MC2 on the first ``--n-ablation`` test questions per variant.
+   and the RFF barrier; (b) MC1 / MC2 on the first ``--n-ablation`` test questions for the
+   ``--ablation-variants``.
 5. ``safety`` — ODESteer and CAA at layer ``--safety-layer`` fitted on ``--n-safety-fit``
    response-side refusal vs compliance pairs (ODESteer read as the response mean: the compliant
    templates end in list markers, so the last token names the template). Greedy replies
@@ -273,36 +277,61 @@ def tqa_eval_sets(split: str, n: int, seed: int):
     return qs, [ab_by_q[q.id] for q in qs if q.id in ab_by_q]
 
 
-def chosen_strengths(res: Results) -> dict[str, float]:
-    out = {}
-    for method in ("odesteer", "caa", "iti", "real"):
-        cands = [r for r in res.rows if r.get("stage") == "truth-val" and r.get("method") == method
-                 and r["metric"] == "truthfulqa/mc2"]
-        if not cands:
+def objective(res: Results, key: str) -> float:
+    """The project's truthfulness objective (``steerlens.pipeline.sweep.truthfulness_objective``):
+    mean of MC1, MC2 and A/B."""
+    return sum(res.get(key, m)["value"] for m in ("truthfulqa/mc1", "truthfulqa/mc2", "truthfulqa/ab")) / 3
+
+
+def val_table(res: Results, max_mmlu_drop: float) -> list[dict]:
+    """Every val configuration with its objective and whether it is valid (val MMLU A/B at most
+    ``max_mmlu_drop`` below the unsteered model's, as the project's truthfulness sweeps require)."""
+    base = res.get("val-utility|none|0", "utility/mmlu_ab")
+    rows = []
+    for r in res.rows:
+        if r.get("stage") != "truth-val" or r["metric"] != "truthfulqa/mc2":
             continue
+        u = res.get(f"val-utility|{r['method']}|{r['alpha']:g}", "utility/mmlu_ab")
+        kl = res.get(f"val-utility|{r['method']}|{r['alpha']:g}", "utility/kl")
+        ok = u is not None and base is not None and u["value"] >= base["value"] - max_mmlu_drop
+        rows.append({"method": r["method"], "alpha": r["alpha"], "objective": objective(res, r["key"]),
+                     "mc2": r["value"], "mmlu_val": None if u is None else u["value"],
+                     "kl_val": None if kl is None else kl["value"], "valid": ok})
+    return rows
 
-        def mc1(r):
-            x = res.get(r["key"], "truthfulqa/mc1")
-            return x["value"] if x else 0.0
 
-        best = max(cands, key=lambda r: (round(r["value"], 6), round(mc1(r), 6), -r["alpha"]))
-        out[method] = best["alpha"]
+def chosen_strengths(res: Results, max_mmlu_drop: float = 0.05) -> dict[str, float]:
+    """Per method, the valid val configuration with the best objective (ties: smaller strength)."""
+    out = {}
+    rows = val_table(res, max_mmlu_drop)
+    for method in ("odesteer", "caa", "iti", "real"):
+        cands = [r for r in rows if r["method"] == method and r["valid"]]
+        if cands:
+            out[method] = max(cands, key=lambda r: (round(r["objective"], 6), -r["alpha"]))["alpha"]
     return out
 
 
 def stage_truth_val(model, args, out: Path, res: Results, choice: dict) -> None:
     sts = fit_truth_steerers(model, args, out, choice)
     qs, ab = tqa_eval_sets("val", args.n_val, args.seed)
+    mmlu = D.load_mmlu_ab("val", args.n_mmlu, args.seed)
+    klp = D.load_harmless("val", args.n_kl, args.seed)
+    base_lp = steerlens.next_token_logprobs(model, [e.prompt for e in klp], None, batch_size=args.score_batch)
     eval_truth(model, res, "val|none", None, qs, ab, args, stage="truth-val", method="none", alpha=0.0, split="val")
+    eval_utility(model, res, "val-utility|none|0", None, mmlu, klp, base_lp, args, stage="val-utility",
+                 method="none", alpha=0.0, split="val")
     for method, alphas in grids(args).items():
         for a in alphas:
-            eval_truth(model, res, f"val|{method}|{a:g}", sts[method].edits(model, alpha=a), qs, ab, args,
+            edits = sts[method].edits(model, alpha=a)
+            eval_truth(model, res, f"val|{method}|{a:g}", edits, qs, ab, args,
                        stage="truth-val", method=method, alpha=a, split="val")
+            eval_utility(model, res, f"val-utility|{method}|{a:g}", edits, mmlu, klp, base_lp, args,
+                         stage="val-utility", method=method, alpha=a, split="val")
 
 
 def stage_truth_test(model, args, out: Path, res: Results, choice: dict) -> None:
     sts = fit_truth_steerers(model, args, out, choice)
-    chosen = chosen_strengths(res)
+    chosen = chosen_strengths(res, args.max_mmlu_drop)
     qs, ab = tqa_eval_sets("test", args.n_test, args.seed)
     mmlu = D.load_mmlu_ab("test", args.n_mmlu, args.seed)
     klp = D.load_harmless("test", args.n_kl, args.seed)
@@ -330,7 +359,7 @@ ABLATIONS = {  # name -> (features, solver, steps)
 
 def stage_ablation(model, args, out: Path, res: Results, choice: dict) -> None:
     layer, read, C = choice["layer"], choice["read"], choice["C"]
-    chosen = chosen_strengths(res)
+    chosen = chosen_strengths(res, args.max_mmlu_drop)
     T = chosen.get("odesteer") or args.ode_T[0]
     path = out / "ablation_barrier.json"
     site = Site.resid(layer)
@@ -377,7 +406,8 @@ def stage_ablation(model, args, out: Path, res: Results, choice: dict) -> None:
         log(f"ablation: barrier-value table written ({path})")
     qs, ab = tqa_eval_sets("test", args.n_ablation, args.seed)
     ode = load_steerer(out / "artifacts" / "odesteer", model=model)
-    for name, (feat, solver, steps) in ABLATIONS.items():
+    for name in args.ablation_variants:
+        feat, solver, steps = ABLATIONS[name]
         key = f"ablation|{name}|{T:g}"
         if res.has(key):
             continue
@@ -462,7 +492,7 @@ def stage_safety(model, args, out: Path, res: Results) -> None:
 def stage_trace(model, args, out: Path, res: Results) -> None:
     if (out / "trace.png").exists() and (out / "open_generations.jsonl").exists():
         return
-    chosen = chosen_strengths(res)
+    chosen = chosen_strengths(res, args.max_mmlu_drop)
     T = chosen.get("odesteer") or args.ode_T[0]
     ode = load_steerer(out / "artifacts" / "odesteer", model=model)
     qs = D.load_truthfulqa("test", args.n_open, args.seed)
@@ -495,8 +525,9 @@ def summarize(args, out: Path, res: Results) -> dict:
         if (out / name).exists():
             s[name.split(".")[0]] = json.loads((out / name).read_text())
     s["val"] = [{k: r[k] for k in ("method", "alpha", "metric", "value", "ci", "n")} for r in res.rows
-                if r.get("stage") == "truth-val"]
-    chosen = chosen_strengths(res)
+                if r.get("stage") in ("truth-val", "val-utility")]
+    s["val_objective"] = val_table(res, args.max_mmlu_drop)
+    chosen = chosen_strengths(res, args.max_mmlu_drop)
     s["chosen"] = chosen
     test = {r["method"]: {} for r in res.rows if r.get("stage") == "truth-test"}
     for r in res.rows:
@@ -511,15 +542,14 @@ def summarize(args, out: Path, res: Results) -> dict:
                     m: paired(test["odesteer"][m], test[other][m])
                     for m in ("truthfulqa/mc1", "truthfulqa/mc2", "truthfulqa/ab", "utility/mmlu_ab", "utility/kl")
                     if m in test["odesteer"] and m in test[other]}
-        val_mc2 = {m: max((r["value"] for r in res.rows if r.get("stage") == "truth-val" and r["method"] == m
-                           and r["metric"] == "truthfulqa/mc2" and r["alpha"] == a), default=float("nan"))
+        val_obj = {m: next(r["objective"] for r in s["val_objective"] if r["method"] == m and r["alpha"] == a)
                    for m, a in chosen.items()}
-        others = [m for m in ("caa", "iti", "real") if m in val_mc2 and m in test]
+        others = [m for m in ("caa", "iti", "real") if m in val_obj and m in test]
         if others:
-            best = max(others, key=lambda m: val_mc2[m])
+            best = max(others, key=lambda m: val_obj[m])
             d = s["paired_odesteer_minus"][best]["truthfulqa/mc2"]
             base = test[best]["truthfulqa/mc2"]["value"]
-            s["vs_best_other"] = {"best_other_by_val_mc2": best, "val_mc2": val_mc2,
+            s["vs_best_other"] = {"best_other_by_val_objective": best, "val_objective": val_obj,
                                   "mc2_diff_points": d, "mc2_relative": d["value"] / base,
                                   "mc2_relative_ci": [d["ci"][0] / base, d["ci"][1] / base],
                                   "paper_claim": "+5.7% over the best other steering method (TruthfulQA, judged open generation)"}
@@ -560,14 +590,19 @@ def summary_markdown(s: dict) -> str:
         L += ["", f"Chosen: layer {lay['layer']}, reading {lay['read']}, C {lay['C']:g} ({lay['rule']}; "
                   f"{lay['n_fit_pairs']} fit / {lay['n_val_pairs']} val pairs).", ""]
     if s.get("val"):
-        L += ["## Validation grid (MC2)", "", "| method | strength | MC1 | MC2 | A/B |", "|---|---|---|---|---|"]
+        L += ["## Validation grid", "", "| method | strength | MC1 | MC2 | A/B | objective | MMLU A/B (val) | KL (val) | valid |",
+              "|---|---|---|---|---|---|---|---|---|"]
         rows: dict = {}
         for r in s["val"]:
             rows.setdefault((r["method"], r["alpha"]), {})[r["metric"]] = r
+        obj = {(r["method"], r["alpha"]): r for r in s.get("val_objective", [])}
         for (m, a), d in rows.items():
+            o = obj.get((m, a), {})
             L.append(f"| {m} | {a:g} | {_fmt(d.get('truthfulqa/mc1'))} | {_fmt(d.get('truthfulqa/mc2'))} | "
-                     f"{_fmt(d.get('truthfulqa/ab'))} |")
-        L += ["", f"Chosen (best val MC2): {s['chosen']}", ""]
+                     f"{_fmt(d.get('truthfulqa/ab'))} | {o.get('objective', float('nan')):.3f} | "
+                     f"{_fmt(d.get('utility/mmlu_ab'))} | {_fmt(d.get('utility/kl'))} | {o.get('valid', '–')} |")
+        L += ["", f"Chosen (best val objective = mean of MC1, MC2, A/B, among settings whose val MMLU A/B is at "
+                  f"most {s['args']['max_mmlu_drop']} below the unsteered model's): {s['chosen']}", ""]
     if s.get("test"):
         ms = ["truthfulqa/mc1", "truthfulqa/mc2", "truthfulqa/ab", "utility/mmlu_ab", "utility/kl"]
         L += ["## Test", "", "| method | strength | " + " | ".join(ms) + " |", "|---" * (len(ms) + 2) + "|"]
@@ -584,7 +619,7 @@ def summary_markdown(s: dict) -> str:
         L.append("")
     if s.get("vs_best_other"):
         v = s["vs_best_other"]
-        L += [f"Best other method by val MC2: {v['best_other_by_val_mc2']}; ODESteer − it on test MC2: "
+        L += [f"Best other method by val objective: {v['best_other_by_val_objective']}; ODESteer − it on test MC2: "
               f"{_fmt(v['mc2_diff_points'])} points, {100 * v['mc2_relative']:+.1f}% relative "
               f"[{100 * v['mc2_relative_ci'][0]:+.1f}%, {100 * v['mc2_relative_ci'][1]:+.1f}%] "
               f"(paper: +5.7%).", ""]
@@ -638,7 +673,11 @@ def main(argv=None) -> int:
     ap.add_argument("--n-val", type=int, default=40, help="val questions for choosing strengths")
     ap.add_argument("--n-test", type=int, default=100)
     ap.add_argument("--n-ablation", type=int, default=60)
-    ap.add_argument("--n-mmlu", type=int, default=114)
+    ap.add_argument("--ablation-variants", default="euler_N10,euler_N1,euler_N3,rk4_N10,rff_euler_N10",
+                    help=f"variants scored by MC1/MC2 (all of {list(ABLATIONS)} get the barrier-value table)")
+    ap.add_argument("--n-mmlu", type=int, default=114, help="MMLU A/B items (val for choosing, test for reporting)")
+    ap.add_argument("--max-mmlu-drop", type=float, default=0.05,
+                    help="a strength is eligible if its val MMLU A/B is at most this below the unsteered model's")
     ap.add_argument("--n-kl", type=int, default=64)
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--real-epochs", type=int, default=20)
@@ -662,6 +701,9 @@ def main(argv=None) -> int:
     ap.add_argument("--gen-batch", type=int, default=16)
     args = ap.parse_args(argv)
     args.layers = [int(x) for x in str(args.layers).split(",")]
+    args.ablation_variants = [v.strip() for v in args.ablation_variants.split(",") if v.strip()]
+    if any(v not in ABLATIONS for v in args.ablation_variants):
+        ap.error(f"unknown ablation variants {args.ablation_variants}; known: {list(ABLATIONS)}")
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
     if bad:

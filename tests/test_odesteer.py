@@ -37,7 +37,7 @@ BENIGN = ["Give me three tips for staying healthy.", "What are the three primary
           "List five fruits rich in vitamin C."]
 PROMPTS = ["Hi", "What is the capital of France? Answer in one word please.", HARM[0], BENIGN[2],
            "Write a very short poem about the sea and the moon", "2+2?"]
-PARAMS = {"layer": 1, "n_features": 512, "tol": 1e-8}
+PARAMS = {"layer": 1, "n_features": 512, "C": 1.0, "tol": 1e-8}
 
 
 def _unit(x):
@@ -315,18 +315,24 @@ def test_any_gate_role_gates_odesteer(tiny, mode):
 # roles, method, artifacts
 
 
-def test_reads_response_last_by_default_and_records_it(tiny, fitted):
-    assert fitted.fit_info["data"]["position"] == "response_last"
-    assert fitted.editor.stats["position"] == "response_last"
+def test_reading_position_is_a_parameter_and_recorded(tiny, fitted):
+    assert fitted.fit_info["data"]["position"] == "response_mean"  # the default reading
+    assert fitted.editor.stats["position"] == "response_mean"
     assert fitted.selector.result_info["paired"] is True
-    mean = make_steerer("odesteer", read="response_mean", **PARAMS).fit(tiny, _data())
-    assert mean.fit_info["data"]["position"] == "response_mean"
-    assert not torch.equal(mean.editor.barrier.w, fitted.editor.barrier.w)
+    last = make_steerer("odesteer", read="response_last", **PARAMS).fit(tiny, _data())
+    assert last.fit_info["data"]["position"] == "response_last"
+    assert last.selector.result_info["paired"] is True  # split by pair: no prompt on both sides
+    assert not torch.equal(last.editor.barrier.w, fitted.editor.barrier.w)
+    # the response's last token, as capture reads it
+    pairs = _data()
+    acts = steerlens.capture(tiny, pairs.pos + pairs.neg, [SITE], "response_last", progress=False)[SITE]
+    full = steerlens.capture(tiny, pairs.pos + pairs.neg, [SITE], "all", progress=False)[SITE]
+    torch.testing.assert_close(acts, torch.stack([f[-1] for f in full]))
     with pytest.raises(PipelineError, match="read"):
         make_steerer("odesteer", read="first_token")
     # the caller's data object is not modified
     d = _data()
-    make_steerer("odesteer", **PARAMS).fit(tiny, d)
+    make_steerer("odesteer", read="response_last", **PARAMS).fit(tiny, d)
     assert d.position == "response_mean"
 
 
@@ -395,8 +401,8 @@ def test_fit_cli(tmp_path, root):
 
     out = tmp_path / "ode"
     assert main(["fit", "--method", "odesteer", "--task", "truthfulness", "--model", "tiny-random", "--n", "12",
-                 "--layer", "1", "--alpha", "0.2", "--param", "n_features=256", "--out", str(out)]) == 0
+                 "--layer", "1", "--alpha", "0.2", "--param", "n_features=256", "--param", "C=1", "--out", str(out)]) == 0
     st = load_steerer(out)
     assert st.method == "odesteer" and st.alpha == 0.2
-    assert st.fit_info["data"]["position"] == "response_last" and st.fit_info["data"]["split"] == "fit"
+    assert st.fit_info["data"]["position"] == "response_mean" and st.fit_info["data"]["split"] == "fit"
     assert isinstance(st.gate, AlwaysOpen)
