@@ -24,7 +24,7 @@ Protocol (TruthfulQA split by question: ``fit`` / ``val`` / ``test`` of steerlen
    other method" = the other method with the best *val* objective.
 4. ``ablation`` — at the chosen T: (a) barrier values on the val pairs' false-answer activations
    for Euler N ∈ {1, 3, 10}, midpoint and RK4 (N = 10), each against an RK4 N = 100 reference,
-   and the RFF barrier; (b) MC1 / MC2 on the first ``--n-ablation`` test questions for the
+   and the RFF barrier; (b) MC1 / MC2 on the first ``--n-ablation`` of the test questions for the
    ``--ablation-variants``.
 5. ``safety`` — ODESteer and CAA at layer ``--safety-layer`` fitted on ``--n-safety-fit``
    response-side refusal vs compliance pairs (ODESteer read as the response mean: the compliant
@@ -314,7 +314,7 @@ def chosen_strengths(res: Results, max_mmlu_drop: float = 0.05) -> dict[str, flo
 def stage_truth_val(model, args, out: Path, res: Results, choice: dict) -> None:
     sts = fit_truth_steerers(model, args, out, choice)
     qs, ab = tqa_eval_sets("val", args.n_val, args.seed)
-    mmlu = D.load_mmlu_ab("val", args.n_mmlu, args.seed)
+    mmlu = D.load_mmlu_ab("val", args.n_mmlu_val, args.seed)
     klp = D.load_harmless("val", args.n_kl, args.seed)
     base_lp = steerlens.next_token_logprobs(model, [e.prompt for e in klp], None, batch_size=args.score_batch)
     eval_truth(model, res, "val|none", None, qs, ab, args, stage="truth-val", method="none", alpha=0.0, split="val")
@@ -404,12 +404,22 @@ def stage_ablation(model, args, out: Path, res: Results, choice: dict) -> None:
                                  "frac_positive_before": float((h0 > 0).float().mean()),
                                  "barrier_val": ev, "fit_seconds": {"poly_sketch": fit_poly, "rff": fit_rff}}, indent=1)
         log(f"ablation: barrier-value table written ({path})")
-    qs, ab = tqa_eval_sets("test", args.n_ablation, args.seed)
+    qs = tqa_eval_sets("test", args.n_test, args.seed)[0][: args.n_ablation]  # a subset of the main test questions
     ode = load_steerer(out / "artifacts" / "odesteer", model=model)
     for name in args.ablation_variants:
         feat, solver, steps = ABLATIONS[name]
         key = f"ablation|{name}|{T:g}"
         if res.has(key):
+            continue
+        main_key = f"test|odesteer|{T:g}"
+        if name == "euler_N10" and res.has(main_key):  # the main test run (same edit): restrict to the subset
+            ids = {q.id for q in qs}
+            metrics = {}
+            for m in ("truthfulqa/mc1", "truthfulqa/mc2"):
+                r = res.get(main_key, m)
+                keep = [(v, i) for v, i in zip(r["values"], r["ids"]) if i in ids]
+                metrics[m] = ([v for v, _ in keep], [i for _, i in keep])
+            res.add(key, metrics, stage="ablation", method=name, alpha=T, split="test", from_key=main_key)
             continue
         bar = barriers[feat] if feat == "rff" else ode.editor.barrier
         from steerlens.pipeline.odesteer import ODEEdit
@@ -672,23 +682,24 @@ def main(argv=None) -> int:
     ap.add_argument("--n-val-pairs", type=int, default=None, help="val questions for the layer scan (default: all)")
     ap.add_argument("--n-val", type=int, default=40, help="val questions for choosing strengths")
     ap.add_argument("--n-test", type=int, default=100)
-    ap.add_argument("--n-ablation", type=int, default=60)
-    ap.add_argument("--ablation-variants", default="euler_N10,euler_N1,euler_N3,rk4_N10,rff_euler_N10",
+    ap.add_argument("--n-ablation", type=int, default=40)
+    ap.add_argument("--ablation-variants", default="euler_N10,euler_N1,rk4_N10,rff_euler_N10",
                     help=f"variants scored by MC1/MC2 (all of {list(ABLATIONS)} get the barrier-value table)")
-    ap.add_argument("--n-mmlu", type=int, default=114, help="MMLU A/B items (val for choosing, test for reporting)")
+    ap.add_argument("--n-mmlu", type=int, default=60, help="MMLU A/B test items (reporting)")
+    ap.add_argument("--n-mmlu-val", type=int, default=40, help="MMLU A/B val items (the choice's utility constraint)")
     ap.add_argument("--max-mmlu-drop", type=float, default=0.05,
                     help="a strength is eligible if its val MMLU A/B is at most this below the unsteered model's")
-    ap.add_argument("--n-kl", type=int, default=64)
+    ap.add_argument("--n-kl", type=int, default=32)
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--real-epochs", type=int, default=20)
-    ap.add_argument("--ode-T", type=floats, default=floats("10,20,40,80"))
+    ap.add_argument("--ode-T", type=floats, default=floats("40,80,120,160,320"))
     ap.add_argument("--caa-alphas", type=floats, default=floats("1,3,9"))
-    ap.add_argument("--iti-alphas", type=floats, default=floats("5,10,15"))
-    ap.add_argument("--real-alphas", type=floats, default=floats("5,10,15"))
+    ap.add_argument("--iti-alphas", type=floats, default=floats("5,15"))
+    ap.add_argument("--real-alphas", type=floats, default=floats("5,15"))
     ap.add_argument("--safety-layer", type=int, default=14)
     ap.add_argument("--n-safety-fit", type=int, default=64)
-    ap.add_argument("--safety-T", type=floats, default=floats("10,20,40,80"))
-    ap.add_argument("--safety-caa-alphas", type=floats, default=floats("0.25,0.5,1,2"))
+    ap.add_argument("--safety-T", type=floats, default=floats("40,80,160"))
+    ap.add_argument("--safety-caa-alphas", type=floats, default=floats("0.25,0.5,1"))
     ap.add_argument("--n-harmless-val", type=int, default=24)
     ap.add_argument("--n-harmful", type=int, default=48)
     ap.add_argument("--n-harmless", type=int, default=48)
