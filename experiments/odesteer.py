@@ -17,7 +17,8 @@ Protocol (TruthfulQA split by question: ``fit`` / ``val`` / ``test`` of steerlen
    MC1 / MC2 / A/B on ``--n-val`` val questions, MMLU A/B on the val items and next-token KL on
    Alpaca val prompts for each strength of each method's grid. Each method's strength = the
    project's truthfulness objective (mean of MC1, MC2, A/B) at its best among strengths whose val
-   MMLU A/B is at most ``--max-mmlu-drop`` below the unsteered model's (ties: smaller strength).
+   MMLU A/B is at most ``--max-mmlu-drop`` below the unsteered model's on the same items (ties:
+   smaller strength). The utility pass runs lazily, best objective first, until one passes.
 3. ``truth-test`` — the unsteered model and each method at its chosen strength on ``--n-test``
    test questions: MC1, MC2, A/B, MMLU A/B (``--n-mmlu``) and next-token KL on Alpaca test prompts
    (``--n-kl``). Paired differences ODESteer − X per question (bootstrap 95% intervals); "best
@@ -63,7 +64,7 @@ from steerlens.pipeline import ContrastiveActs, load_steerer, make_steerer
 from steerlens.pipeline.odesteer import Barrier, evaluate_barrier, fit_barrier, integrate, make_features
 
 READINGS = ("response_last", "response_mean")
-STAGES = ("layers", "truth-val", "truth-test", "ablation", "safety", "trace", "summary")
+STAGES = ("layers", "truth-val", "truth-test", "safety", "trace", "ablation", "summary")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -293,9 +294,14 @@ def val_table(res: Results, max_mmlu_drop: float) -> list[dict]:
             continue
         u = res.get(f"val-utility|{r['method']}|{r['alpha']:g}", "utility/mmlu_ab")
         kl = res.get(f"val-utility|{r['method']}|{r['alpha']:g}", "utility/kl")
-        ok = u is not None and base is not None and u["value"] >= base["value"] - max_mmlu_drop
+        ok, base_v = (None if u is None else False), None  # None: not evaluated (below the chosen setting)
+        if u is not None and base is not None:  # the unsteered model on the same items
+            bv = dict(zip(base["ids"], base["values"]))
+            shared = [i for i in u["ids"] if i in bv]
+            base_v = sum(bv[i] for i in shared) / len(shared)
+            ok = u["value"] >= base_v - max_mmlu_drop
         rows.append({"method": r["method"], "alpha": r["alpha"], "objective": objective(res, r["key"]),
-                     "mc2": r["value"], "mmlu_val": None if u is None else u["value"],
+                     "mc2": r["value"], "mmlu_val": None if u is None else u["value"], "mmlu_val_unsteered": base_v,
                      "kl_val": None if kl is None else kl["value"], "valid": ok})
     return rows
 
@@ -322,11 +328,17 @@ def stage_truth_val(model, args, out: Path, res: Results, choice: dict) -> None:
                  method="none", alpha=0.0, split="val")
     for method, alphas in grids(args).items():
         for a in alphas:
-            edits = sts[method].edits(model, alpha=a)
-            eval_truth(model, res, f"val|{method}|{a:g}", edits, qs, ab, args,
+            eval_truth(model, res, f"val|{method}|{a:g}", sts[method].edits(model, alpha=a), qs, ab, args,
                        stage="truth-val", method=method, alpha=a, split="val")
-            eval_utility(model, res, f"val-utility|{method}|{a:g}", edits, mmlu, klp, base_lp, args,
+    # utility constraint, lazily: best objective first, until a setting passes
+    for method, alphas in grids(args).items():
+        order = sorted(alphas, key=lambda a: (-round(objective(res, f"val|{method}|{a:g}"), 6), a))
+        for a in order:
+            key = f"val-utility|{method}|{a:g}"
+            eval_utility(model, res, key, sts[method].edits(model, alpha=a), mmlu, klp, base_lp, args,
                          stage="val-utility", method=method, alpha=a, split="val")
+            if any(r["method"] == method and r["alpha"] == a and r["valid"] for r in val_table(res, args.max_mmlu_drop)):
+                break
 
 
 def stage_truth_test(model, args, out: Path, res: Results, choice: dict) -> None:
@@ -685,7 +697,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-ablation", type=int, default=40)
     ap.add_argument("--ablation-variants", default="euler_N10,euler_N1,rk4_N10,rff_euler_N10",
                     help=f"variants scored by MC1/MC2 (all of {list(ABLATIONS)} get the barrier-value table)")
-    ap.add_argument("--n-mmlu", type=int, default=60, help="MMLU A/B test items (reporting)")
+    ap.add_argument("--n-mmlu", type=int, default=40, help="MMLU A/B test items (reporting)")
     ap.add_argument("--n-mmlu-val", type=int, default=40, help="MMLU A/B val items (the choice's utility constraint)")
     ap.add_argument("--max-mmlu-drop", type=float, default=0.05,
                     help="a strength is eligible if its val MMLU A/B is at most this below the unsteered model's")
