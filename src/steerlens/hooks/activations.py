@@ -6,6 +6,7 @@ batches and returns, per site, one row per input:
 - residual sites: ``[n, d_model]``; head sites: ``[n, n_heads_selected, d_head]``;
 - ``position="last"``: the last prompt token (after the chat template's assistant header);
 - ``position="response_mean"``: the mean over the response tokens of ``(prompt, response)`` pairs;
+- ``position="response_last"``: the last token of each input (the response's last token for pairs);
 - ``position="mean"``: the mean over all real tokens;
 - ``position="all"``: a list with one ``[seq_i, ...]`` tensor per input (real tokens only).
 
@@ -35,8 +36,8 @@ from .edits import Edit, check_edit_inputs, validate_edits
 from .sites import Site, SiteLike, parse_site, parse_sites
 from .runtime import StopForward, batch_run
 
-Position = Literal["last", "response_mean", "mean", "all"]
-POSITIONS = ("last", "response_mean", "mean", "all")
+Position = Literal["last", "response_mean", "response_last", "mean", "all"]
+POSITIONS = ("last", "response_mean", "response_last", "mean", "all")
 
 
 class SiteDict(dict):
@@ -76,6 +77,8 @@ def _reduce(act: torch.Tensor, batch: Batch, position: str) -> Union[torch.Tenso
     """``act``: ``[b, L, ...]`` -> ``[b, ...]`` (or a list of ``[seq_i, ...]`` for "all")."""
     if position == "last":
         return act[torch.arange(act.shape[0], device=act.device), batch.prompt_last]
+    if position == "response_last":  # left padding: every input ends in the last column
+        return act[:, -1]
     if position in ("response_mean", "mean"):
         mask = batch.response_mask if position == "response_mean" else batch.attention_mask.bool()
         w = mask.to(act.dtype).view(*mask.shape, *([1] * (act.ndim - 2)))
@@ -154,7 +157,7 @@ def capture(
         inputs: prompts, or ``(prompt, response)`` pairs.
         sites: ``Site`` objects or strings (``"blocks.3.hook_resid_post"``,
             ``"blocks.3.attn.hook_z[0,5]"``, or ``"blocks.3.attn.hook_z"`` for all heads).
-        position: ``"last" | "response_mean" | "mean" | "all"``.
+        position: ``"last" | "response_mean" | "response_last" | "mean" | "all"``.
         batch_size: inputs per forward pass.
         edits: optional steering applied while reading (per-input edits are sliced per batch).
         out_dir: stream to safetensors shards there (not with ``position="all"``).
@@ -170,8 +173,8 @@ def capture(
     aliases = {str(g): s for g, s in zip(given, site_list) if isinstance(g, str)}
     if position not in POSITIONS:
         raise InputError(f"position must be one of {POSITIONS}, got {position!r}")
-    if position == "response_mean" and not is_pair:
-        raise InputError("position='response_mean' needs (prompt, response) pairs")
+    if position in ("response_mean", "response_last") and not is_pair:
+        raise InputError(f"position={position!r} needs (prompt, response) pairs")
     if out_dir is not None and position == "all":
         raise InputError("streaming to disk needs a fixed-size position (not 'all')")
     edit_list = validate_edits(m, edits)

@@ -197,7 +197,7 @@ class ContrastiveActs:
     for a whole-layer head site (as :func:`steerlens.capture` returns them); ``neg`` likewise.
 
     Attributes:
-        position: the reading (``"last"`` prompt token or ``"response_mean"``).
+        position: the reading (``"last"`` prompt token, ``"response_mean"`` or ``"response_last"``).
         paired: whether ``pos[i]`` and ``neg[i]`` are two versions of the same example.
         query: optional last-prompt-token activations of the positive examples' prompts
             (query-dependent editors, e.g. MoSE), ``{site: [n_pos, ...]}``.
@@ -427,15 +427,20 @@ class Editor(Role):
 # ----------------------------------------------------------------------------------------
 
 _POSITION_ALIASES = {"last": "last", "prompt": "last", "prompt_last": "last",
-                     "response_mean": "response_mean", "response": "response_mean", "mean": "mean"}
+                     "response_mean": "response_mean", "response": "response_mean", "mean": "mean",
+                     "response_last": "response_last"}
+
+
+#: Response-side readings: ``pos[i]`` and ``neg[i]`` share a prompt (paired data).
+RESPONSE_POSITIONS = ("response_mean", "response_last")
 
 
 def normalise_position(position: str) -> str:
     try:
         return _POSITION_ALIASES[str(position)]
     except KeyError:
-        raise PipelineError(f"unknown reading position {position!r}; use 'last' (prompt-side) or "
-                            "'response_mean' (response-side)") from None
+        raise PipelineError(f"unknown reading position {position!r}; use 'last' (prompt-side), "
+                            "'response_mean' or 'response_last' (response-side)") from None
 
 
 def ids_hash(ids: Sequence[str]) -> str:
@@ -523,7 +528,7 @@ class Steerer:
         sites = self.selector.candidate_sites(model)
         acts = self._capture(model, pos + neg, sites, position, progress)
         n = len(pos)
-        paired = bool(getattr(data, "paired", position == "response_mean" and len(pos) == len(neg)))
+        paired = bool(getattr(data, "paired", position in RESPONSE_POSITIONS and len(pos) == len(neg)))
         return ContrastiveActs({s: t[:n] for s, t in acts.items()}, {s: t[n:] for s, t in acts.items()},
                                position=position, paired=paired and len(pos) == len(neg))
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 from ..fileio import atomic_savefig, atomic_write_json
 from ..hooks.activations import capture
 from ..models import as_model
-from .base import ContrastiveActs, PipelineError, Steerer, check_data, resid_module
+from .base import RESPONSE_POSITIONS, ContrastiveActs, PipelineError, Steerer, check_data, resid_module
 from .fitdata import HARMFUL_SOURCE_GROUPS, fit_data, gate_data
 from .registry import available_methods, make_steerer
 
@@ -153,7 +153,7 @@ def fit_settings(model, method: str, data, *, layers: Optional[Sequence[int]] = 
     batch_size = int(params.get("batch_size", 16))
     raw = capture(m, pos + neg, sites, position, batch_size=batch_size, progress=progress)
     n = len(pos)
-    paired = position == "response_mean" and len(pos) == len(neg)
+    paired = position in RESPONSE_POSITIONS and len(pos) == len(neg)
     acts = ContrastiveActs({s: t[:n] for s, t in raw.items()}, {s: t[n:] for s, t in raw.items()},  # type: ignore[union-attr]
                            position=position, paired=paired)
     for layer in ls:
