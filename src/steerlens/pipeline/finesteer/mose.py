@@ -50,8 +50,10 @@ It reports ``expert_weights`` (``[b, K]``) and ``s_norm`` (``‖s(q)‖``) for t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -163,7 +165,8 @@ def residual_basis(delta: torch.Tensor, centroids: torch.Tensor, rank: int) -> t
     res = d - (d @ q) @ q.T
     res = res - res.mean(0)
     _, s, vh = torch.linalg.svd(res, full_matrices=False)
-    keep = int(min(rank, int((s > s.max().clamp_min(1e-30) * 1e-4).sum())))  # float32 inputs: smaller is noise
+    ref = torch.linalg.matrix_norm(d, ord=2).clamp_min(1e-30)  # the differences' own scale
+    keep = int(min(rank, int((s > ref * 1e-4).sum())))  # float32 inputs: anything smaller is noise
     return vh[:keep].T.float().contiguous()
 
 
@@ -200,7 +203,9 @@ class MoSERouter(nn.Module):
         self.W_Q = nn.Linear(d, self.d_attn, bias=False)
         self.W_K = nn.Linear(d, self.d_attn, bias=False)
         self.W_V = nn.Linear(d, d, bias=False)
-        self.beta = nn.Sequential(nn.Linear(d, self.hidden), nn.ReLU(), nn.Linear(self.hidden, r))
+        with warnings.catch_warnings():  # r = 0 (nothing left outside span(C)) is a valid, empty residual
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+            self.beta = nn.Sequential(nn.Linear(d, self.hidden), nn.ReLU(), nn.Linear(self.hidden, r))
         self.gamma = nn.Parameter(torch.ones(()))
         self.log_tau = nn.Parameter(torch.zeros(()))
         with torch.no_grad():
@@ -258,10 +263,36 @@ def lr_at(step: int, *, lr: float, warmup: int, total: int) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * prog))
 
 
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]):
+    """Run the block on ``n`` intra-op CPU threads (``None``: leave the setting alone)."""
+    if n is None or int(n) == torch.get_num_threads():
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def train_router(router: MoSERouter, q_tr: torch.Tensor, d_tr: torch.Tensor, q_va: torch.Tensor,
                  d_va: torch.Tensor, *, lr: float = 5e-4, weight_decay: float = 0.01, batch_size: int = 32,
-                 max_epochs: int = 200, warmup_steps: int = 100, patience: int = 5, seed: int = 0) -> dict:
-    """Train ``router`` in place (see the module docstring); returns the training history."""
+                 max_epochs: int = 200, warmup_steps: int = 100, patience: int = 5, seed: int = 0,
+                 threads: Optional[int] = 1) -> dict:
+    """Train ``router`` in place (see the module docstring); returns the training history.
+
+    Runs on ``threads`` CPU threads (default 1: the router's matrix products are small, so more
+    threads mostly add synchronisation, and a fixed count makes the result independent of the
+    caller's thread setting)."""
+    with torch_threads(threads):
+        return _train(router, q_tr, d_tr, q_va, d_va, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+                      max_epochs=max_epochs, warmup_steps=warmup_steps, patience=patience, seed=seed)
+
+
+def _train(router, q_tr, d_tr, q_va, d_va, *, lr, weight_decay, batch_size, max_epochs, warmup_steps, patience,
+           seed) -> dict:
     g = torch.Generator().manual_seed(int(seed))
     n = q_tr.shape[0]
     bs = max(1, min(int(batch_size), n))
@@ -385,6 +416,7 @@ class MoSEEditor(Editor):
         val_frac: fraction of the pairs held out for early stopping (at least one pair).
         seed: split, initialisation, shuffling and k-means.
         n_init: k-means restarts per K.
+        threads: CPU threads for training (default 1, see :func:`train_router`; ``None``: as set).
     """
 
     kind = "mose"
@@ -394,7 +426,7 @@ class MoSEEditor(Editor):
                  hidden: Optional[int] = None, standardize: bool = True, lr: float = 5e-4,
                  weight_decay: float = 0.01, train_batch_size: int = 32, max_epochs: int = 200,
                  warmup_steps: int = 100, patience: int = 5, val_frac: float = 0.15, seed: int = 0,
-                 n_init: int = 10) -> None:
+                 n_init: int = 10, threads: Optional[int] = 1) -> None:
         try:
             positions = normalise_positions(positions)
         except EditError as e:
@@ -415,7 +447,7 @@ class MoSEEditor(Editor):
                          standardize=bool(standardize), lr=float(lr), weight_decay=float(weight_decay),
                          train_batch_size=int(train_batch_size), max_epochs=int(max_epochs),
                          warmup_steps=int(warmup_steps), patience=int(patience), val_frac=float(val_frac),
-                         seed=int(seed), n_init=int(n_init))
+                         seed=int(seed), n_init=int(n_init), threads=None if threads is None else int(threads))
         self.module: Optional[Site] = None
         self.router: Optional[MoSERouter] = None
         self.info: dict = {}
@@ -458,7 +490,9 @@ class MoSEEditor(Editor):
         if n < 4:
             raise PipelineError(f"MoSE needs at least 4 pairs (training + validation), got {n}")
         tr, va = split_indices(n, p["val_frac"], p["seed"])
-        with torch.random.fork_rng(devices=[]):
+        from threadpoolctl import threadpool_limits
+
+        with torch.random.fork_rng(devices=[]), threadpool_limits(p["threads"]), torch_threads(p["threads"]):
             torch.manual_seed(p["seed"])
             self.router, self.info = self._fit_router(q[tr], delta[tr], q[va], delta[va])
         self.module = mod
@@ -488,7 +522,8 @@ class MoSEEditor(Editor):
         t0 = time.perf_counter()
         hist = train_router(router, q_tr, d_tr, q_va, d_va, lr=p["lr"], weight_decay=p["weight_decay"],
                             batch_size=p["train_batch_size"], max_epochs=p["max_epochs"],
-                            warmup_steps=p["warmup_steps"], patience=p["patience"], seed=p["seed"])
+                            warmup_steps=p["warmup_steps"], patience=p["patience"], seed=p["seed"],
+                            threads=p["threads"])
         t_train = time.perf_counter() - t0
         with torch.no_grad():
             s_va, a_va = router(q_va)
@@ -574,14 +609,14 @@ def make_mose(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, where: str = "p
               rank: int = 8, d_attn: Optional[int] = None, hidden: Optional[int] = None, standardize: bool = True,
               lr: float = 5e-4, weight_decay: float = 0.01, train_batch_size: int = 32, max_epochs: int = 200,
               warmup_steps: int = 100, patience: int = 5, val_frac: float = 0.15, seed: int = 0, n_init: int = 10,
-              batch_size: int = 16) -> Steerer:
+              threads: Optional[int] = 1, batch_size: int = 16) -> Steerer:
     """MoSE without a gate (the ablation of FineSteer) at ``blocks.{layer}.hook_resid_{where}``; fit on
     response-side pairs (``steerlens fit --method mose --task safety``)."""
     params = dict(layer=layer, alpha=alpha, where=where, positions=positions, k=k, k_rule=k_rule, k_min=k_min,
                   k_max=k_max, max_components=max_components, rank=rank, d_attn=d_attn, hidden=hidden,
                   standardize=standardize, lr=lr, weight_decay=weight_decay, train_batch_size=train_batch_size,
                   max_epochs=max_epochs, warmup_steps=warmup_steps, patience=patience, val_frac=val_frac, seed=seed,
-                  n_init=n_init, batch_size=batch_size)
+                  n_init=n_init, threads=threads, batch_size=batch_size)
     return Steerer(FixedSelector([str(resid_module(layer, where))]), MoSEEditor(**mose_params(**params)),
                    alpha=alpha, method="mose", method_params=params, batch_size=batch_size)
 
