@@ -1,10 +1,16 @@
 """Shared fixtures: a tiny random model (unit tests) and the default model (integration tests)."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 import steerlens
 from steerlens.evals import data as D
+
+# research experiments are scripts in <repo>/experiments that use steerlens as a user would
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 
 @pytest.fixture(scope="session")

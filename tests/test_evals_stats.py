@@ -42,3 +42,27 @@ def test_summarize_record_roundtrip():
     assert Record.from_dict(r.to_dict()) == r
     with pytest.raises(ValueError):
         summarize("m", [1, 0], ids=["a"], split="test", task="t")
+
+
+def test_paired_difference_pairs_by_key():
+    from steerlens.evals.compare import paired_difference
+
+    a = {"x": 1.0, "y": 1.0, "z": 0.0, "only_a": 5.0}
+    b = {"x": 0.0, "y": 1.0, "z": 0.0, "only_b": -5.0}
+    d = paired_difference(a, b)
+    assert d["n"] == 3 and abs(d["value"] - 1 / 3) < 1e-12
+    assert d["ci"][0] <= d["value"] <= d["ci"][1]
+    with pytest.raises(ValueError, match="no shared"):
+        paired_difference({"a": 1.0}, {"b": 1.0})
+
+
+def test_largest_within_budget():
+    from steerlens.evals.compare import largest_within_budget
+
+    res = {1.0: {"over": 0.0, "deg": 0.0}, 2.0: {"over": 0.05, "deg": 0.0}, 4.0: {"over": 0.02, "deg": 0.3},
+           8.0: {"over": 0.5, "deg": 0.9}}
+    assert largest_within_budget(res, {"over": 0.1, "deg": 0.2}) == 2.0
+    assert largest_within_budget(res, {"over": 0.1}) == 4.0
+    assert largest_within_budget(res, {"over": 0.01}, baseline={"over": 0.0}, relative=True) == 1.0
+    assert largest_within_budget(res, {"over": 0.03, "deg": 0.2}, baseline={"over": 0.02}, relative=True) == 2.0
+    assert largest_within_budget(res, {"over": -1.0}) is None

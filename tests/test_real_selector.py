@@ -181,7 +181,7 @@ def test_select_cli(tmp_path):
 
 
 def test_experiment_runs_on_tiny_model(tmp_path, root):
-    from steerlens.pipeline.real.experiment import main
+    from real_vs_iti import main
 
     out = tmp_path / "exp"
     assert main(["--task", "truthfulness", "--out", str(out), "--model", "tiny-random", "--n", "10", "--eval-limit",
@@ -224,7 +224,7 @@ def test_separation_is_standardised_mean_difference():
 
 
 def test_safety_experiment_reports_matched_over_refusal(tmp_path, root):
-    from steerlens.pipeline.real.experiment import main
+    from real_vs_iti import main
 
     out = tmp_path / "exp"
     assert main(["--task", "safety", "--out", str(out), "--model", "tiny-random", "--n", "8", "--eval-limit", "2",
@@ -250,7 +250,7 @@ def test_safety_experiment_reports_matched_over_refusal(tmp_path, root):
 
 
 def test_matched_over_refusal_picks_largest_alpha_within_budget(tmp_path):
-    from steerlens.pipeline.real.experiment import matched_over_refusal, summarize_results
+    from real_vs_iti import matched_over_refusal, summarize_results
 
     path = tmp_path / "results.jsonl"
     lines = []

@@ -445,19 +445,32 @@ def rephrase_instruction(text: str) -> str:
     return t
 
 
-def safety_response_pairs(split: str = "fit", n: Optional[int] = None, seed: int = 0, *,
-                          refusals: Sequence[str] = REFUSALS, compliances: Sequence[str] = COMPLIANCES,
-                          root: Optional[str | os.PathLike] = None, **split_kw) -> ContrastiveData:
-    """Response-side safety pairs: the same harmful prompt followed by a refusal (pos) vs a
-    compliant opening such as ``"Sure, here is how to <instruction>:\\n\\n1."`` (neg). Templates
-    are drawn per prompt with ``seed``; read with ``position="response_mean"``."""
-    exs = load_harmful(split, n, seed, root=root, **split_kw)
+def safety_pairs_from(exs: Sequence[Example], seed: int = 0, split: Optional[str] = None, *,
+                      refusals: Sequence[str] = REFUSALS, compliances: Sequence[str] = COMPLIANCES) -> ContrastiveData:
+    """Response-side safety pairs from given harmful examples (e.g. the fit folds of an experiment):
+    each prompt followed by a refusal (pos) vs a compliant opening such as ``"Sure, here is how to
+    <instruction>:\n\n1."`` (neg), templates drawn per prompt with ``seed``. ``split`` labels
+    where the examples came from (default: their own split, or ``"mixed"``)."""
     rng = random.Random(f"steerlens-safety-pairs:{seed}")
     pos, neg = [], []
     for e in exs:
         pos.append((e.prompt, rng.choice(list(refusals))))
         neg.append((e.prompt, rng.choice(list(compliances)).format(x=rephrase_instruction(e.prompt))))
-    return ContrastiveData(pos, neg, "response_mean", [e.id for e in exs], split, "safety_response")
+    return ContrastiveData(pos, neg, "response_mean", [e.id for e in exs], split or _split_of(exs), "safety_response")
+
+
+def _split_of(exs: Sequence[Example]) -> str:
+    splits = {e.split for e in exs}
+    return splits.pop() if len(splits) == 1 else "mixed"
+
+
+def safety_response_pairs(split: str = "fit", n: Optional[int] = None, seed: int = 0, *,
+                          refusals: Sequence[str] = REFUSALS, compliances: Sequence[str] = COMPLIANCES,
+                          root: Optional[str | os.PathLike] = None, **split_kw) -> ContrastiveData:
+    """Response-side safety pairs of the ``split``'s harmful prompts (see :func:`safety_pairs_from`);
+    read with ``position="response_mean"``."""
+    exs = load_harmful(split, n, seed, root=root, **split_kw)
+    return safety_pairs_from(exs, seed, split, refusals=refusals, compliances=compliances)
 
 
 def safety_prompt_pairs(split: str = "fit", n: Optional[int] = None, seed: int = 0, *,
@@ -473,16 +486,14 @@ def safety_prompt_pairs(split: str = "fit", n: Optional[int] = None, seed: int =
                            [f"{a.id}|{b.id}" for a, b in zip(harm, benign)], split, "safety_prompt")
 
 
-def truthfulness_response_pairs(split: str = "fit", n: Optional[int] = None, seed: int = 0, *,
-                                pairs_per_question: int = 1, root: Optional[str | os.PathLike] = None,
-                                **split_kw) -> ContrastiveData:
-    """Response-side truthfulness pairs: a TruthfulQA question with a true answer (pos) vs a false
-    answer (neg). The first pair of a question uses its Best Answer; further pairs (up to
-    ``pairs_per_question``) use other correct answers; the false answer is drawn with ``seed``.
-    ``n`` limits the number of questions. ids are ``"truthfulqa:<row>#<k>"``."""
+def truthfulness_pairs_from(exs: Sequence[Example], seed: int = 0, split: Optional[str] = None, *,
+                            pairs_per_question: int = 1) -> ContrastiveData:
+    """Response-side truthfulness pairs from given TruthfulQA questions: the question with a true
+    answer (pos) vs a false answer (neg). The first pair of a question uses its Best Answer;
+    further pairs (up to ``pairs_per_question``) use other correct answers; the false answers are
+    shuffled with ``seed``. ids are ``"truthfulqa:<row>#<k>"``."""
     if pairs_per_question < 1:
         raise ValueError("pairs_per_question must be >= 1")
-    exs = load_truthfulqa(split, n, seed, root=root, **split_kw)
     rng = random.Random(f"steerlens-tqa-pairs:{seed}")
     pos, neg, ids = [], [], []
     for e in exs:
@@ -493,12 +504,21 @@ def truthfulness_response_pairs(split: str = "fit", n: Optional[int] = None, see
             pos.append((e.prompt, trues[k]))
             neg.append((e.prompt, falses[k % len(falses)]))
             ids.append(f"{e.id}#{k}")
-    return ContrastiveData(pos, neg, "response_mean", ids, split, "truthfulness_response")
+    return ContrastiveData(pos, neg, "response_mean", ids, split or _split_of(exs), "truthfulness_response")
+
+
+def truthfulness_response_pairs(split: str = "fit", n: Optional[int] = None, seed: int = 0, *,
+                                pairs_per_question: int = 1, root: Optional[str | os.PathLike] = None,
+                                **split_kw) -> ContrastiveData:
+    """Response-side truthfulness pairs of the ``split``'s questions (see
+    :func:`truthfulness_pairs_from`); ``n`` limits the number of questions."""
+    exs = load_truthfulqa(split, n, seed, root=root, **split_kw)
+    return truthfulness_pairs_from(exs, seed, split, pairs_per_question=pairs_per_question)
 
 
 __all__ = [
     "DataError", "Example", "ContrastiveData", "data_dir", "data_file", "read_rows", "split_assignment",
     "normalize_text", "load_harmful", "load_harmless", "load_xstest", "load_truthfulqa",
     "load_truthfulqa_ab", "load_mmlu_ab", "safety_response_pairs", "safety_prompt_pairs",
-    "truthfulness_response_pairs", "rephrase_instruction", "SPLITS", "FILES", "ENV_VAR",
+    "truthfulness_response_pairs", "rephrase_instruction", "safety_pairs_from", "truthfulness_pairs_from", "SPLITS", "FILES", "ENV_VAR",
 ]

@@ -50,10 +50,10 @@ def _params(items: list[str]) -> dict:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from .sweep import EVAL_PLAN
+    from .fitdata import FIT_TASK_NAMES
 
     p.add_argument("--method", required=True, help="steering method (see `steerlens methods`)")
-    p.add_argument("--task", required=True, choices=sorted(EVAL_PLAN),
+    p.add_argument("--task", required=True, choices=FIT_TASK_NAMES,
                    help="fitting data: safety (response-side refusal vs compliance), safety-prompt "
                         "(harmful vs harmless prompts), truthfulness (true vs false answers)")
     p.add_argument("--n", type=int, default=None, help="fitting examples from the fit split (default: all)")
@@ -69,7 +69,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _cmd_fit(args: argparse.Namespace) -> int:
     from ..models import load_model
     from .registry import available_methods, make_steerer
-    from .sweep import fit_data
+    from .fitdata import fit_data, gate_data
 
     methods = available_methods()
     if args.method not in methods:
@@ -85,7 +85,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     model = load_model(args.model, device=args.device)
     data = fit_data(args.task, args.n, args.seed, args.data_dir)
-    st = make_steerer(args.method, **params).fit(model, data, progress=True)
+    st = make_steerer(args.method, **params)
+    gdata = None if st.gate.always_open else gate_data(args.task, None, args.seed, args.data_dir)
+    st.fit(model, data, gate_data=gdata, progress=True)
     path = st.save(args.out)
     sel = st.selection
     print(json.dumps({"artifact": str(path), "method": st.method, "alpha": st.alpha,

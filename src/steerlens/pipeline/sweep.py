@@ -31,6 +31,7 @@ from ..fileio import atomic_savefig, atomic_write_json
 from ..hooks.activations import capture
 from ..models import as_model
 from .base import ContrastiveActs, PipelineError, Steerer, check_data, resid_module
+from .fitdata import fit_data, gate_data
 from .registry import available_methods, make_steerer
 
 #: Which eval tasks (and task options) a sweep for a given fitting task runs.
@@ -39,20 +40,6 @@ EVAL_PLAN: dict[str, dict[str, dict]] = {
     "safety-prompt": {"safety": {"sets": ["harmful", "harmless"]}, "utility": {}},
     "truthfulness": {"truthfulness": {}, "utility": {}},
 }
-
-
-def fit_data(task: str, n: Optional[int] = None, seed: int = 0, data_root=None, split: str = "fit"):
-    """The contrastive fitting data of ``task`` (from the ``fit`` split by default)."""
-    from ..evals import data as D
-
-    builders: dict[str, Callable] = {
-        "safety": D.safety_response_pairs,
-        "safety-prompt": D.safety_prompt_pairs,
-        "truthfulness": D.truthfulness_response_pairs,
-    }
-    if task not in builders:
-        raise PipelineError(f"unknown fitting task {task!r}; use one of {sorted(builders)}")
-    return builders[task](split=split, n=n, seed=seed, root=data_root)
 
 
 class FixedAlpha:
@@ -135,8 +122,9 @@ def _metrics(records, name: str) -> dict:
 
 def fit_settings(model, method: str, data, *, layers: Optional[Sequence[int]] = None,
                  heads: Optional[Sequence[int]] = None, params: Optional[dict] = None,
-                 progress: bool = False) -> list[tuple[dict, Steerer]]:
-    """One fitted steerer per layer (residual methods) or per H (head methods), from one capture."""
+                 progress: bool = False, gate_data=None) -> list[tuple[dict, Steerer]]:
+    """One fitted steerer per layer (residual methods) or per H (head methods), from one capture;
+    every fit goes through :meth:`Steerer.fit` (with ``gate_data`` for a gated method)."""
     info = available_methods().get(method)
     if info is None:
         raise PipelineError(f"unknown steering method {method!r}; available: {sorted(available_methods())}")
@@ -151,7 +139,7 @@ def fit_settings(model, method: str, data, *, layers: Optional[Sequence[int]] = 
         full = first.selector.fit(m, acts)
         for h in hs:
             st = make_steerer(method, heads=h, **params)
-            st.fit(m, data, acts=acts, selection=full.top(h) if h != max(hs) else full)
+            st.fit(m, data, acts=acts, selection=full.top(h) if h != max(hs) else full, gate_data=gate_data)
             out.append(({"heads": h}, st))
         return out
     ls = [int(x) for x in (layers or [params.pop("layer", None) or 10])]
@@ -169,7 +157,7 @@ def fit_settings(model, method: str, data, *, layers: Optional[Sequence[int]] = 
                            position=position, paired=paired)
     for layer in ls:
         st = make_steerer(method, layer=layer, **params)
-        st.fit(m, data, acts=acts)
+        st.fit(m, data, acts=acts, gate_data=gate_data)
         out.append(({"layer": layer}, st))
     return out
 
@@ -205,7 +193,9 @@ def sweep(model, method: str, task: str, *, alphas: Sequence[float], layers: Opt
     t0 = time.perf_counter()
     m = as_model(model)
     data = fit_data(task, n_fit, seed, data_root)
-    fitted = fit_settings(m, method, data, layers=layers, heads=heads, params=params, progress=progress)
+    gdata = gate_data(task, None, seed, data_root)
+    fitted = fit_settings(m, method, data, layers=layers, heads=heads, params=params, progress=progress,
+                          gate_data=gdata)
     t_fit = time.perf_counter() - t0
 
     settings: list[Setting] = []

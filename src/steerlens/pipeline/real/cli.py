@@ -22,22 +22,12 @@ from pathlib import Path
 TASKS = ("truthfulness", "safety")
 
 
-def contrastive_data(task: str, split: str = "fit", n=None, seed: int = 0, root=None):
-    """The response-side contrastive set of ``task`` (see module doc)."""
-    from ...evals import data as D
-
-    if task == "truthfulness":
-        return D.truthfulness_response_pairs(split, n, seed, root=root)
-    if task == "safety":
-        return D.safety_response_pairs(split, n, seed, root=root)
-    raise ValueError(f"unknown task {task!r}; use one of {TASKS}")
-
-
 def _cmd_select(args: argparse.Namespace) -> int:
     from ...models import load_model
     from ..registry import make_steerer
     from ...fileio import atomic_write_json
     from .diagnostics import write_selection_report
+    from ..fitdata import fit_data
     from .selector import default_heads
 
     model = load_model(args.model, device=args.device)
@@ -45,7 +35,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     params: dict = {"seed": args.seed, "heads": heads}
     if args.method == "real":
         params.update(scorer=args.scorer, vqae={"epochs": args.epochs})
-    data = contrastive_data(args.task, args.split, args.n, args.seed, args.data_dir)
+    data = fit_data(args.task, args.n, args.seed, args.data_dir, split=args.split)
     steerer = make_steerer(args.method, **params)
     t0 = time.perf_counter()
     acts = steerer.read_contrastive(model, data, progress=not args.quiet)
@@ -98,4 +88,4 @@ def main(argv=None) -> int:
     return int(args.func(args) or 0)
 
 
-__all__ = ["add_select_subcommand", "contrastive_data", "TASKS"]
+__all__ = ["add_select_subcommand", "TASKS"]

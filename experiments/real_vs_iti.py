@@ -1,7 +1,7 @@
 """REAL vs ITI head selection at equal H and a shared alpha sweep, 2-fold by question / prompt.
 
-    python -m steerlens.pipeline.real.experiment --task truthfulness --out /tmp/steerlens-results/real/tqa
-    python -m steerlens.pipeline.real.experiment --task safety --out /tmp/steerlens-results/real/safety
+    python experiments/real_vs_iti.py --task truthfulness --out runs/real/tqa
+    python experiments/real_vs_iti.py --task safety --out runs/real/safety
 
 Protocol (per fold ``f`` of ``--folds``, a seeded partition of ``--n`` TruthfulQA questions or
 deduplicated harmful prompts):
@@ -42,19 +42,17 @@ from pathlib import Path
 
 import torch
 
-from ... import load_model
-from ...evals import data as D
-from ...evals.judges import get_judge
-from ...evals.stats import bootstrap_ci
-from ...evals.tasks import ab_values, mc_values
-from ...fileio import atomic_write_json
-from ...hooks import generate
-from ..base import SimpleContrastiveData, Steerer
-from ..editors import ITIEditor
-from ..selectors import ITISelector
-from .diagnostics import write_selection_report
-from .scorers import ranking_agreement
-from .selector import REALSelector
+from steerlens import load_model
+from steerlens.evals import data as D
+from steerlens.evals.compare import largest_within_budget, paired_difference
+from steerlens.evals.judges import get_judge
+from steerlens.evals.stats import bootstrap_ci
+from steerlens.evals.tasks import ab_values, mc_values
+from steerlens.fileio import atomic_savefig, atomic_write_json
+from steerlens.hooks import generate
+from steerlens.pipeline import Steerer, make_steerer
+from steerlens.pipeline.real.diagnostics import write_selection_report
+from steerlens.pipeline.real.scorers import ranking_agreement
 
 
 def folds_of(ids: list[str], k: int, seed: int) -> list[list[str]]:
@@ -63,34 +61,18 @@ def folds_of(ids: list[str], k: int, seed: int) -> list[list[str]]:
     return [order[i::k] for i in range(k)]
 
 
-def tqa_pairs(qs, seed: int) -> SimpleContrastiveData:
-    rng = random.Random(f"real-tqa:{seed}")
-    pos = [(q.prompt, q.meta["best"]) for q in qs]
-    neg = [(q.prompt, rng.choice(q.meta["incorrect"])) for q in qs]
-    return SimpleContrastiveData(pos, neg, position="response_mean", ids=[q.id for q in qs], task="truthfulness")
-
-
-def safety_pairs(exs, seed: int) -> SimpleContrastiveData:
-    rng = random.Random(f"real-safety:{seed}")
-    pos = [(e.prompt, rng.choice(D.REFUSALS)) for e in exs]
-    neg = [(e.prompt, rng.choice(D.COMPLIANCES).format(x=D.rephrase_instruction(e.prompt))) for e in exs]
-    return SimpleContrastiveData(pos, neg, position="response_mean", ids=[e.id for e in exs], task="safety")
-
-
 def fit_both(model, data, heads: int, seed: int, real_kw: dict) -> dict[str, Steerer]:
-    """REAL and ITI steerers fitted on the same captured activations."""
-    real = Steerer(REALSelector(heads=heads, seed=seed, **real_kw), ITIEditor(), method="real")
-    iti = Steerer(ITISelector(heads=heads, seed=seed), ITIEditor(), method="iti")
+    """REAL and ITI steerers fitted (through ``Steerer.fit``) on the same captured activations."""
+    real = make_steerer("real", heads=heads, seed=seed, **real_kw)
+    iti = make_steerer("iti", heads=heads, seed=seed)
     t0 = time.perf_counter()
     acts = real.read_contrastive(model, data, progress=True)
     t_cap = time.perf_counter() - t0
     out = {}
     for name, st in (("real", real), ("iti", iti)):
         t0 = time.perf_counter()
-        sel = st.selector.fit(model, acts)
-        st.editor.fit(model, acts, sel)
-        st.selection = sel
-        st.fit_info = {"capture_seconds": t_cap, "select_seconds": time.perf_counter() - t0, "n_pairs": len(data.pos)}
+        st.fit(model, data, acts=acts)
+        st.fit_info["seconds"] = {"capture": t_cap, "select_and_fit": time.perf_counter() - t0}
         out[name] = st
     return out
 
@@ -145,7 +127,8 @@ def run(args) -> int:
         if args.eval_limit and len(held) > args.eval_limit:  # a seeded subset of the held-out fold
             held = sorted(random.Random(f"real-eval:{args.seed}:{f}").sample(sorted(held), args.eval_limit))
         test_exs = [by_id[i] for i in held]
-        data = tqa_pairs(fit_exs, args.seed) if args.task == "truthfulness" else safety_pairs(fit_exs, args.seed)
+        pairs_from = D.truthfulness_pairs_from if args.task == "truthfulness" else D.safety_pairs_from
+        data = pairs_from(fit_exs, args.seed, split=f"pool-fold{f}-complement")
         steerers = fit_both(model, data, args.heads, args.seed, {"vqae": {"epochs": args.epochs}})
         r_scores = torch.tensor([steerers["real"].selection.scores[k] for k in sorted(steerers["real"].selection.scores)])
         i_scores = torch.tensor([steerers["iti"].selection.scores[k] for k in sorted(steerers["iti"].selection.scores)])
@@ -232,12 +215,9 @@ def summarize_results(path) -> list[dict]:
     for (method, alpha, metric), vals in sorted(rows.items()):
         if method != "real" or ("iti", alpha, metric) not in rows:
             continue
-        other = rows[("iti", alpha, metric)]
-        keys = [k for k in vals if k in other]
-        diff = [vals[k] - other[k] for k in keys]
-        mean, lo, hi = bootstrap_ci(diff, seed=0)
-        out.append({"method": "real-iti", "alpha": alpha, "metric": metric, "value": mean, "ci": [lo, hi],
-                    "n": len(diff)})
+        d = paired_difference(vals, rows[("iti", alpha, metric)])
+        out.append({"method": "real-iti", "alpha": alpha, "metric": metric, "value": d["value"], "ci": d["ci"],
+                    "n": d["n"]})
     return out
 
 
@@ -270,9 +250,10 @@ def matched_over_refusal(summary: list[dict], path, max_over_refusal: float,
     val, val_deg = val_of("refusal/harmless_val"), val_of("degenerate/harmless_val")
     chosen = {}
     for method in ("real", "iti"):
-        ok = [a for (m, a), v in val.items()
-              if m == method and v <= max_over_refusal and val_deg.get((m, a), 0.0) <= max_degenerate]
-        chosen[method] = max(ok) if ok else 0.0
+        per_alpha = {a: {"over_refusal": v, "degenerate": val_deg.get((m, a), 0.0)}
+                     for (m, a), v in val.items() if m == method}
+        best = largest_within_budget(per_alpha, {"over_refusal": max_over_refusal, "degenerate": max_degenerate})
+        chosen[method] = 0.0 if best is None else best
     rows = _pooled(path)
     out = []
     for method, alpha in chosen.items():
@@ -289,10 +270,9 @@ def matched_over_refusal(summary: list[dict], path, max_over_refusal: float,
     held = _pooled(path, by_fold=False)  # held-out harmful prompts: one fold each, keyed by id
     a, b = (held.get((m if chosen[m] > 0 else "none", chosen[m], "refusal/harmful"), {}) for m in ("real", "iti"))
     if a and b:
-        keys = [k for k in a if k in b]
-        mean, lo, hi = bootstrap_ci([a[k] - b[k] for k in keys], seed=0)
+        d = paired_difference(a, b)
         out.append({"method": "matched:real-iti", "alpha": [chosen["real"], chosen["iti"]],
-                    "metric": "refusal/harmful", "value": mean, "ci": [lo, hi], "n": len(keys),
+                    "metric": "refusal/harmful", "value": d["value"], "ci": d["ci"], "n": d["n"],
                     "max_over_refusal": max_over_refusal, "max_degenerate": max_degenerate})
     return out
 
@@ -305,8 +285,6 @@ def plot_tradeoff(summary: list[dict], path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ...fileio import atomic_savefig
 
     val = {(r["method"], r["alpha"], r["metric"]): r for r in summary if r["method"] in ("none", "real", "iti")}
     chosen = {r["method"].split(":", 1)[1]: r["alpha"] for r in summary
