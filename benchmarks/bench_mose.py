@@ -30,7 +30,7 @@ import torch
 
 def capture_acts(task: str, layer: int, path: Path, batch_size: int) -> dict:
     import steerlens
-    from steerlens.pipeline.sweep import fit_data
+    from steerlens.pipeline.fitdata import fit_data
 
     model = steerlens.load_model()
     data = fit_data(task)
