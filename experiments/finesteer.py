@@ -55,7 +55,7 @@ from steerlens.evals.judges import get_judge
 from steerlens.evals.stats import bootstrap_ci
 from steerlens.evals.tasks import ab_values, mc_values
 from steerlens.fileio import atomic_write_json, atomic_write_text
-from steerlens.pipeline import Steerer, available_methods, make_steerer
+from steerlens.pipeline import ContrastiveActs, Steerer, available_methods, make_steerer
 from steerlens.pipeline.finesteer.mose_diagnostics import plot_expert_weights, specialisation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,27 +63,49 @@ from real_vs_iti import folds_of  # noqa: E402  (the REAL vs ITI experiment's fo
 
 OVER_REFUSAL_SLACK = 0.03
 MAX_DEGENERATE = 0.05
-SAFETY_ALPHAS = {"caa": "0.25,0.5,0.75,1,1.5,2,3", "mose": "0.25,0.5,0.75,1,1.5,2,3",
-                 "caa+scs": "0.5,1,1.5,2,3,4,6", "finesteer": "0.5,1,1.5,2,3,4,6"}
-TQA_ALPHAS = {"caa": "0.5,1,2,4", "mose": "0.5,1,2,4", "finesteer": "0.5,1,2,4", "iti": "2,5,10,15"}
+SAFETY_ALPHAS = {"caa": "0.125,0.25,0.5,1", "mose": "0.125,0.25,0.5,1",
+                 "caa-scs": "0.5,1,2,4", "finesteer": "0.5,1,2,4"}
+TQA_ALPHAS = {"caa": "1,2,4", "mose": "1,2,4", "finesteer": "1,2,4", "iti": "5,10,15"}
 
 
 # ---------------------------------------------------------------------------------------------
 # building the methods
 
 def gate_available() -> bool:
-    return "finesteer" in available_methods()
+    return "finesteer" in available_methods() and "caa-scs" in available_methods()
 
 
-def fit_methods(model, data, gate_data, methods: list[str], args) -> dict[str, Steerer]:
-    """CAA and MoSE on one capture of ``data``; the gated variants share the ungated editors'
-    fits and one gate fitted on ``gate_data``."""
+def read_cached(model, st: Steerer, data, cache) -> ContrastiveActs:
+    """``st.read_contrastive(model, data)``, kept in ``cache`` (a ``.pt`` file of
+    ``{"pos": {site: t}, "neg": {site: t}, "ids": [...]}``) and read back from it when its ids
+    match the data's."""
+    if cache is not None and Path(cache).exists():
+        blob = torch.load(cache)
+        sites = st.selector.candidate_sites(model)
+        if list(blob.get("ids", [])) == list(data.ids) and all(str(x) in blob["pos"] for x in sites):
+            print(f"activations from {cache}", flush=True)
+            return ContrastiveActs({x: blob["pos"][str(x)].float() for x in sites},
+                                   {x: blob["neg"][str(x)].float() for x in sites},
+                                   position="response_mean", paired=True)
+    acts = st.read_contrastive(model, data, progress=True)
+    if cache is not None:
+        tmp = Path(str(cache) + ".tmp")
+        torch.save({"pos": {str(k): v for k, v in acts.pos.items()}, "neg": {str(k): v for k, v in acts.neg.items()},
+                    "ids": list(data.ids)}, tmp)
+        tmp.replace(cache)
+    return acts
+
+
+def fit_methods(model, data, gate_data, methods: list[str], args, cache=None) -> dict[str, Steerer]:
+    """CAA and MoSE fitted on one capture of ``data``; the gated variants (``caa-scs``,
+    ``finesteer``) share those fits and one SCS gate fitted on ``gate_data``, so the gated and
+    ungated versions of a method differ only by the gate."""
     out: dict[str, Steerer] = {}
     caa = make_steerer("caa", layer=args.layer, batch_size=args.batch_size)
     t0 = time.perf_counter()
-    acts = caa.read_contrastive(model, data, progress=True)
+    acts = read_cached(model, caa, data, cache)
     t_cap = time.perf_counter() - t0
-    if {"caa", "caa+scs"} & set(methods):
+    if {"caa", "caa-scs"} & set(methods):
         caa.fit(model, data, acts=acts)
         caa.fit_info["capture_seconds"] = t_cap
         out["caa"] = caa
@@ -93,20 +115,26 @@ def fit_methods(model, data, gate_data, methods: list[str], args) -> dict[str, S
         mose.fit(model, data, acts=acts, progress=True)
         mose.fit_info["fit_seconds_with_query_capture"] = time.perf_counter() - t0
         out["mose"] = mose
-    if {"caa+scs", "finesteer"} & set(methods):
-        fs = make_steerer("finesteer", layer=args.layer, seed=args.seed, k_rule=args.k_rule,
-                          batch_size=args.batch_size)
-        gate = fs.gate
-        fs.fit_gate(model, gate_data, progress=True) if hasattr(fs, "fit_gate") else None
-        for name, base in (("caa+scs", out.get("caa")), ("finesteer", out.get("mose"))):
+    if {"caa-scs", "finesteer"} & set(methods):
+        from steerlens.pipeline.registry import make_gate
+
+        gate = make_gate("scs", **gate_params(args))
+        for name, base in (("caa-scs", out.get("caa")), ("finesteer", out.get("mose"))):
             if name in methods and base is not None:
-                st = Steerer(base.selector, base.editor, gate, alpha=base.alpha, method=name,
-                             method_params={**base.method_params, "gate": gate.params},
-                             batch_size=args.batch_size)
-                st.selection, st.fit_info, st.model_fingerprint = base.selection, dict(base.fit_info), \
-                    base.model_fingerprint
+                st = base.with_gate(gate)  # one gate object, shared: fitted once
+                st.method = name
+                if not gate.fitted:
+                    st.fit_gate(model, gate_data, progress=True)
                 out[name] = st
     return {m: out[m] for m in methods if m in out}
+
+
+def gate_params(args) -> dict:
+    """The SCS gate's parameters: the gate layer (default: the steered layer) and the gate's own
+    defaults otherwise (contrast form, 5% benign false-positive rate, hard gate)."""
+    p = {"layer": args.gate_layer if args.gate_layer is not None else args.layer, "seed": args.seed}
+    p.update(json.loads(args.gate_params or "{}"))
+    return p
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,15 +213,16 @@ def run_safety(args) -> int:
     judge = get_judge(None)
     methods = [m for m in args.methods.split(",") if m]
     if not gate_available():
-        dropped = [m for m in methods if m in ("caa+scs", "finesteer")]
+        dropped = [m for m in methods if m in ("caa-scs", "finesteer")]
         if dropped:
             print(f"SCS gate not available: skipping {dropped}", flush=True)
         methods = [m for m in methods if m not in dropped]
     data = D.safety_response_pairs("fit", n=args.n_fit, seed=args.seed)
     gate_data = D.safety_prompt_pairs("fit", n=args.n_gate_fit, seed=args.seed)
-    steerers = fit_methods(model, data, gate_data, methods, args)
+    steerers = fit_methods(model, data, gate_data, methods, args,
+                           cache=args.acts_cache or out / f"acts_safety_L{args.layer}.pt")
     for name, st in steerers.items():
-        st.save(out / "artifacts" / name.replace("+", "_"), model=model)
+        st.save(out / "artifacts" / name, model=model)
     log = Log(out, args.resume)
     val_sets = {"harmful": D.load_harmful("val", args.n_val_harmful, args.seed),
                 "harmless": D.load_harmless("val", args.n_val_harmless, args.seed)}
@@ -234,7 +263,7 @@ def run_safety(args) -> int:
     base_val, _ = evaluate("val", "none", 0.0, val_sets)
     chosen = {}
     for method in steerers:
-        grid = [float(a) for a in (getattr(args, f"alphas_{method.replace('+', '_')}") or SAFETY_ALPHAS[method]).split(",")]
+        grid = [float(a) for a in (getattr(args, f"alphas_{method.replace('-', '_')}") or SAFETY_ALPHAS[method]).split(",")]
         ok, fails = [], 0
         for a in sorted(grid):
             v, _ = evaluate("val", method, a, val_sets)
@@ -296,7 +325,7 @@ def summarize_safety(out: Path) -> dict:
                 mean, lo, hi = bootstrap_ci(list(vals.values()), seed=0)
                 table.append({"method": name, "alpha": a, "metric": met, "value": mean, "ci": [lo, hi],
                               "n": len(vals)})
-    pairs = [(m, "none") for m in chosen] + [("finesteer", m) for m in ("caa", "caa+scs", "mose") if m in chosen]
+    pairs = [(m, "none") for m in chosen] + [("finesteer", m) for m in ("caa", "caa-scs", "mose") if m in chosen]
     for x, y in pairs:
         if x not in keyof or y not in keyof:
             continue
@@ -363,7 +392,7 @@ def run_truthfulness(args) -> int:
     if not gate_available():
         if "finesteer" in methods:
             print("SCS gate not available: skipping finesteer", flush=True)
-        methods = [m for m in methods if m not in ("finesteer", "caa+scs")]
+        methods = [m for m in methods if m not in ("finesteer", "caa-scs")]
     pool = D.load_truthfulqa("all", args.n, args.seed)
     by_id = {e.id: e for e in pool}
     folds = folds_of(list(by_id), 2, args.seed)
@@ -415,16 +444,17 @@ def run_truthfulness(args) -> int:
         gate_data = steerlens.pipeline.SimpleContrastiveData(
             [e.prompt for e in fit_exs], [e.prompt for e in D.load_harmless("fit", len(fit_exs), args.seed)],
             position="last", ids=[e.id for e in fit_exs], task="truthfulness_prompt")
-        steerers = fit_methods(model, data, gate_data, [m for m in methods if m != "iti"], args)
+        steerers = fit_methods(model, data, gate_data, [m for m in methods if m != "iti"], args,
+                               cache=out / f"acts_tqa_L{args.layer}_fold{f}.pt")
         if "iti" in methods:
             steerers["iti"] = make_steerer("iti", heads=args.iti_heads, seed=args.seed,
                                            batch_size=args.batch_size).fit(model, data)
         for name, st in steerers.items():
-            st.save(out / "artifacts" / f"{name.replace('+', '_')}_fold{f}", model=model)
+            st.save(out / "artifacts" / f"{name}_fold{f}", model=model)
         if f == 0:
             fitted_fold0 = steerers
             for method, st in steerers.items():
-                grid = [float(a) for a in (getattr(args, f"alphas_{method.replace('+', '_')}", None)
+                grid = [float(a) for a in (getattr(args, f"alphas_{method.replace('-', '_')}", None)
                                            or TQA_ALPHAS[method]).split(",")]
                 scored = []
                 for a in grid:
@@ -518,31 +548,34 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--resume", action="store_true", help="skip (phase, method, alpha) already in results.jsonl")
     ap.add_argument("--summarize-only", action="store_true")
+    ap.add_argument("--acts-cache", default=None, help="safety: cached fit activations (.pt, see read_cached)")
     ap.add_argument("--plot", action="store_true", help="expert weights by input category (+ permutation test)")
     # safety
     ap.add_argument("--methods", default=None)
     ap.add_argument("--n-fit", type=int, default=None, help="safety fit pairs (default: the whole fit split)")
     ap.add_argument("--n-gate-fit", type=int, default=None)
-    ap.add_argument("--n-val-harmful", type=int, default=32)
-    ap.add_argument("--n-val-harmless", type=int, default=48)
+    ap.add_argument("--n-val-harmful", type=int, default=24)
+    ap.add_argument("--n-val-harmless", type=int, default=40)
     ap.add_argument("--n-test-harmful", type=int, default=64)
-    ap.add_argument("--n-test-harmless", type=int, default=64)
+    ap.add_argument("--n-test-harmless", type=int, default=48)
     ap.add_argument("--n-xstest", type=int, default=None, help="XSTest safe test prompts (default: all 50)")
-    ap.add_argument("--n-kl", type=int, default=64)
-    ap.add_argument("--n-mmlu", type=int, default=114)
+    ap.add_argument("--n-kl", type=int, default=48)
+    ap.add_argument("--n-mmlu", type=int, default=60)
     ap.add_argument("--over-refusal-slack", type=float, default=OVER_REFUSAL_SLACK)
     ap.add_argument("--max-degenerate", type=float, default=MAX_DEGENERATE)
-    ap.add_argument("--stop-after", type=int, default=2, help="stop a method's val grid after this many failing alphas")
+    ap.add_argument("--stop-after", type=int, default=1, help="stop a method's val grid after this many failing alphas")
+    ap.add_argument("--gate-layer", type=int, default=None, help="SCS gate layer (default: --layer)")
+    ap.add_argument("--gate-params", default=None, help="extra SCS gate parameters, JSON")
     for m in ("caa", "mose", "caa_scs", "finesteer", "iti"):
         ap.add_argument(f"--alphas-{m.replace('_', '-')}", dest=f"alphas_{m}", default=None)
     # truthfulness
-    ap.add_argument("--n", type=int, default=200, help="TruthfulQA pool (two folds by question)")
-    ap.add_argument("--n-val", type=int, default=60)
-    ap.add_argument("--n-mmlu-val", type=int, default=60)
+    ap.add_argument("--n", type=int, default=100, help="TruthfulQA pool (two folds by question)")
+    ap.add_argument("--n-val", type=int, default=30)
+    ap.add_argument("--n-mmlu-val", type=int, default=40)
     ap.add_argument("--iti-heads", type=int, default=16)
     args = ap.parse_args(argv)
     if args.methods is None:
-        args.methods = "caa,mose,caa+scs,finesteer" if args.task == "safety" else "caa,mose,finesteer"
+        args.methods = "caa,mose,caa-scs,finesteer" if args.task == "safety" else "caa,mose,finesteer"
     if args.summarize_only:
         s = summarize_safety(Path(args.out)) if args.task == "safety" else summarize_truthfulness(Path(args.out))
         print(json.dumps(s.get("target") or s.get("headline"), indent=1))

@@ -589,8 +589,10 @@ class MoSEEditor(Editor):
 # The method
 # ----------------------------------------------------------------------------------------
 
-#: Default layer on the default model (SmolLM2-135M-Instruct, 30 layers), as for CAA.
-DEFAULT_LAYER = 10
+#: Default layer on the default model (SmolLM2-135M-Instruct, 30 layers): the layer the CAA safety
+#: sweep chose on val (README) and the SCS gate's default, so MoSE, FineSteer and CAA + SCS steer
+#: the same layer unless told otherwise.
+DEFAULT_LAYER = 14
 
 
 def mose_params(**kw) -> dict:
