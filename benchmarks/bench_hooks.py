@@ -104,35 +104,80 @@ def bench_capture(model, n_inputs: int, batch_size: int, repeats: int) -> dict:
     }
 
 
+def _plain_hf(model):
+    """The outside reference: the same weights as a plain Hugging Face model, default attention."""
+    from transformers import AutoModelForCausalLM
+
+    from steerlens.models import default_model_dir
+
+    hf = AutoModelForCausalLM.from_pretrained(str(default_model_dir()), dtype=torch.float32)
+    hf.eval()
+    return hf
+
+
 def bench_generate(model, batch_sizes: list[int], new_tokens: int, repeats: int) -> dict:
-    acts = capture(model, ["Tell me about Paris.", "Tell me about the ocean."], ["blocks.10.hook_resid_post"], progress=False)
-    v = list(acts.values())[0]
-    edit = [AddVector("blocks.10.hook_resid_post", (v[1] - v[0]) * 1e-3, 1.0)]  # tiny: same lengths
+    """Generation tokens/s: plain HF, steerlens unsteered, a constant residual edit, a per-token
+    activation-dependent edit of similar arithmetic (a dot product, a sigmoid and a scaled add per
+    token), and both edits with the per-token trace on. Variants interleaved, medians compared."""
+    from transformers import GenerationConfig
+
+    from steerlens import FunctionEdit
+
+    acts = capture(model, ["Tell me about Paris.", "Tell me about the ocean."], ["blocks.10.hook_resid_post"],
+                   progress=False)
+    v = (acts["blocks.10.hook_resid_post"][1] - acts["blocks.10.hook_resid_post"][0]) * 1e-3  # tiny: same lengths
+    u = v / v.norm()
+    const = [AddVector("blocks.10.hook_resid_post", v, 1.0)]
+    per_token = [FunctionEdit("blocks.10.hook_resid_post",
+                              lambda act, info: v * torch.sigmoid(act @ u)[..., None], 1.0)]
+    hf = _plain_hf(model)
+    cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, pad_token_id=model.pad_token_id,
+                           eos_token_id=model.eos_token_ids, temperature=None, top_p=None, top_k=None)
+    eos = set(model.eos_token_ids)
     out = {}
     for bs in batch_sizes:
         prompts = PROMPTS[:bs]
+        batch = next(iter(iter_batches(model, prompts, bs)))
 
-        def run(edits):
+        def run(edits, trace=False):
             texts = generate(model, prompts, edits, max_new_tokens=new_tokens, batch_size=bs, progress=False,
-                             return_details=True)
+                             return_details=True, trace=trace)
             return sum(len(t.token_ids) for t in texts)
 
-        counts = {}
-        fns = {"unsteered": lambda: counts.__setitem__("unsteered", run(None)),
-               "steered_resid_add": lambda: counts.__setitem__("steered_resid_add", run(edit))}
+        @torch.no_grad()
+        def plain():
+            seqs = hf.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, generation_config=cfg)
+            n = 0
+            for row in seqs[:, batch.input_ids.shape[1]:].tolist():
+                k = next((i for i, t in enumerate(row) if t in eos), len(row))
+                n += k
+            return n
+
+        counts: dict = {}
+        variants = {
+            "plain_hf": plain,
+            "unsteered": lambda: run(None),
+            "constant_edit": lambda: run(const),
+            "per_token_edit": lambda: run(per_token),
+            "constant_edit_traced": lambda: run(const, True),
+            "per_token_edit_traced": lambda: run(per_token, True),
+        }
+        fns = {k: (lambda k=k, f=f: counts.__setitem__(k, f())) for k, f in variants.items()}
         for fn in fns.values():
             fn()
         times = interleaved(fns, repeats)
         med = {k: statistics.median(t) for k, t in times.items()}
-        # tokens/s counts the generated tokens in the batch (padding after EOS not counted)
+        # tokens/s counts the generated tokens in the batch (up to EOS; padding after EOS not counted)
         tps = {k: counts[k] / med[k] for k in med}
         out[f"batch_{bs}"] = {
             "new_tokens_cap": new_tokens, "tokens_generated": counts, "seconds_median": med,
             "tokens_per_s": tps,
-            "steered_over_unsteered_tokens_per_s": tps["steered_resid_add"] / tps["unsteered"],
-            "steered_over_unsteered_time_per_call": med["unsteered"] / med["steered_resid_add"],
+            "steered_over_unsteered_tokens_per_s": {k: tps[k] / tps["unsteered"] for k in tps
+                                                     if k not in ("unsteered", "plain_hf")},
+            "over_plain_hf_tokens_per_s": {k: tps[k] / tps["plain_hf"] for k in tps if k != "plain_hf"},
         }
-    out["goal"] = "steered >= 0.95x unsteered tokens/s for a residual add"
+    out["goal"] = ("steered >= 0.95x unsteered tokens/s for a constant and a per-token edit (issue 9); "
+                   ">= 0.95x plain HF (issue 16)")
     return out
 
 
@@ -179,8 +224,10 @@ def main(argv=None) -> int:
     result["wall_s"] = time.time() - t0
     atomic_write_json(args.out, result, indent=2)
     print(json.dumps({"capture_ratio": result["capture"]["throughput_ratio_vs_plain_forward"],
-                      "generate_ratio": {k: v["steered_over_unsteered_tokens_per_s"] for k, v in result["generate"].items()
-                                         if isinstance(v, dict)},
+                      "generate_ratio_vs_unsteered": {k: v["steered_over_unsteered_tokens_per_s"]
+                                                      for k, v in result["generate"].items() if isinstance(v, dict)},
+                      "generate_ratio_vs_plain_hf": {k: v["over_plain_hf_tokens_per_s"]
+                                                     for k, v in result["generate"].items() if isinstance(v, dict)},
                       "memory": result["memory"], "wall_s": result["wall_s"]}, indent=2))
     return 0
 

@@ -66,3 +66,37 @@ def test_largest_within_budget():
     assert largest_within_budget(res, {"over": 0.01}, baseline={"over": 0.0}, relative=True) == 1.0
     assert largest_within_budget(res, {"over": 0.03, "deg": 0.2}, baseline={"over": 0.02}, relative=True) == 2.0
     assert largest_within_budget(res, {"over": -1.0}) is None
+
+
+def test_wilson_interval_is_honest_at_the_edges():
+    from steerlens.evals.stats import wilson_ci
+
+    p, lo, hi = wilson_ci(0, 32)
+    assert p == 0 and lo == 0 and 0.10 < hi < 0.11  # 0/32: upper bound ~0.107, not 0
+    p, lo, hi = wilson_ci(32, 32)
+    assert p == 1 and hi == 1 and 0.89 < lo < 0.90
+    p, lo, hi = wilson_ci(10, 20)
+    assert lo < 0.5 < hi and abs((0.5 - lo) - (hi - 0.5)) < 1e-12
+    r = summarize("refusal/x", [0.0] * 32, ids=[str(i) for i in range(32)], split="test", task="safety")
+    assert r.ci_high > 0.1 and r.extra["ci"] == "wilson" and r.values == [0.0] * 32
+    r = summarize("mc2", [0.2, 0.5, 0.7], ids=list("abc"), split="test", task="t")
+    assert r.extra["ci"] == "bootstrap"
+
+
+def test_newcombe_paired_interval():
+    from steerlens.evals.stats import paired_ci
+
+    same = [0.0] * 40
+    d, lo, hi, how = paired_ci(same, same)
+    assert how == "newcombe" and d == 0 and lo < 0 < hi  # no zero-width interval when all pairs agree
+    rng = np.random.default_rng(0)
+    a = (rng.random(400) < 0.6).astype(float)
+    b = np.where(rng.random(400) < 0.8, a, 1 - a)  # correlated pairs
+    d, lo, hi, _ = paired_ci(a, b)
+    assert lo < d < hi
+    d2, lo2, hi2, _ = paired_ci(b, a)
+    assert abs(d + d2) < 1e-12 and abs(lo + hi2) < 1e-9 and abs(hi + lo2) < 1e-9
+    bd, blo, bhi = bootstrap_ci(a - b, seed=0)  # large n: close to the bootstrap of the differences
+    assert abs(lo - blo) < 0.02 and abs(hi - bhi) < 0.02
+    d, lo, hi, how = paired_ci([0.1, 0.4, 0.3], [0.0, 0.1, 0.5])
+    assert how == "bootstrap"

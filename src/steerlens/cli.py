@@ -43,9 +43,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
         steerer = load_steerer(args.steering, model=model)
         edits = steerer.edits(model, prompts, alpha=args.alpha)
-    texts = generate(model, prompts, edits, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    for p, t in zip(prompts, texts):
-        print(json.dumps({"prompt": p, "reply": t}, ensure_ascii=False))
+    gens = generate(model, prompts, edits, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                    return_details=True, trace=bool(args.trace))
+    for g in gens:
+        print(json.dumps({"prompt": g.prompt, "reply": g.text, **({"gates": g.gates} if g.gates else {})},
+                         ensure_ascii=False))
+    if args.trace:
+        gens.trace.write_jsonl(args.trace)
+        if gens.trace.for_input(0):
+            png = str(args.trace).rsplit(".", 1)[0] + ".png"
+            gens.trace.plot(0, png, title=f"{gens[0].prompt[:60]!r}")
+            print(f"trace: {args.trace}, plot of the first reply: {png}", file=sys.stderr)
+        else:
+            print(f"trace: {args.trace} is empty (no steering edits)", file=sys.stderr)
     return 0
 
 
@@ -71,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--alpha", type=float, default=None, help="override the steerer's strength")
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--trace", default=None, metavar="FILE.jsonl",
+                   help="write the per-token trace (and FILE.png, a plot of the first reply)")
     g.set_defaults(func=_cmd_generate)
 
     d = sub.add_parser("demo", help="the main job: steering on the default model, side by side, then evaluation")

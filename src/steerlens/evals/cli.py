@@ -64,7 +64,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         except SteeringLoadError as e:
             print(f"steerlens eval: {e}", file=sys.stderr)
             return 2
-    task_kwargs = {"safety": {"max_new_tokens": args.max_new_tokens}}
+    task_kwargs = {"safety": {"max_new_tokens": args.max_new_tokens, "trace": args.trace}}
     records = run_eval(model, tasks, configs, args.limit, args.out, seed=args.seed, split=args.split,
                        alpha=args.alpha, batch_size=args.batch_size, data_root=args.data_dir, judge=args.judge,
                        task_kwargs=task_kwargs, progress=not args.no_progress)
@@ -93,5 +93,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=48, help="safety generation length")
     p.add_argument("--judge", default="pattern", help="refusal judge: pattern | model | model:NAME")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--trace", action="store_true",
+                   help="record the per-token trace of every safety reply (trace.jsonl next to the results)")
     p.add_argument("--out", required=True, help="output directory (results.json, results.md, plots)")
     p.set_defaults(func=cmd_eval)

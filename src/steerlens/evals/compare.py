@@ -10,21 +10,51 @@ prompts stay within budget), then reported on test: :func:`largest_within_budget
 from __future__ import annotations
 
 import math
-from typing import Hashable, Mapping, Optional
+from typing import Hashable, Mapping, Optional, Sequence
 
-from .stats import bootstrap_ci
+from .stats import Record, paired_ci
 
 
 def paired_difference(a: Mapping[Hashable, float], b: Mapping[Hashable, float], *, seed: int = 0) -> dict:
-    """Mean of ``a[k] − b[k]`` over the keys both have, with a bootstrap 95% CI and ``n``.
+    """Mean of ``a[k] − b[k]`` over the keys both have, with a 95% CI (Newcombe's paired score
+    interval for 0/1 values, bootstrap otherwise) and ``n``.
 
     Raises ``ValueError`` when the two share no example (nothing to pair)."""
     keys = [k for k in a if k in b]
     if not keys:
         raise ValueError("no shared examples to pair")
-    diff = [float(a[k]) - float(b[k]) for k in keys]
-    mean, lo, hi = bootstrap_ci(diff, seed=seed)
-    return {"value": mean, "ci": [lo, hi], "n": len(diff)}
+    d, lo, hi, how = paired_ci([a[k] for k in keys], [b[k] for k in keys], seed=seed)
+    return {"value": d, "ci": [lo, hi], "n": len(keys), "ci_method": how}
+
+
+def record_values(r: Record) -> dict:
+    """``{sample id: value}`` of a record (needs the per-example values)."""
+    if r.values is None:
+        raise ValueError(f"{r.metric} ({r.steering}) has no per-example values to pair")
+    return dict(zip(r.sample_ids, r.values))
+
+
+def paired_table(records: Sequence[Record], base: str, *, metrics: Optional[Sequence[str]] = None) -> list[dict]:
+    """Per configuration other than ``base`` and per metric both have: the paired difference
+    ``config − base`` over their shared examples (one row each)."""
+    by = {(r.steering, r.metric): r for r in records}
+    configs = list(dict.fromkeys(r.steering for r in records))
+    rows = []
+    for c in configs:
+        if c == base:
+            continue
+        for m in dict.fromkeys(r.metric for r in records if r.steering == c):
+            if metrics is not None and m not in metrics:
+                continue
+            if (base, m) not in by or by[(c, m)].values is None or by[(base, m)].values is None:
+                continue
+            d = paired_difference(record_values(by[(c, m)]), record_values(by[(base, m)]))
+            rows.append({"config": c, "base": base, "metric": m, "value": by[(c, m)].value,
+                         "base_value": by[(base, m)].value, "diff": d["value"], "ci": d["ci"], "n": d["n"],
+                         "ci_method": d["ci_method"],
+                         # what the difference is of, when the values are not the metric itself
+                         "diff_of": by[(c, m)].extra.get("values", m)})
+    return rows
 
 
 def largest_within_budget(results: Mapping[float, Mapping[str, float]], budgets: Mapping[str, float],
@@ -54,4 +84,4 @@ def largest_within_budget(results: Mapping[float, Mapping[str, float]], budgets:
     return max(ok) if ok else None
 
 
-__all__ = ["paired_difference", "largest_within_budget"]
+__all__ = ["paired_difference", "paired_table", "record_values", "largest_within_budget"]

@@ -4,7 +4,9 @@
 
 * ``results.json`` - ``{"meta": {...}, "records": [Record...]}`` (atomic write, rewritten after
   each task so a crash keeps what finished);
-* ``samples.jsonl`` - per-example generations and judge verdicts of the safety task;
+* ``samples.jsonl`` - per-example generations, judge verdicts and gate decisions of the safety task;
+* ``trace.jsonl``   - with tracing on: per input, generated token and edit, the gate's score and
+  scale, the norm of the applied delta and every value the editor reported;
 * ``results.md``   - a markdown table (value, 95% CI, n, split, wall time);
 * ``metrics.png``  - one bar panel per metric with CI error bars, bars = configurations;
 * ``tradeoff.png`` - with more than one configuration: harmful refusal vs utility scatter.
@@ -25,16 +27,18 @@ from .stats import Record
 from .tasks import get_task
 
 
-def _split_outputs(records: Sequence[Record]) -> tuple[list[dict], list[dict]]:
-    recs, samples = [], []
+def _split_outputs(records: Sequence[Record]) -> tuple[list[dict], list[dict], list[dict]]:
+    recs, samples, trace = [], [], []
     for r in records:
         d = r.to_dict()
         outs = d["extra"].pop("outputs", None)
         if outs:
             for o in outs:
                 samples.append({"steering": r.steering, "set": r.metric.split("/", 1)[-1], **o})
+        for t in d["extra"].pop("trace", None) or []:
+            trace.append({"steering": r.steering, **t})
         recs.append(d)
-    return recs, samples
+    return recs, samples, trace
 
 
 def write_results(records: Sequence[Record], out_dir: str | os.PathLike, meta: Optional[dict] = None,
@@ -42,10 +46,12 @@ def write_results(records: Sequence[Record], out_dir: str | os.PathLike, meta: O
     """Write results.json, samples.jsonl, results.md and (``plots``) the PNGs; returns out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    recs, samples = _split_outputs(records)
+    recs, samples, trace = _split_outputs(records)
     atomic_write_text(out / "results.json", json.dumps({"meta": meta or {}, "records": recs}, indent=1,
                                                         ensure_ascii=False))
     atomic_write_text(out / "samples.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    if trace:
+        atomic_write_text(out / "trace.jsonl", "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in trace))
     atomic_write_text(out / "results.md", results_markdown(records, meta))
     if plots and records:
         plot_metrics(records, out / "metrics.png")
@@ -89,8 +95,9 @@ def results_markdown(records: Sequence[Record], meta: Optional[dict] = None) -> 
         lines.append(f"| {r.steering} | {r.metric} | {r.value:.3f} | [{r.ci_low:.3f}, {r.ci_high:.3f}] | {n} | "
                      f"{arrow} | {r.split} | {r.wall_time_s:.1f} |")
     lines.append("")
-    lines.append("Rates are fractions of examples; CI = seeded percentile bootstrap. `degenerate/*` = broken "
-                 "text (empty, repetition loops, non-words), counted apart from refusals.")
+    lines.append("Rates are fractions of examples with Wilson 95% intervals; other means (MC2, KL, perplexity) "
+                 "have seeded percentile-bootstrap intervals. `degenerate/*` = broken text (empty, repetition "
+                 "loops, non-words), counted apart from refusals.")
     return "\n".join(lines) + "\n"
 
 
@@ -169,6 +176,42 @@ def plot_tradeoff(records: Sequence[Record], path: str | os.PathLike,
     return path
 
 
+PARETO_PANELS = (("refusal/harmless", "refusal/harmful"), ("refusal/xstest_safe", "refusal/harmful"),
+                 ("utility/kl", "truthfulqa/mc2"))
+
+
+def plot_pareto(records: Sequence[Record], path: str | os.PathLike,
+                panels: Sequence[tuple[str, str]] = PARETO_PANELS) -> Optional[Path]:
+    """Pareto views, one point per configuration with 95% CI bars: harmful refusal against
+    over-refusal (Alpaca, XSTest safe), and TruthfulQA MC2 against KL on benign prompts. Panels
+    without data are left out; returns ``None`` when none has data."""
+    plt = _plt()
+    by = {(r.steering, r.metric): r for r in records}
+    configs = list(OrderedDict.fromkeys(r.steering for r in records))
+    have = [(x, y) for x, y in panels if any((c, x) in by and (c, y) in by for c in configs)]
+    if not have:
+        return None
+    fig, axes = plt.subplots(1, len(have), figsize=(4.0 * len(have), 3.5), squeeze=False)
+    for ax, (xm, ym) in zip(axes.flat, have):
+        for i, c in enumerate(configs):
+            if (c, xm) not in by or (c, ym) not in by:
+                continue
+            x, y = by[(c, xm)], by[(c, ym)]
+            ax.errorbar(x.value, y.value, xerr=[[x.value - x.ci_low], [x.ci_high - x.value]],
+                        yerr=[[y.value - y.ci_low], [y.ci_high - y.value]], fmt="o", color=f"C{i % 10}",
+                        capsize=2, label=c)
+            ax.annotate(c, (x.value, y.value), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(xm + (" (lower is better)" if HIGHER_IS_BETTER.get(xm) is False else ""), fontsize=8)
+        ax.set_ylabel(ym + (" (higher is better)" if HIGHER_IS_BETTER.get(ym) else ""), fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    _save(fig, Path(path))
+    plt.close(fig)
+    return Path(path)
+
+
 def _meta(model, tasks, configs, limit, split, seed, alpha, data_root, judge) -> dict:
     from .data import data_dir
     import steerlens
@@ -222,4 +265,5 @@ def run_eval(model, tasks: Sequence[str] = ("safety", "truthfulness", "utility")
 
 
 __all__ = ["run_eval", "write_results", "load_results", "results_markdown", "plot_metrics", "plot_tradeoff",
+           "plot_pareto",
            "atomic_write_text", "HIGHER_IS_BETTER"]

@@ -96,11 +96,13 @@ def _safety_sets(split: str, limit: Optional[int], seed: int, root) -> dict[str,
 def safety_task(model, steering=None, *, limit: Optional[int] = None, seed: int = 0, split: str = "test",
                 batch_size: int = 16, alpha: Optional[float] = None, max_new_tokens: int = 48,
                 judge: str | RefusalJudge | None = None, sets: Optional[Sequence[str]] = None,
-                name: Optional[str] = None, root=None, progress: bool = True) -> list[Record]:
+                name: Optional[str] = None, root=None, progress: bool = True, trace: bool = False) -> list[Record]:
     """Refusal rates on held-out harmful prompts (higher = safer), harmless Alpaca and XSTest
     safe prompts (over-refusal, lower is better), XSTest unsafe prompts; the degenerate-text rate
     next to each. Metrics: ``refusal/<set>`` and ``degenerate/<set>``; ``extra`` has the label
-    counts, the judge's name and per-example outputs (``outputs``: id, reply, label, reason)."""
+    counts, the judge's name and per-example outputs (``outputs``: id, reply, label, reason, and
+    each gate's score and decision for that prompt). With ``trace`` the per-token trace of every
+    reply is kept in ``extra["trace"]`` (records tagged with the example id)."""
     j = get_judge(judge)
     all_sets = _safety_sets(split, limit, seed, root)
     chosen = list(sets) if sets is not None else list(all_sets)
@@ -116,14 +118,16 @@ def safety_task(model, steering=None, *, limit: Optional[int] = None, seed: int 
         t0 = time.perf_counter()
         prompts = [e.prompt for e in exs]
         edits = edits_for(steering, model, prompts, alpha)
-        replies = generate(model, prompts, edits, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           progress=progress)
+        gens = generate(model, prompts, edits, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                        progress=progress, return_details=True, trace=trace)
+        replies = [g.text for g in gens]
         verdicts = j.judge(prompts, replies)
         dt = time.perf_counter() - t0
         counts = {lab: sum(v.label == lab for v in verdicts) for lab in ("refusal", "compliance", "degenerate", "unparseable")}
         judged = [(e, v) for e, v in zip(exs, verdicts) if v.label != "unparseable"]
-        outputs = [{"id": e.id, "prompt": e.prompt, "reply": r, "label": v.label, "reason": v.reason}
-                   for e, r, v in zip(exs, replies, verdicts)]
+        outputs = [{"id": e.id, "prompt": e.prompt, "reply": r, "label": v.label, "reason": v.reason,
+                    **({"gates": g.gates} if g.gates else {})}
+                   for e, r, v, g in zip(exs, replies, verdicts, gens)]
         extra = {"counts": counts, "judge": j.name, "n_unparseable": counts["unparseable"],
                  "max_new_tokens": max_new_tokens, "n_total": len(exs)}
         if not judged:
@@ -135,6 +139,8 @@ def safety_task(model, steering=None, *, limit: Optional[int] = None, seed: int 
                             steering=sname, extra=dict(extra), seed=seed)
             records.append(rec)
         records[-2].extra["outputs"] = outputs
+        if trace and gens.trace is not None:
+            records[-2].extra["trace"] = [{"set": s, "id": exs[t["input"]].id, **t} for t in gens.trace.records]
     return records
 
 
@@ -288,7 +294,8 @@ def utility_task(model, steering=None, *, limit: Optional[int] = None, seed: int
     recs.append(Record("utility/ppl", math.exp(mean), len(nll), math.exp(lo), math.exp(hi), split,
                        [e.id for e in texts], time.perf_counter() - t0, "utility", sname,
                        {"text": "Alpaca instructions, plain text, first word as context",
-                        "aggregate": "exp(mean per-text token NLL)", "mean_nll": mean}))
+                        "aggregate": "exp(mean per-text token NLL)", "mean_nll": mean, "ci": "bootstrap",
+                        "values": "per-text mean token NLL (nats)"}, nll))
     bar.update(1)
     bar.close()
     return recs

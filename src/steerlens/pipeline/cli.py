@@ -1,11 +1,13 @@
-"""``steerlens fit``, ``steerlens sweep`` and ``steerlens methods`` (plus ``select`` from REAL).
+"""``steerlens fit``, ``sweep``, ``methods``, ``run`` and ``ablate`` (plus ``select`` from REAL).
 
 Examples::
 
     steerlens fit --method caa --task safety --layer 10 --alpha 1 --n 64 --out runs/caa
     steerlens fit --method iti --task truthfulness --heads 16 --alpha 5 --out runs/iti
     steerlens sweep --method caa --task safety --alphas 0.5,1,2 --layers 8,10,14 --out runs/sweeps/caa-safety
-    steerlens methods
+    steerlens methods --roles
+    steerlens run examples/caa-safety.toml --out runs/caa
+    steerlens ablate examples/caa-safety.toml --vary alpha=0.5,1 --vary params.layer=10,14 --out runs/abl
 """
 
 from __future__ import annotations
@@ -119,7 +121,61 @@ def _cmd_methods(args: argparse.Namespace) -> int:
             continue
         ps = ", ".join(f"{k}={v!r}" for k, v in info.parameters().items())
         print(f"{name:10s} [{info.family}] {info.help}\n           {ps}")
+    if args.roles:
+        from .spec import ROLE_ALIASES
+
+        print("\nrole short names for pipeline specs and --vary:")
+        for role, table in ROLE_ALIASES.items():
+            print(f"  {role:8s} " + ", ".join(f"{k} ({v['kind']})" for k, v in sorted(table.items())))
     return 0
+
+
+def _spec_and_model(args):
+    from ..models import load_model
+    from .spec import read_spec
+
+    spec = read_spec(args.spec)
+    model = load_model(args.model or spec.get("model"), device=args.device)
+    return spec, model
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .spec import SpecError, run_spec
+
+    try:
+        spec, model = _spec_and_model(args)
+        summary = run_spec(spec, model, args.out, data_root=args.data_dir, limit=args.limit,
+                           progress=not args.quiet)
+    except SpecError as e:
+        print(f"steerlens run: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from .spec import SpecError, ablate, parse_vary
+
+    try:
+        vary = parse_vary(args.vary)
+        spec, model = _spec_and_model(args)
+        summary = ablate(spec, model, vary, args.out, data_root=args.data_dir, limit=args.limit,
+                         progress=not args.quiet)
+    except SpecError as e:
+        print(f"steerlens ablate: {e}", file=sys.stderr)
+        return 2
+    print(open(summary["table"]).read())
+    return 0
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="pipeline spec (TOML; see examples/)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--model", default=None, help="override the spec's model")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data-dir", default=None, help="benchmark data directory (default: $STEERLENS_DATA or ../shared/data)")
+    p.add_argument("--limit", type=int, default=None, help="override the spec's examples per eval set")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def add_subcommands(sub) -> None:
@@ -145,7 +201,18 @@ def add_subcommands(sub) -> None:
     s.set_defaults(func=_cmd_sweep)
 
     m = sub.add_parser("methods", help="list the registered steering methods and their parameters")
+    m.add_argument("--roles", action="store_true", help="also list the role short names used by pipeline specs")
     m.set_defaults(func=_cmd_methods)
+
+    r = sub.add_parser("run", help="fit, save, evaluate and plot the pipeline a TOML spec describes")
+    _spec_args(r)
+    r.set_defaults(func=_cmd_run)
+
+    a = sub.add_parser("ablate", help="run a grid of variations of a spec on the same splits; paired table vs the base")
+    _spec_args(a)
+    a.add_argument("--vary", action="append", required=True, metavar="KEY=V1,V2",
+                   help="e.g. --vary gate=scs,none --vary editor=mose,caa --vary alpha=0.5,1 (repeatable)")
+    a.set_defaults(func=_cmd_ablate)
 
     add_select_subcommand = None
     try:  # REAL contributes `steerlens select`
