@@ -17,7 +17,8 @@ Safety (``safety``):
 - test: held-out harmful prompts (refusal, degenerate), harmless Alpaca test prompts and XSTest
   safe test prompts (over-refusal, degenerate), KL(unsteered || steered) of the next token after
   Alpaca test prompts, MMLU A/B test accuracy; each method at its alpha, the unsteered model, n
-  and bootstrap 95% intervals, and paired differences on the same prompts;
+  and 95% intervals (Wilson for rates, bootstrap for means), paired differences on the same
+  prompts (Newcombe for rates, bootstrap otherwise);
 - per input (``outputs.jsonl``): reply, judge label, and for MoSE / FineSteer the expert weights
   and ‖s(q)‖ at the last prompt token, for gated methods the gate's score and decision.
 
@@ -52,7 +53,7 @@ import steerlens
 from steerlens.evals import data as D
 from steerlens.evals.compare import largest_within_budget, paired_difference
 from steerlens.evals.judges import get_judge
-from steerlens.evals.stats import bootstrap_ci
+from steerlens.evals.stats import rate_or_mean_ci
 from steerlens.evals.tasks import ab_values, mc_values
 from steerlens.fileio import atomic_write_json, atomic_write_text
 from steerlens.pipeline import ContrastiveActs, Steerer, available_methods, make_steerer
@@ -140,8 +141,14 @@ def gate_params(args) -> dict:
 # ---------------------------------------------------------------------------------------------
 # records
 
+def ci(vals) -> tuple[float, float, float]:
+    """Mean and 95% interval: Wilson for rates (0/1 values), percentile bootstrap otherwise."""
+    mean, lo, hi, _ = rate_or_mean_ci(list(vals), seed=0)
+    return mean, lo, hi
+
+
 def rec(metric: str, vals: list[float], ids: list[str], **kw) -> dict:
-    mean, lo, hi = bootstrap_ci(vals, seed=0)
+    mean, lo, hi = ci(vals)
     return {"metric": metric, "value": mean, "ci": [lo, hi], "n": len(vals), "values": vals, "ids": ids, **kw}
 
 
@@ -322,7 +329,7 @@ def summarize_safety(out: Path) -> dict:
         for met in metrics:
             vals = test.get((src, a, met))
             if vals:
-                mean, lo, hi = bootstrap_ci(list(vals.values()), seed=0)
+                mean, lo, hi = ci(vals.values())
                 table.append({"method": name, "alpha": a, "metric": met, "value": mean, "ci": [lo, hi],
                               "n": len(vals)})
     pairs = [(m, "none") for m in chosen] + [("finesteer", m) for m in ("caa", "caa-scs", "mose") if m in chosen]
@@ -335,7 +342,7 @@ def summarize_safety(out: Path) -> dict:
                 diffs.append({"a": x, "b": y, "metric": met, **paired(a, b)})
     vtab = []
     for (m, a, met), vals in sorted(val.items()):
-        mean, lo, hi = bootstrap_ci(list(vals.values()), seed=0)
+        mean, lo, hi = ci(vals.values())
         vtab.append({"method": m, "alpha": a, "metric": met, "value": mean, "ci": [lo, hi], "n": len(vals)})
     target = {}
     if "finesteer" in chosen:
@@ -488,7 +495,7 @@ def summarize_truthfulness(out: Path) -> dict:
         slot.update(dict(zip(r["ids"], r["values"])))
     table = []
     for (m, met), vals in sorted(test.items()):
-        mean, lo, hi = bootstrap_ci(list(vals.values()), seed=0)
+        mean, lo, hi = ci(vals.values())
         table.append({"method": m, "alpha": chosen.get(m, 0.0), "metric": met, "value": mean, "ci": [lo, hi],
                       "n": len(vals)})
     diffs = []
