@@ -28,7 +28,8 @@ folds by question; per fold the methods are fitted on the other fold's true/fals
 scored on the held-out fold (MC1, MC2 by full-answer log-likelihood, A/B items of the held-out
 questions). Alpha per method is chosen once, on fold 0's fit, on ``--n-val`` TruthfulQA ``val``
 questions outside the pool (mean of MC1, MC2 and A/B; MMLU A/B on ``--n-mmlu-val`` val items may drop
-by at most 0.05). Cost: MMLU A/B (test) and KL on Alpaca test prompts, with fold 0's fits.
+by at most 0.05); FineSteer takes MoSE's alpha (the same editor, and the gate is open on
+TruthfulQA questions) unless ``--alphas-finesteer`` is given. Cost: MMLU A/B (test) and KL on Alpaca test prompts, with fold 0's fits.
 Paired differences are over the pooled held-out questions; the relative MC difference to the best
 baseline is compared with the paper's +7.6 %.
 
@@ -250,6 +251,9 @@ def run_safety(args) -> int:
             ids = [e.id for e in exs]
             for lab, vals in rates.items():
                 rows.append(rec(f"{lab}/{set_name}", vals, ids, phase=phase, method=method, alpha=alpha))
+            if per and all("gate_scale" in p for p in per):
+                rows.append(rec(f"gate_open/{set_name}", [float(p["gate_scale"] > 0) for p in per], ids,
+                                phase=phase, method=method, alpha=alpha))
             outputs.extend({"phase": phase, "method": method, "alpha": alpha, "set": set_name, **p} for p in per)
         if extra_metrics:
             kl_prompts = [e.prompt for e in D.load_harmless("test", args.n_kl, args.seed + 1)]
@@ -322,7 +326,8 @@ def summarize_safety(out: Path) -> dict:
     test = _pool(rows, "test")
     val = _pool(rows, "val")
     metrics = ["refusal/harmful", "refusal/harmless", "refusal/xstest_safe", "degenerate/harmful",
-               "degenerate/harmless", "degenerate/xstest_safe", "utility/kl", "utility/mmlu_ab"]
+               "degenerate/harmless", "degenerate/xstest_safe", "utility/kl", "utility/mmlu_ab",
+               "gate_open/harmful", "gate_open/harmless", "gate_open/xstest_safe"]
     table, diffs = [], []
     keyof = {"none": ("none", 0.0), **{m: (m if a > 0 else "none", a) for m, a in chosen.items()}}
     for name, (src, a) in keyof.items():
@@ -433,6 +438,13 @@ def run_truthfulness(args) -> int:
         if with_kl:
             kl, _ = kl_values(model, kl_prompts, edits, None, args.batch_size)
             rows.append(rec("utility/kl", kl, [f"kl:{i}" for i in range(len(kl))], **kw))
+        if st is not None and not st.gate.always_open:  # how often the gate opens, per input set
+            for set_name, prompts, ids in (("truthfulqa", [q.prompt for q in qs], [q.id for q in qs]),
+                                           ("alpaca_kl", kl_prompts if with_kl else [], None)):
+                if prompts:
+                    scale = st.decide(model, prompts).scale.tolist()
+                    rows.append(rec(f"gate/open_{set_name}", [float(x > 0) for x in scale],
+                                    ids or [f"kl:{i}" for i in range(len(prompts))], **kw))
         dt = time.perf_counter() - t0
         for r in rows:
             r["wall_time_s"] = dt
@@ -461,6 +473,11 @@ def run_truthfulness(args) -> int:
         if f == 0:
             fitted_fold0 = steerers
             for method, st in steerers.items():
+                if method == "finesteer" and "mose" in chosen and not args.alphas_finesteer:
+                    # the same editor as MoSE; on TruthfulQA questions the gate is open, so the val
+                    # choice would be MoSE's (saves a grid; --alphas-finesteer to search anyway)
+                    chosen[method] = chosen["mose"]
+                    continue
                 grid = [float(a) for a in (getattr(args, f"alphas_{method.replace('-', '_')}", None)
                                            or TQA_ALPHAS[method]).split(",")]
                 scored = []
