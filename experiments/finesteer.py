@@ -54,7 +54,7 @@ import steerlens
 from steerlens.evals import data as D
 from steerlens.evals.compare import largest_within_budget, paired_difference
 from steerlens.evals.judges import get_judge
-from steerlens.evals.stats import rate_or_mean_ci
+from steerlens.evals.stats import bootstrap_ci, rate_or_mean_ci
 from steerlens.evals.tasks import ab_values, mc_values
 from steerlens.fileio import atomic_write_json, atomic_write_text
 from steerlens.pipeline import ContrastiveActs, Steerer, available_methods, make_steerer
@@ -142,14 +142,17 @@ def gate_params(args) -> dict:
 # ---------------------------------------------------------------------------------------------
 # records
 
-def ci(vals) -> tuple[float, float, float]:
-    """Mean and 95% interval: Wilson for rates (0/1 values), percentile bootstrap otherwise."""
+def ci(vals, metric: str = "") -> tuple[float, float, float]:
+    """Mean and 95% interval: Wilson for rates (0/1 values), percentile bootstrap otherwise (and
+    always for KL, whose values are not rates even when they are all 0)."""
+    if metric.endswith("kl"):
+        return bootstrap_ci(list(vals), seed=0)
     mean, lo, hi, _ = rate_or_mean_ci(list(vals), seed=0)
     return mean, lo, hi
 
 
 def rec(metric: str, vals: list[float], ids: list[str], **kw) -> dict:
-    mean, lo, hi = ci(vals)
+    mean, lo, hi = ci(vals, metric)
     return {"metric": metric, "value": mean, "ci": [lo, hi], "n": len(vals), "values": vals, "ids": ids, **kw}
 
 
@@ -334,10 +337,11 @@ def summarize_safety(out: Path) -> dict:
         for met in metrics:
             vals = test.get((src, a, met))
             if vals:
-                mean, lo, hi = ci(vals.values())
+                mean, lo, hi = ci(vals.values(), met)
                 table.append({"method": name, "alpha": a, "metric": met, "value": mean, "ci": [lo, hi],
                               "n": len(vals)})
-    pairs = [(m, "none") for m in chosen] + [("finesteer", m) for m in ("caa", "caa-scs", "mose") if m in chosen]
+    pairs = [(m, "none") for m in chosen] + [("finesteer", m) for m in ("caa", "caa-scs", "mose") if m in chosen] \
+        + [("mose", "caa"), ("caa-scs", "caa")]
     for x, y in pairs:
         if x not in keyof or y not in keyof:
             continue
@@ -347,7 +351,7 @@ def summarize_safety(out: Path) -> dict:
                 diffs.append({"a": x, "b": y, "metric": met, **paired(a, b)})
     vtab = []
     for (m, a, met), vals in sorted(val.items()):
-        mean, lo, hi = ci(vals.values())
+        mean, lo, hi = ci(vals.values(), met)
         vtab.append({"method": m, "alpha": a, "metric": met, "value": mean, "ci": [lo, hi], "n": len(vals)})
     target = {}
     if "finesteer" in chosen:
@@ -512,7 +516,7 @@ def summarize_truthfulness(out: Path) -> dict:
         slot.update(dict(zip(r["ids"], r["values"])))
     table = []
     for (m, met), vals in sorted(test.items()):
-        mean, lo, hi = ci(vals.values())
+        mean, lo, hi = ci(vals.values(), met)
         table.append({"method": m, "alpha": chosen.get(m, 0.0), "metric": met, "value": mean, "ci": [lo, hi],
                       "n": len(vals)})
     diffs = []
