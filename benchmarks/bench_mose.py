@@ -105,7 +105,8 @@ def main() -> int:
            "repeats": repeats, "runs": {str(t): v for t, v in runs.items()},
            "median_fit_seconds": {str(t): m for t, m in med.items()},
            "ratio_2_threads_over_1": med[2] / med[1],
-           "target_fit_seconds": 60.0, "meets_target": max(med.values()) <= 60.0,
+           "default_threads": 1, "target_fit_seconds": 60.0,
+           "meets_target": med[1] <= 60.0,  # the editor's default (training on 1 thread)
            "load_average_at_end": os.getloadavg(),
            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                        "python": platform.python_version()}}
