@@ -561,6 +561,28 @@ def plot_truthfulness(out: Path, model, st, qs, args) -> None:
                         title=f"MoSE (TruthfulQA fit, fold 0, layer {args.layer}): mean expert weight by category")
 
 
+def plot_only(args) -> int:
+    """The expert-weight plot and specialisation test from the MoSE artifact of an earlier run."""
+    from steerlens.pipeline import load_steerer
+
+    out = Path(args.out)
+    model = steerlens.load_model(args.model)
+    if args.task == "safety":
+        st = load_steerer(out / "artifacts" / "mose", model=model)
+        args.layer = st.selection.modules[0].layer
+        test_sets = {"harmful": D.load_harmful("test", args.n_test_harmful, args.seed),
+                     "harmless": D.load_harmless("test", args.n_test_harmless, args.seed)}
+        plot_safety(out, model, {"mose": st}, test_sets, args)
+    else:
+        st = load_steerer(out / "artifacts" / "mose_fold0", model=model)
+        args.layer = st.selection.modules[0].layer
+        pool = D.load_truthfulqa("all", args.n, args.seed)
+        by_id = {e.id: e for e in pool}
+        plot_truthfulness(out, model, st, [by_id[i] for i in folds_of(list(by_id), 2, args.seed)[0]], args)
+    print(json.dumps(json.loads((out / "specialisation.json").read_text()), indent=1))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
@@ -578,6 +600,7 @@ def main(argv=None) -> int:
     ap.add_argument("--summarize-only", action="store_true")
     ap.add_argument("--acts-cache", default=None, help="safety: cached fit activations (.pt, see read_cached)")
     ap.add_argument("--plot", action="store_true", help="expert weights by input category (+ permutation test)")
+    ap.add_argument("--plot-only", action="store_true", help="only the expert-weight plot, from the saved MoSE artifact")
     # safety
     ap.add_argument("--methods", default=None)
     ap.add_argument("--n-fit", type=int, default=None, help="safety fit pairs (default: the whole fit split)")
@@ -604,6 +627,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.methods is None:
         args.methods = "caa,mose,caa-scs,finesteer" if args.task == "safety" else "caa,mose,finesteer"
+    if args.plot_only:
+        return plot_only(args)
     if args.summarize_only:
         s = summarize_safety(Path(args.out)) if args.task == "safety" else summarize_truthfulness(Path(args.out))
         print(json.dumps(s.get("target") or s.get("headline"), indent=1))
