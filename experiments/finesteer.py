@@ -375,7 +375,7 @@ def plot_safety(out: Path, model, steerers, test_sets, args) -> None:
     from steerlens.pipeline.finesteer.mose_diagnostics import route_prompts
 
     st = steerers["mose"]
-    harm = test_sets["harmful"]
+    harm = D.load_harmful("val") + D.load_harmful("test")  # every held-out harmful prompt (routing only)
     rows = route_prompts(model, st, [e.prompt for e in harm], batch_size=args.batch_size)
     w = [r["expert_weights"] for r in rows]
     cats = [e.meta.get("category") or f"({e.source}, no category)" for e in harm]
@@ -385,7 +385,7 @@ def plot_safety(out: Path, model, steerers, test_sets, args) -> None:
             "harmful_vs_harmless": specialisation(w + [r["expert_weights"] for r in rb],
                                                   ["harmful"] * len(w) + ["harmless"] * len(rb), n_perm=2000, seed=0)}
     atomic_write_json(out / "specialisation.json", {"k": st.editor.info["k"], **spec})
-    plot_expert_weights({f"held-out harmful prompts by harm category (K={st.editor.info['k']})": (w, cats),
+    plot_expert_weights({f"{len(harm)} held-out harmful prompts by harm category (K={st.editor.info['k']})": (w, cats),
                          "harmful vs harmless Alpaca test prompts": (
                              w + [r["expert_weights"] for r in rb], ["harmful"] * len(w) + ["harmless"] * len(rb))},
                         out / "expert_weights.png", min_n=3,
@@ -499,8 +499,9 @@ def run_truthfulness(args) -> int:
                 tqa_eval("test", f, method, a, st, [by_id[i] for i in held], mmlu_test if f == 0 else [],
                          with_kl=f == 0)
     summary = summarize_truthfulness(out)
-    if args.plot and fitted_fold0 and "mose" in fitted_fold0:
-        plot_truthfulness(out, model, fitted_fold0["mose"], [by_id[i] for i in folds[0]], args)
+    if args.plot and fitted_fold0 and "mose" in fitted_fold0:  # every question fold 0's MoSE was not fitted on
+        plot_truthfulness(out, model, fitted_fold0["mose"],
+                          [q for q in D.load_truthfulqa("all") if q.id not in set(folds[1])], args)
     print(json.dumps(summary.get("headline", {}), indent=1))
     return 0
 
@@ -556,7 +557,7 @@ def plot_truthfulness(out: Path, model, st, qs, args) -> None:
     cats = [q.meta.get("category") for q in qs]
     atomic_write_json(out / "specialisation.json",
                       {"k": st.editor.info["k"], "tqa_category": specialisation(w, cats, n_perm=2000, seed=0)})
-    plot_expert_weights({f"held-out TruthfulQA questions (fold 0) by category (K={st.editor.info['k']})": (w, cats)},
+    plot_expert_weights({f"{len(qs)} TruthfulQA questions not fitted on, by category (K={st.editor.info['k']})": (w, cats)},
                         out / "expert_weights.png", min_n=3,
                         title=f"MoSE (TruthfulQA fit, fold 0, layer {args.layer}): mean expert weight by category")
 
@@ -577,8 +578,8 @@ def plot_only(args) -> int:
         st = load_steerer(out / "artifacts" / "mose_fold0", model=model)
         args.layer = st.selection.modules[0].layer
         pool = D.load_truthfulqa("all", args.n, args.seed)
-        by_id = {e.id: e for e in pool}
-        plot_truthfulness(out, model, st, [by_id[i] for i in folds_of(list(by_id), 2, args.seed)[0]], args)
+        fit_ids = set(folds_of([e.id for e in pool], 2, args.seed)[1])  # fold 0's steerers fit on fold 1
+        plot_truthfulness(out, model, st, [q for q in D.load_truthfulqa("all") if q.id not in fit_ids], args)
     print(json.dumps(json.loads((out / "specialisation.json").read_text()), indent=1))
     return 0
 
