@@ -60,8 +60,10 @@ ROLE_ALIASES: dict[str, dict[str, dict]] = {
     "gate": {"none": {"kind": "always_open"}, "always": {"kind": "always_open"},
              "scs-contrast": {"kind": "scs", "form": "contrast"}, "scs-outside": {"kind": "scs", "form": "outside"}},
     "editor": {"caa": {"kind": "mean_diff"}, "mean_diff": {"kind": "mean_diff"}, "repe": {"kind": "pca"},
-               "pca": {"kind": "pca"}, "iti": {"kind": "iti"}},
-    "selector": {"real": {"kind": "real_selector"}, "iti": {"kind": "iti_selector"}},
+               "pca": {"kind": "pca"}, "iti": {"kind": "iti"}, "mose": {"kind": "mose"},
+               "odesteer": {"kind": "ode_editor"}, "ode": {"kind": "ode_editor"}},
+    "selector": {"real": {"kind": "real_selector"}, "iti": {"kind": "iti_selector"},
+                 "barrier": {"kind": "ode_barrier_selector"}},
 }
 ROLES = ("selector", "gate", "editor")
 

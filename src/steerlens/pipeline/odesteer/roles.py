@@ -161,6 +161,7 @@ class ODEEditor(Editor):
     """
 
     kind = "ode_editor"
+    family = "resid"
 
     def __init__(self, positions: str = "current_last", steps: int = 10, solver: str = "euler",
                  backend: str = DEFAULT_BACKEND, gradient: str = "closed_form", barrier: Optional[dict] = None) -> None:
