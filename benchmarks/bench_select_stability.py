@@ -49,10 +49,11 @@ def main(argv=None) -> int:
     ap.add_argument("--task", default="truthfulness")
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--n", type=int, default=None, help="questions (default: the whole fit split)")
-    ap.add_argument("--max-repeats", type=int, default=20)
-    ap.add_argument("--repeats-grid", default="1,5,10,20")
+    ap.add_argument("--max-repeats", type=int, default=10)
+    ap.add_argument("--repeats-grid", default="1,2,5,10")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--model", default=None)
+    ap.add_argument("--acts", default=None, help="cache file for the captured activations (reused when present)")
     ap.add_argument("--quick", action="store_true", help="tiny model, few questions (smoke test)")
     args = ap.parse_args(argv)
 
@@ -70,9 +71,17 @@ def main(argv=None) -> int:
         raise SystemExit("--repeats-grid goes beyond --max-repeats")
     model = steerlens.load_model(args.model)
     data = fit_data(args.task, args.n, 0)
+    from steerlens.pipeline.actcache import load_acts, save_acts
+
     t0 = time.perf_counter()
-    acts = make_steerer("real").read_contrastive(model, data, progress=True)
+    acts = load_acts(args.acts, data) if args.acts else None
+    cached = acts is not None
+    if acts is None:
+        acts = make_steerer("real").read_contrastive(model, data, progress=True)
+        if args.acts:
+            save_acts(acts, args.acts, data)
     t_capture = time.perf_counter() - t0
+    print(f"capture: {t_capture:.1f}s{' (from cache)' if cached else ''}", flush=True)
 
     real = {}
     for seed in (0, 1):
@@ -83,6 +92,8 @@ def main(argv=None) -> int:
                       "sep_runs": res.separation_runs["markov"],  # type: ignore[attr-defined]
                       "seconds": time.perf_counter() - t0}
         print(f"REAL seed {seed}: {args.max_repeats} runs in {real[seed]['seconds']:.1f}s", flush=True)
+        torch.save({s: {k: v for k, v in r.items() if k != "modules"} for s, r in real.items()},
+                   Path(args.out).with_suffix(".runs.pt"))
     mods = real[0]["modules"]
     out_real = []
     for R in grid:
@@ -120,6 +131,7 @@ def main(argv=None) -> int:
         "heads": args.heads, "epochs": args.epochs, "default_repeats": DEFAULT_REPEATS,
         "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "machine": platform.platform(), "quick": args.quick,
+        "capture_cached": cached,
         "seconds": {"capture": t_capture, "real_run": real[0]["seconds"] / args.max_repeats,
                     "iti_fit": [iti[0]["seconds"], iti[1]["seconds"]]},
         "real": out_real, "iti_seed0_vs_seed1": iti_agree,
