@@ -5,6 +5,7 @@ hidden ``contract-*`` presets covering patterns, KV heads, query heads, neurons 
 offsets) run through ``tests/test_contract.py``; here: exact values at strength 1, shapes, errors.
 """
 
+import json
 import re
 
 import pytest
@@ -261,3 +262,20 @@ def test_pipeline_interventions_from_specs(tiny):
         make_steerer("ablate", sites=["blocks.0.hook_attn_out"], mode="half")
     d = make_steerer("dir-ablate", layer=1).fit(tiny, data)
     assert len(d.edits(tiny)) == 1 + 2 * tiny.n_layers
+
+
+def test_interventions_from_the_command_line(tmp_path, root, capsys):
+    from steerlens.cli import main
+
+    out = tmp_path / "abl"
+    assert main(["fit", "--method", "ablate", "--task", "safety", "--n", "4", "--model", "tiny-random",
+                 "--param", 'sites=["blocks.1.attn.hook_v[1]", "blocks.0.mlp.hook_post[3,4]"]',
+                 "--param", 'mode="mean"', "--out", str(out)]) == 0
+    fitted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert fitted["sites"] == ["blocks.0.mlp.hook_post[3,4]", "blocks.1.attn.hook_v[1]"]
+    assert main(["generate", "--model", "tiny-random", "--steering", str(out), "--alpha", "30", "--prompt", "Hi",
+                 "--max-new-tokens", "3"]) == 0
+    assert main(["methods"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"\n{m} " in "\n" + listed for m in ("ablate", "scale", "set", "dir-ablate"))
+    assert "contract-ablate-pattern" not in listed
