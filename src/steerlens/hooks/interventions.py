@@ -344,8 +344,8 @@ class DirectionalAblation(Intervention):
 
 
 def directional_ablation(model, direction: torch.Tensor, layers: Optional[Iterable[int]] = None, *,
-                         alpha: float = 1.0, positions: str = "all", gate: Any = None,
-                         scale: Optional[torch.Tensor] = None) -> list[DirectionalAblation]:
+                         alpha: float = 1.0, positions: str = "all", at: Optional[Iterable[int]] = None,
+                         gate: Any = None, scale: Optional[torch.Tensor] = None) -> list[DirectionalAblation]:
     """Edits that remove ``direction`` (``[d_model]``) from the residual stream.
 
     ``layers=None`` (every layer, as in Arditi et al. 2024): project it out of the embedding
@@ -366,7 +366,8 @@ def directional_ablation(model, direction: torch.Tensor, layers: Optional[Iterab
         if not ls:
             raise EditError("directional_ablation: layers is empty (None = every layer)")
         sites = [Site.resid(layer, "pre") for layer in ls]
-    edits = [DirectionalAblation(s, direction, alpha, positions=positions, gate=gate, scale=scale) for s in sites]
+    edits = [DirectionalAblation(s, direction, alpha, positions=positions, at=at, gate=gate, scale=scale)
+             for s in sites]
     for e in edits:
         e.validate(m)
     return edits

@@ -34,8 +34,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..hooks import Edit, HookGate, Site
-from ..hooks.interventions import (DirectionalAblation, MeanAblation, Patch, Scale, ZeroAblation,
-                                   directional_ablation, site_shape)
+from ..hooks.interventions import MeanAblation, Patch, Scale, ZeroAblation, directional_ablation, site_shape
 from ..hooks.sites import parse_site
 from ..models import as_model
 from .base import ContrastiveActs, Editor, PipelineError, Selection, Selector, Steerer, register_role
@@ -166,11 +165,8 @@ class InterventionEditor(Editor):
         kw = dict(positions=p["positions"], at=p["at"], gate=gate)
         out: list[Edit] = []
         if p["op"] == "directional":
-            r = self.values[0]
-            eds = directional_ablation(model, r, p["layers"], alpha=alpha, positions=p["positions"], gate=gate)  # type: ignore[arg-type]
-            if p["at"] is not None:
-                eds = [DirectionalAblation(e.site, r, alpha, **kw) for e in eds]  # type: ignore[arg-type]
-            return list(eds)
+            return list(directional_ablation(model, self.values[0], p["layers"], alpha=alpha,  # type: ignore[arg-type]
+                                             positions=p["positions"], at=p["at"], gate=gate))
         for s, v in zip(self.modules, self.values):
             site = parse_site(s)
             if p["op"] == "zero":
