@@ -143,3 +143,32 @@ def test_patch_cli_writes_map_json_and_table(tmp_path, root):
         assert v["n"] == 5 and v["ci_low"] <= v["mean"] <= v["ci_high"] and math.isfinite(v["mean"])
     md = (out / "comparison.md").read_text()
     assert "REAL top-2" in md and "random mean" in md
+
+
+def test_patch_resumes_from_its_output_and_reuses_real_runs(tmp_path, root, monkeypatch, tiny):
+    import steerlens.interp.causal as C
+
+    out = tmp_path / "p"
+    kw = dict(split="val", n=4, exact_n=2, exact_heads=4, heads=2, repeats=2, epochs=1, fit_n=10, ablate_n=3,
+              random_sets=1, progress=False)
+    first = C.run_causal_check(tiny, "safety", out, compare=False, **kw)
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed instead of resumed")
+
+    monkeypatch.setattr(C, "attribution_patching", boom)
+    monkeypatch.setattr(C, "exact_patching", boom)
+    again = C.run_causal_check(tiny, "safety", out, compare=False, **kw)
+    assert json.dumps(again["exact_check"]) == json.dumps(first["exact_check"]) and again["n_effect"] == 4
+    monkeypatch.undo()
+    # REAL from stored per-run AUCs = REAL fitted with the same repeats
+    from steerlens.pipeline import make_steerer
+    from steerlens.pipeline.fitdata import fit_data
+
+    st = make_steerer("real", heads=2, repeats=2, vqae={"epochs": 1})
+    mods, res = st.selector.score(tiny, st.read_contrastive(tiny, fit_data("safety", 10, 0)))
+    runs = {"auc_runs": res.runs["markov"], "sep_runs": res.separation_runs["markov"]}
+    a = C.select_scores(tiny, "safety", heads=2, repeats=2, fit_n=10, epochs=1)
+    b = C.select_scores(tiny, "safety", heads=2, repeats=2, fit_n=10, epochs=1, real_runs=runs)
+    assert a["real"]["selected"] == b["real"]["selected"] and b["real"]["from_runs"]
+    torch.testing.assert_close(a["real"]["scores"], b["real"]["scores"])

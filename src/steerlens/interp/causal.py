@@ -39,7 +39,7 @@ from ..hooks import Site
 from ..hooks.sites import parse_site
 from ..models import as_model
 from .metrics import BehaviourMetric, task_metric
-from .patching import EffectMap, ablate_heads, attribution_patching, exact_patching, metric_values
+from .patching import ablate_heads, attribution_patching, exact_patching, head_means, metric_values
 
 
 # ------------------------------------------------------------------------------------------------
@@ -155,9 +155,12 @@ def _summary(values: np.ndarray, seed: int = 0) -> dict:
 
 def select_scores(model, task: str, *, heads: int, repeats: Optional[int] = None, fit_n: Optional[int] = None,
                   seed: int = 0, acts_path: Optional[Union[str, os.PathLike]] = None, data_root=None,
-                  epochs: int = 20, progress: bool = False) -> dict[str, dict]:
+                  epochs: int = 20, progress: bool = False, real_runs: Optional[dict] = None) -> dict[str, dict]:
     """REAL's and ITI's scores for every head on the task's ``fit`` split (one capture, optionally
-    cached in ``acts_path``): ``{"real": {"scores", "tiebreak", "std", "selected", "seconds"}, "iti": ...}``."""
+    cached in ``acts_path``): ``{"real": {"scores", "tiebreak", "std", "selected", "seconds"}, "iti": ...}``.
+    ``real_runs`` (``{"auc_runs": [R, M], "sep_runs": [R, M]}``, modules layer-major): REAL's
+    per-run results computed before with the same data and settings; the first ``repeats`` runs
+    are averaged exactly as :class:`~steerlens.pipeline.real.REALSelector` does."""
     from ..pipeline import make_steerer
     from ..pipeline.actcache import load_acts, save_acts
     from ..pipeline.fitdata import fit_data
@@ -177,16 +180,30 @@ def select_scores(model, task: str, *, heads: int, repeats: Optional[int] = None
     t_capture = time.perf_counter() - t0
     out: dict[str, dict] = {}
     t0 = time.perf_counter()
-    sel = real.selector.fit(m, acts)
-    sep = real.selector.tensors[f"separation_{real.selector.params['scorer']}"]
-    mods = real.selector.result_info["modules"]
-    std = real.selector.tensors.get(f"auc_std_{real.selector.params['scorer']}")
+    if real_runs is not None:
+        from ..pipeline.real.selector import top_h_by_auc
+
+        R = real.selector.params["repeats"]
+        auc_runs, sep_runs = real_runs["auc_runs"][:R], real_runs["sep_runs"][:R]
+        if auc_runs.shape[0] < R:
+            raise ValueError(f"real_runs has {auc_runs.shape[0]} runs; REAL averages {R}")
+        mod_sites = real.selector.candidates(m)
+        sel = top_h_by_auc(mod_sites, auc_runs.mean(0), heads, f"heldout_auc_{real.selector.params['scorer']}",
+                           tiebreak=sep_runs.mean(0))
+        mods, sep = [str(x) for x in mod_sites], sep_runs.mean(0)
+        std = auc_runs.std(0) if R > 1 else None
+    else:
+        sel = real.selector.fit(m, acts)
+        sep = real.selector.tensors[f"separation_{real.selector.params['scorer']}"]
+        mods = real.selector.result_info["modules"]
+        std = real.selector.tensors.get(f"auc_std_{real.selector.params['scorer']}")
     out["real"] = {"scores": grid_of(sel.scores, m.n_layers, m.n_heads),
                    "tiebreak": grid_of({k: float(v) for k, v in zip(mods, sep)}, m.n_layers, m.n_heads),
                    "std": None if std is None else grid_of({k: float(v) for k, v in zip(mods, std)}, m.n_layers,
                                                            m.n_heads),
                    "selected": [(s.layer, s.heads[0]) for s in sel.modules], "score_name": sel.score_name,
-                   "repeats": real.selector.params["repeats"], "seconds": time.perf_counter() - t0}
+                   "repeats": real.selector.params["repeats"], "seconds": time.perf_counter() - t0,
+                   "from_runs": real_runs is not None}
     iti = make_steerer("iti", heads=heads, seed=seed)
     t0 = time.perf_counter()
     mods_i, acc, isep = iti.selector.score(m, acts)
@@ -205,9 +222,15 @@ def run_causal_check(model, task: str, out_dir: Union[str, os.PathLike], *, spli
                      exact_heads: Union[str, int] = 32, heads: int = 16, repeats: Optional[int] = None,
                      fit_n: Optional[int] = None, acts_path=None, ablate_split: str = "test", ablate_n: int = 64,
                      random_sets: int = 5, seed: int = 0, data_root=None, metric_kw: Optional[dict] = None,
-                     epochs: int = 20, compare: bool = True, progress: bool = True) -> dict:
+                     epochs: int = 20, compare: bool = True, progress: bool = True, resume: bool = True,
+                     real_runs: Optional[dict] = None) -> dict:
     """See the module docstring. ``exact_heads``: ``"all"`` or a number of heads (half the
-    strongest by attribution, half at random). Returns the comparison dict (also written)."""
+    strongest by attribution, half at random). ``resume``: reuse the effect map and the exact
+    check already in ``out_dir`` when they were computed on the same examples with the same
+    settings. ``real_runs``: REAL's per-run held-out AUCs and d' (``{"auc_runs": [R, M],
+    "sep_runs": [R, M]}``, e.g. from ``benchmarks/bench_select_stability.py`` with the same data,
+    seed and settings) instead of training the autoencoders again. Returns the comparison dict
+    (also written)."""
     m = as_model(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -218,56 +241,79 @@ def run_causal_check(model, task: str, out_dir: Union[str, os.PathLike], *, spli
     L, H = m.n_layers, m.n_heads
     log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
 
-    # 1. effect map (attribution)
+    # 1. effect map (attribution); resumed from out_dir when the same examples and settings were mapped
     metric = task_metric(task, split, n, seed, data_root, **kw)
-    em, means = attribution_patching(m, metric, mode=mode, batch_size=batch_size, progress=progress)
-    log(f"attribution patching: {L * H} heads x {len(metric)} examples ({len(metric.items)} items) "
-        f"in {em.seconds:.1f}s")
-    em_json = em.to_json()
-    em_json.update({"task": task, "split": split, "metric_kw": kw})
-    atomic_write_json(out / "effect_map.json", em_json)
+    em_path, means_path = out / "effect_map.json", out / "head_means.pt"
+    prev = json.loads(em_path.read_text()) if resume and em_path.exists() else None
+    if prev is not None and (prev.get("ids"), prev.get("mode"), prev.get("metric_kw"), prev.get("task")) == (
+            list(metric.ids), mode, kw, task):
+        effect = torch.tensor([[float("nan") if v is None else v for v in row] for row in prev["grid"]])
+        n_effect, attr_seconds = int(prev["n"]), float(prev["seconds"])
+        means = torch.load(means_path) if means_path.exists() else None
+        if means is None:
+            means = head_means(m, metric, batch_size=batch_size)
+        log(f"effect map: reused {em_path} ({n_effect} examples, computed in {attr_seconds:.1f}s)")
+    else:
+        em, means = attribution_patching(m, metric, mode=mode, batch_size=batch_size, progress=progress)
+        effect, n_effect, attr_seconds = em.mean(), em.n, em.seconds
+        log(f"attribution patching: {L * H} heads x {len(metric)} examples ({len(metric.items)} items) "
+            f"in {em.seconds:.1f}s")
+        em_json = em.to_json()
+        em_json.update({"task": task, "split": split, "metric_kw": kw, "seed": seed})
+        atomic_write_json(em_path, em_json)
+    atomic_write(means_path, lambda tmp: torch.save(means, tmp))
 
-    # 2. exact check on a subset of examples and heads
+    # 2. exact check on a subset of examples and heads (attribution recomputed on the same examples)
     sub_idx = list(range(min(exact_n, len(metric))))
     sub = metric.subset(sub_idx)
-    attr_sub = em.subset(sub_idx).mean()
-    if exact_heads == "all":
-        chosen = [(l, h) for l in range(L) for h in range(H)]
+    ex_path = out / "exact_check.json"
+    prev = json.loads(ex_path.read_text()) if resume and ex_path.exists() else None
+    if prev is not None and prev.get("ids") == list(sub.ids) and prev.get("request") == str(exact_heads):
+        exact_json = prev
+        log(f"exact check: reused {ex_path}")
     else:
-        k = int(exact_heads)
-        by_abs = top_heads(attr_sub.abs(), k // 2)
-        rest = [(l, h) for l in range(L) for h in range(H) if (l, h) not in by_abs]
-        chosen = sorted(by_abs + random.Random(seed).sample(rest, k - len(by_abs)))
-    ex = exact_patching(m, sub, chosen, mode=mode, means=means, batch_size=batch_size, progress=progress)
-    ex_mean = ex.mean()
-    agree = agreement(attr_sub, ex_mean)
-    agree_abs = agreement(attr_sub.abs(), ex_mean.abs())
-    log(f"exact patching: {len(chosen)} heads x {len(sub)} examples in {ex.seconds:.1f}s; "
-        f"Spearman(attribution, exact) = {agree['spearman']:.3f}")
-    ok = ~torch.isnan(ex_mean)
-    plot_scatter(attr_sub[ok], ex_mean[ok], out / "exact_vs_attribution.png", xlabel="attribution estimate",
-                 ylabel="exact effect",
-                 title=f"{metric.name}, {len(chosen)} heads x {len(sub)} examples: Spearman {agree['spearman']:.2f}")
-    exact_json = {"heads": _fmt_heads(chosen), "selection": "all" if exact_heads == "all" else
-                  f"{len(chosen) // 2} strongest by |attribution| + {len(chosen) - len(chosen) // 2} random (seed {seed})",
-                  "n_examples": len(sub), "signed": agree, "absolute": agree_abs, "seconds": ex.seconds,
-                  "seconds_per_head": ex.seconds / max(1, len(chosen)), "attribution_seconds": em.seconds,
-                  "pairs": [{"head": f"L{l}H{h}", "attribution": float(attr_sub[l, h]), "exact": float(ex_mean[l, h])}
-                            for l, h in chosen]}
-    atomic_write_json(out / "exact_check.json", exact_json)
+        em_sub, _ = attribution_patching(m, sub, mode=mode, means=means, batch_size=batch_size)
+        attr_sub = em_sub.mean()
+        if exact_heads == "all":
+            chosen = [(l, h) for l in range(L) for h in range(H)]
+        else:
+            k = int(exact_heads)
+            by_abs = top_heads(attr_sub.abs(), k // 2)
+            rest = [(l, h) for l in range(L) for h in range(H) if (l, h) not in by_abs]
+            chosen = sorted(by_abs + random.Random(seed).sample(rest, k - len(by_abs)))
+        ex = exact_patching(m, sub, chosen, mode=mode, means=means, base=em_sub.base, batch_size=batch_size,
+                            progress=progress)
+        ex_mean = ex.mean()
+        agree = agreement(attr_sub, ex_mean)
+        agree_abs = agreement(attr_sub.abs(), ex_mean.abs())
+        log(f"exact patching: {len(chosen)} heads x {len(sub)} examples in {ex.seconds:.1f}s; "
+            f"Spearman(attribution, exact) = {agree['spearman']:.3f}")
+        exact_json = {"heads": _fmt_heads(chosen), "request": str(exact_heads), "ids": list(sub.ids),
+                      "selection": "all" if exact_heads == "all" else
+                      f"{len(chosen) // 2} strongest by |attribution| + {len(chosen) - len(chosen) // 2} random "
+                      f"(seed {seed})",
+                      "n_examples": len(sub), "signed": agree, "absolute": agree_abs, "seconds": ex.seconds,
+                      "seconds_per_head": ex.seconds / max(1, len(chosen)), "attribution_seconds": em_sub.seconds,
+                      "pairs": [{"head": f"L{l}H{h}", "attribution": float(attr_sub[l, h]),
+                                 "exact": float(ex_mean[l, h])} for l, h in chosen]}
+        atomic_write_json(ex_path, exact_json)
+    xs = torch.tensor([p["attribution"] for p in exact_json["pairs"]])
+    ys = torch.tensor([p["exact"] for p in exact_json["pairs"]])
+    plot_scatter(xs, ys, out / "exact_vs_attribution.png", xlabel="attribution estimate", ylabel="exact effect",
+                 title=f"{metric.name}, {len(xs)} heads x {exact_json['n_examples']} examples: Spearman "
+                       f"{exact_json['signed']['spearman']:.2f}")
 
-    effect = em.mean()
     importance = effect.abs()
     result: dict[str, Any] = {"task": task, "metric": metric.name, "mode": mode, "effect_split": split,
-                              "n_effect": em.n, "heads": heads, "exact_check": {k: exact_json[k] for k in (
+                              "n_effect": n_effect, "heads": heads, "exact_check": {k: exact_json[k] for k in (
                                   "selection", "n_examples", "signed", "absolute", "seconds_per_head")},
-                              "attribution_seconds": em.seconds, "chance_overlap": heads * heads / (L * H),
+                              "attribution_seconds": attr_seconds, "chance_overlap": heads * heads / (L * H),
                               "n_heads_total": L * H}
     outlines: dict = {}
     if compare:
         # 3. selections
         sels = select_scores(m, task, heads=heads, repeats=repeats, fit_n=fit_n, seed=seed, acts_path=acts_path,
-                             data_root=data_root, epochs=epochs, progress=progress)
+                             data_root=data_root, epochs=epochs, progress=progress, real_runs=real_runs)
         result["selections"] = {k: {"selected": _fmt_heads(v["selected"]), "score_name": v["score_name"],
                                     "seconds": v["seconds"], **({"repeats": v["repeats"]} if "repeats" in v else {})}
                                 for k, v in sels.items() if k != "_meta"}
@@ -313,8 +359,8 @@ def run_causal_check(model, task: str, out_dir: Union[str, os.PathLike], *, spli
         ablation["paired"][f"{names[0]} - {names[1]}"] = _summary(deltas[names[0]] - deltas[names[1]])
         result["ablation"] = ablation
     plot_effect_map(effect, out / "effect_map.png", outlines=outlines, label=f"Δ {metric.name}",
-                    title=f"{task}: {mode}-ablating each head, Δ {metric.name}\n({em.method} patching, "
-                          f"n={em.n} {split} examples)")
+                    title=f"{task}: {mode}-ablating each head, Δ {metric.name}\n(attribution patching, "
+                          f"n={n_effect} {split} examples)")
     result["files"] = {k: str(out / f) for k, f in (("effect_map_png", "effect_map.png"),
                                                     ("effect_map_json", "effect_map.json"),
                                                     ("exact_check", "exact_check.json"),

@@ -24,12 +24,17 @@ def _cmd_patch(args: argparse.Namespace) -> int:
     if args.task == "truthfulness":
         kw = {"max_true": args.max_answers or None, "max_false": args.max_answers or None}
     exact = args.exact_heads if args.exact_heads == "all" else int(args.exact_heads)
+    real_runs = None
+    if args.real_runs:
+        import torch
+
+        real_runs = torch.load(args.real_runs)[args.seed]
     res = run_causal_check(model, args.task, args.out, split=args.split, n=args.n, mode=args.mode,
                            batch_size=args.batch_size, exact_n=args.exact_n, exact_heads=exact, heads=args.heads,
                            repeats=args.repeats, fit_n=args.fit_n, acts_path=args.acts, ablate_split=args.ablate_split,
                            ablate_n=args.ablate_n, random_sets=args.random_sets, seed=args.seed,
                            data_root=args.data_dir, metric_kw=kw, epochs=args.epochs, compare=not args.no_compare,
-                           progress=not args.quiet)
+                           progress=not args.quiet, resume=not args.no_resume, real_runs=real_runs)
     print(json.dumps(res["files"], indent=1))
     return 0
 
@@ -55,6 +60,11 @@ def add_subcommands(sub) -> None:
     p.add_argument("--ablate-n", type=int, default=64)
     p.add_argument("--random-sets", type=int, default=5, help="random H-sets (seeds) ablated for reference")
     p.add_argument("--no-compare", action="store_true", help="only the effect map and the exact check")
+    p.add_argument("--no-resume", action="store_true",
+                   help="recompute the effect map and exact check even if --out has them for the same examples")
+    p.add_argument("--real-runs", default=None,
+                   help="REAL's per-run AUCs from benchmarks/bench_select_stability.py (<out>.runs.pt; same data "
+                        "and settings) instead of training REAL's autoencoders again")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
