@@ -77,8 +77,9 @@ def check_module(site: Site) -> Site:
 
 
 def capture_site_for(module: Site, n_heads: int) -> Site:
-    """The site captured to read ``module``: a whole layer's heads for a head module."""
-    return Site.head(module.layer, range(n_heads)) if module.is_head else module
+    """The site captured to read ``module``: a whole layer's heads for a ``hook_z`` head module
+    (other modules, e.g. one KV head or one neuron, are read as they are)."""
+    return Site.head(module.layer, range(n_heads)) if module.kind == "z" else module
 
 
 def group_modules(modules: Sequence[Site]) -> list[tuple[Site, list[int]]]:
