@@ -143,7 +143,7 @@ def test_real_artifact_round_trip(tiny, real_fitted, tmp_path):
 def test_diagnostics_files(tiny, real_fitted, tmp_path):
     st = real_fitted
     paths = write_selection_report(tmp_path, st.selection, st.selector, n_layers=tiny.n_layers, n_heads=tiny.n_heads)
-    assert set(paths) == {"ranking", "heatmap", "usage"}
+    assert set(paths) == {"ranking", "heatmap", "usage", "spread"}  # spread: AUC std over the repeats
     for k in ("heatmap", "usage"):
         with open(paths[k], "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -285,3 +285,27 @@ def test_matched_over_refusal_picks_largest_alpha_within_budget(tmp_path):
     assert got[("matched:real", "refusal/harmful")]["alpha"] == 0.0
     assert got[("matched:real", "refusal/harmful")]["value"] == 0.5  # the unsteered rows
     assert got[("matched:real-iti", "refusal/harmful")]["value"] == 0.0  # both at alpha 0: no difference
+
+
+def test_repeats_average_runs_over_folds_and_seeds(tiny):
+    from steerlens.pipeline.real.selector import class_folds, repeat_plan
+
+    # every example is held out exactly once per K runs; partitions differ between seeds
+    plan = repeat_plan(10, 0.2, seed=0)
+    assert [p["fold"] for p in plan] == [0, 1, 2, 3, 4] * 2 and len({p["init_offset"] for p in plan}) == 10
+    assert {p["partition_seed"] for p in repeat_plan(10, 0.2, 1)}.isdisjoint({p["partition_seed"] for p in plan})
+    held = torch.cat([class_folds(23, 23, True, 5, k, 7)[1][0] for k in range(5)])
+    assert sorted(held.tolist()) == list(range(23))
+    (trp, _), (tep, _) = class_folds(23, 23, True, 5, 2, 7)
+    assert set(trp.tolist()).isdisjoint(tep.tolist())
+    st = make_steerer("real", heads=2, repeats=3, vqae={"epochs": 1}).fit(tiny, _data())
+    runs = st.selector.tensors["auc_runs_markov"]
+    assert runs.shape == (3, tiny.n_layers * tiny.n_heads)
+    mods = st.selector.result_info["modules"]
+    torch.testing.assert_close(torch.tensor([st.selection.scores[m] for m in mods]), runs.mean(0))
+    torch.testing.assert_close(st.selector.tensors["auc_std_markov"], runs.std(0))
+    assert st.selector.result_info["repeats"] == 3
+    one = make_steerer("real", heads=2, repeats=1, vqae={"epochs": 1}).fit(tiny, _data())
+    assert "auc_runs_markov" not in one.selector.tensors
+    with pytest.raises(PipelineError, match="repeats must be"):
+        make_steerer("real", repeats=0)

@@ -28,6 +28,8 @@ from .hooks import (
     steer,
     Trace,
 )
+from .hooks.interventions import (DirectionalAblation, MeanAblation, Patch, Scale, ZeroAblation,
+                                  directional_ablation, mean_activations)
 from .models import ModelLoadError, SteerModel, load_model
 
 __all__ = [
@@ -35,4 +37,6 @@ __all__ = [
     "capture", "steer", "generate", "response_logprobs", "next_token_logprobs",
     "Site", "SiteError", "AddVector", "FunctionEdit", "Edit", "EditError",
     "HookGate", "FunctionGate", "Trace",
+    "Scale", "ZeroAblation", "MeanAblation", "Patch", "DirectionalAblation", "directional_ablation",
+    "mean_activations",
 ]

@@ -2,7 +2,7 @@
 
 Subcommands are contributed by the parts of the package: this module owns ``fetch-model``,
 ``generate`` and ``demo``; ``steerlens.evals.cli`` adds ``eval``; ``steerlens.pipeline.cli``
-adds ``fit`` and ``select``. Each of those modules exposes ``add_subcommands(subparsers)``.
+adds ``fit`` and ``select``; ``steerlens.interp.cli`` adds ``patch``. Each of those modules exposes ``add_subcommands(subparsers)``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-_PLUGINS = ("steerlens.evals.cli", "steerlens.pipeline.cli")
+_PLUGINS = ("steerlens.evals.cli", "steerlens.pipeline.cli", "steerlens.interp.cli")
 
 
 def _cmd_fetch_model(args: argparse.Namespace) -> int:

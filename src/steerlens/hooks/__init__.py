@@ -1,5 +1,5 @@
-"""Where activations are read and edited: sites, batched capture, edits, gates, cleanup, steered
-generation and traces."""
+"""Where activations are read and edited: sites, batched capture, edits (addition and the
+interpretability interventions), gates, cleanup, steered generation and traces."""
 
 from .batching import Batch, InputError, iter_batches
 from .activations import ShardedActivations, SiteDict, capture
@@ -9,6 +9,8 @@ from .generation import Generation, Replies, generate, next_token_logprobs, resp
 from .runtime import HookLeakError, Run, attach, count_hooks, site_order
 from .sites import Site, SiteError, all_head_sites, parse_site, parse_sites
 from .context import steer
+from .interventions import (DirectionalAblation, MeanAblation, Patch, Scale, SetActivation, ZeroAblation,
+                            directional_ablation, mean_activations)
 from .trace import Trace
 
 __all__ = [
@@ -18,4 +20,6 @@ __all__ = [
     "capture", "ShardedActivations", "SiteDict", "steer", "attach", "count_hooks", "HookLeakError", "Run",
     "generate", "Generation", "Replies", "response_logprobs", "next_token_logprobs", "Trace",
     "Batch", "InputError", "iter_batches",
+    "Scale", "ZeroAblation", "MeanAblation", "Patch", "SetActivation", "DirectionalAblation",
+    "directional_ablation", "mean_activations",
 ]

@@ -1,9 +1,11 @@
-"""Batched activation capture at residual and attention-head sites.
+"""Batched activation capture at any supported site (residual, block outputs, heads, neurons, patterns).
 
 ``capture(model, inputs, sites, position=...)`` runs the model over many inputs in padded
 batches and returns, per site, one row per input:
 
-- residual sites: ``[n, d_model]``; head sites: ``[n, n_heads_selected, d_head]``;
+- residual sites: ``[n, d_model]``; head sites: ``[n, n_heads_selected, d_head]``; neuron sites
+  ``[n, n_neurons_selected]`` (``[n, d_mlp]`` for a whole layer); attention patterns only with
+  ``position="all"``: ``[seq_i, n_heads_selected, seq_i]`` per input (query, head, key);
 - ``position="last"``: the last prompt token (after the chat template's assistant header);
 - ``position="response_mean"``: the mean over the response tokens of ``(prompt, response)`` pairs;
 - ``position="response_last"``: the last token of each input (the response's last token for pairs);
@@ -34,7 +36,7 @@ from ..models import as_model
 from .batching import Batch, InputError, Item, check_items, iter_batches
 from .edits import Edit, check_edit_inputs, validate_edits
 from .sites import Site, SiteLike, parse_site, parse_sites
-from .runtime import StopForward, batch_run
+from .runtime import StopForward, batch_run, site_order
 
 Position = Literal["last", "response_mean", "response_last", "mean", "all"]
 POSITIONS = ("last", "response_mean", "response_last", "mean", "all")
@@ -183,16 +185,23 @@ def capture(
     by_hook: dict[str, list[Site]] = {}
     for s in site_list:
         by_hook.setdefault(s.hook_name, []).append(s)
-    rank = {"resid_pre": 0, "z": 1, "resid_mid": 2, "resid_post": 3}
-    deepest = max(site_list, key=lambda s: (s.layer, rank[s.kind]))
+    if position != "all" and any(s.is_pattern for s in site_list):
+        raise InputError("attention patterns vary in length with the input: capture them with position='all' "
+                         "(one [seq_i, n_heads_selected, seq_i] tensor per input, real tokens only)")
+    deepest = max(site_list, key=site_order)
     state: dict = {}
 
     def make_reader(hook_sites: list[Site], stop_here: bool):
         def read(act: torch.Tensor, hook=None) -> torch.Tensor:
             batch: Batch = state["batch"]
             for s in hook_sites:
-                a = act[:, :, list(s.heads or ())] if s.is_head else act
-                red = _reduce(a.detach(), batch, position)
+                a = act.transpose(1, 2) if s.is_pattern else act  # [b, q_pos, heads, k_pos]
+                a = a[:, :, list(s.heads)] if s.heads is not None else a
+                if s.is_pattern:  # real tokens on both axes
+                    keep = batch.attention_mask.bool()
+                    red = [a[i, keep[i]][..., keep[i]].detach() for i in range(a.shape[0])]
+                else:
+                    red = _reduce(a.detach(), batch, position)
                 if isinstance(red, list):
                     red = [r.to(dtype or r.dtype).cpu() for r in red]
                 else:

@@ -5,7 +5,11 @@ Every edit computes a **delta** from the activation it sees::
     delta(act, info) -> tensor shaped like act
 
 ``act`` is the part of the hook's activation that belongs to the edit's site and positions:
-``[b, t, d_model]`` at a residual site, ``[b, t, n_selected_heads, d_head]`` at a head site.
+``[b, t, d_model]`` at a residual site (and ``hook_attn_out`` / ``hook_mlp_out``),
+``[b, t, n_selected_heads, d_head]`` at a head site (``z``, ``q``, ``k``, ``v``),
+``[b, t, n_selected_neurons]`` at an MLP neuron site, ``[b, t, n_selected_heads, k_pos]`` at an
+attention pattern. Beyond addition, :mod:`steerlens.hooks.interventions` has scaling, patching,
+zero-/mean-ablation and directional ablation, all through the same interface.
 The hook layer (not the edit) applies the strength, the gate's scale and the position window::
 
     act ← act + alpha · scale[row] · gate[row (, token)] · mask[row, token] · delta(act, info)
@@ -118,6 +122,8 @@ class Edit:
     scale: Optional[torch.Tensor]
     gate: Any
     name: Optional[str]
+    #: whether the edit may act on an attention pattern (``hook_pattern``): ablations only.
+    pattern_editable: bool = False
 
     def _init_common(self, site: SiteLike, positions: str, alpha: float, scale, gate, name) -> None:
         self.site = parse_site(site)
@@ -175,6 +181,9 @@ class Edit:
 
     def validate(self, model) -> "Edit":
         self.site.validate(model)
+        if self.site.is_pattern and not self.pattern_editable:
+            raise EditError(f"{self.site}: attention patterns are edited only by ablation (ZeroAblation, or Patch "
+                            f"from another input's pattern), not by {type(self).__name__}")
         if self.gate is not None:
             self.gate.validate(model)
         return self
@@ -229,7 +238,8 @@ class AddVector(Edit):
         vector = torch.as_tensor(vector).detach()
         base = 2 if site.is_head else 1
         if vector.ndim not in (base, base + 1):
-            want = "[n_heads_selected, d_head]" if site.is_head else "[d_model]"
+            want = ("[n_heads_selected, d_head]" if site.is_head else
+                    "[n_neurons_selected] (or [d_mlp])" if site.is_neuron else "[d_model]")
             raise EditError(f"{site}: vector of shape {tuple(vector.shape)}; expected {want} or [n_inputs, *{want}]")
         if site.is_head and vector.shape[-2] != len(site.heads or ()):
             raise EditError(

@@ -28,8 +28,11 @@ from .sites import Site
 
 HookFn = Callable[..., torch.Tensor]
 
-#: Order of hook kinds inside one block (a reader at a lower rank runs earlier in the forward pass).
-KIND_RANK = {"resid_pre": 0, "z": 1, "resid_mid": 2, "resid_post": 3}
+#: Order of hook kinds inside one block (a reader at a lower rank runs earlier in the forward pass),
+#: as the bridge calls them: resid_pre, q, k, v, pattern, z, attn_out, resid_mid, mlp_pre, mlp_post,
+#: mlp_out, resid_post.
+KIND_RANK = {"resid_pre": 0, "q": 0.2, "k": 0.4, "v": 0.6, "pattern": 0.8, "z": 1, "attn_out": 1.5,
+             "resid_mid": 2, "mlp_pre": 2.3, "mlp_post": 2.6, "mlp_out": 2.8, "resid_post": 3}
 
 
 class HookLeakError(RuntimeError):
@@ -40,7 +43,7 @@ class StopForward(Exception):
     """Raised by a hook once everything a pass needs has been read (the rest is skipped)."""
 
 
-def site_order(site: Site) -> tuple[int, int]:
+def site_order(site: Site) -> tuple[int, float]:
     """Position of a site in the forward pass: ``(layer, rank of the hook kind)``."""
     return (site.layer, KIND_RANK.get(site.kind, 1))
 
@@ -226,9 +229,14 @@ class Run:
                 for name, spec in by_hook.items()]
 
     def _make_hook(self, name: str, gates: list[HookGate], sites: list[tuple[Site, list[int]]], stop: bool) -> HookFn:
+        # attention patterns arrive as [b, heads, q_pos, k_pos]: gates and edits see [b, q_pos, heads, k_pos]
+        transposed = any(s.is_pattern for s, _ in sites) or any(g.site.is_pattern for g in gates)
+
         def fn(act: torch.Tensor, hook=None) -> torch.Tensor:
             step = self.calls[name]
             self.calls[name] = step + 1
+            if transposed:
+                act = act.transpose(1, 2)
             for g in gates:
                 self._eval_gate(g, act, step)
             for site, idx in sites:
@@ -236,13 +244,13 @@ class Run:
                     act = self._apply(i, site, act, step)
             if stop:
                 raise StopForward
-            return act
+            return act.transpose(1, 2) if transposed else act
 
         return fn
 
     # -- gates -------------------------------------------------------------------------------------
     def _site_part(self, site: Site, act: torch.Tensor) -> torch.Tensor:
-        return act[:, :, list(site.heads or ())] if site.is_head else act
+        return act[:, :, list(site.heads)] if site.heads is not None else act
 
     def _eval_gate(self, g: HookGate, act: torch.Tensor, step: int) -> None:
         i = self._gid[id(g)]
@@ -299,7 +307,7 @@ class Run:
         e = self.edits[i]
         b, t = act.shape[0], act.shape[1]
         cols, mask, pl = self._window(e.positions, step, b, t, act.device)
-        heads = list(site.heads) if site.is_head else None
+        heads = list(site.heads) if site.heads is not None else None  # heads or neurons (axis 2)
         whole = cols == slice(None) and heads is None
         part = act if whole else act[:, cols]
         if heads is not None:

@@ -69,33 +69,36 @@ def all_head_modules(model, layers: Optional[Sequence[int]] = None) -> list[Site
 
 
 def check_module(site: Site) -> Site:
-    if site.is_head and len(site.heads or ()) != 1:
-        raise PipelineError(f"a module is one head or one residual layer; {site} selects {len(site.heads or ())} heads")
+    if site.heads is not None and len(site.heads) != 1:
+        what = "heads" if site.is_head else "neurons"
+        raise PipelineError(f"a module is one head (or neuron) or one unindexed site such as a residual layer; "
+                            f"{site} selects {len(site.heads)} {what}")
     return site
 
 
 def capture_site_for(module: Site, n_heads: int) -> Site:
-    """The site captured to read ``module``: a whole layer's heads for a head module."""
-    return Site.head(module.layer, range(n_heads)) if module.is_head else module
+    """The site captured to read ``module``: a whole layer's heads for a ``hook_z`` head module
+    (other modules, e.g. one KV head or one neuron, are read as they are)."""
+    return Site.head(module.layer, range(n_heads)) if module.kind == "z" else module
 
 
 def group_modules(modules: Sequence[Site]) -> list[tuple[Site, list[int]]]:
-    """Merge single-head modules of the same layer into one head site.
+    """Merge single-head (or single-neuron) modules of the same layer and hook into one site.
 
     Returns ``[(site, indices into modules)]`` in layer order; a head site's heads are in the
-    same order as its indices (sorted head index), residual modules stay one site each.
+    same order as its indices (sorted head index), unindexed modules stay one site each.
     """
     groups: dict[tuple[int, str], list[int]] = {}
     for i, mod in enumerate(modules):
         groups.setdefault((mod.layer, mod.kind), []).append(i)
     out: list[tuple[Site, list[int]]] = []
     for (layer, kind), idx in sorted(groups.items()):
-        if kind == "z":
+        if all(modules[i].heads is not None for i in idx):
             idx = sorted(idx, key=lambda i: modules[i].heads[0])  # type: ignore[index]
             heads = [modules[i].heads[0] for i in idx]  # type: ignore[index]
             if len(set(heads)) != len(heads):
                 raise PipelineError(f"head selected twice at layer {layer}: {heads}")
-            out.append((Site.head(layer, heads), idx))
+            out.append((Site(layer, kind, tuple(heads)), idx))
         else:
             if len(idx) != 1:
                 raise PipelineError(f"residual module {modules[idx[0]]} selected twice")

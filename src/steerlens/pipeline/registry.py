@@ -28,6 +28,7 @@ from .base import Gate, PipelineError, Steerer
 PLUGINS: list[str] = [
     "steerlens.pipeline.baselines",
     "steerlens.pipeline.real",
+    "steerlens.pipeline.interventions",
     "steerlens.pipeline.finesteer",
     "steerlens.pipeline.odesteer",
 ]

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 TASKS = ("truthfulness", "safety")
+DEFAULT_REPEATS = 10  # = steerlens.pipeline.real.selector.DEFAULT_REPEATS (not imported: keeps --help light)
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
@@ -34,7 +35,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     heads = args.heads if args.heads is not None else default_heads(model.n_layers * model.n_heads)
     params: dict = {"seed": args.seed, "heads": heads}
     if args.method == "real":
-        params.update(scorer=args.scorer, vqae={"epochs": args.epochs})
+        params.update(scorer=args.scorer, vqae={"epochs": args.epochs}, repeats=args.repeats)
     data = fit_data(args.task, args.n, args.seed, args.data_dir, split=args.split)
     steerer = make_steerer(args.method, **params)
     t0 = time.perf_counter()
@@ -72,6 +73,9 @@ def add_select_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scorer", choices=("markov", "logreg"), default="markov", help="REAL's ranking scorer")
     p.add_argument("--epochs", type=int, default=20, help="REAL's VQ-AE epochs")
+    p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
+                   help=f"REAL: average the held-out AUC over this many runs (folds x seeds; default "
+                        f"{DEFAULT_REPEATS}; 1 = a single 80/20 run)")
     p.add_argument("--data-dir", default=None, help="benchmark data directory (default: $STEERLENS_DATA or ../shared/data)")
     p.add_argument("--model", default=None)
     p.add_argument("--device", default="cpu")

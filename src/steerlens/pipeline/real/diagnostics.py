@@ -112,6 +112,7 @@ def selection_report(selection, selector=None, *, n_layers: Optional[int] = None
     summary = usage_summary(tensors["usage"]) if "usage" in tensors else None
     primary = getattr(selector, "params", {}).get("scorer") if selector is not None else None
     sep = tensors.get(f"separation_{primary}")
+    spread = tensors.get(f"auc_std_{primary}")
     ranking = selection.ranking()
     if sep is not None and mods:  # the selector's order: AUC, then held-out d' for ties
         ranking.sort(key=lambda kv: (-kv[1], -float(sep[index[kv[0]]]) if kv[0] in index else 0.0, kv[0]))
@@ -120,6 +121,8 @@ def selection_report(selection, selector=None, *, n_layers: Optional[int] = None
                "weight": weights.get(key, 0.0)}
         if sep is not None and key in index:
             row["separation"] = float(sep[index[key]])
+        if spread is not None and key in index:
+            row["score_std"] = float(spread[index[key]])
         s = parse_site(key)
         row["layer"] = s.layer
         if s.is_head:
@@ -134,7 +137,7 @@ def selection_report(selection, selector=None, *, n_layers: Optional[int] = None
         rows.append(row)
     if summary is not None:
         extra["dead_codes_mean"] = sum(summary["dead"]) / max(1, len(summary["dead"]))
-    for k in ("agreement", "seconds", "final_loss", "n_train", "n_test", "heads"):
+    for k in ("agreement", "seconds", "final_loss", "n_train", "n_test", "heads", "repeats"):
         if k in info:
             extra[k] = info[k]
     return {"score_name": selection.score_name, "selected": [str(m) for m in selection.modules],
@@ -144,7 +147,9 @@ def selection_report(selection, selector=None, *, n_layers: Optional[int] = None
 def write_selection_report(out_dir: Union[str, os.PathLike], selection, selector=None, *, n_layers: int,
                            n_heads: int, title: str = "", usage_top: int = 6) -> dict[str, str]:
     """Write ``ranking.json``, ``heatmap.png`` (layer x head scores, selected outlined) and, for
-    REAL, ``usage.png`` (per-class code usage of the ``usage_top`` best modules). Returns paths."""
+    REAL, ``usage.png`` (per-class code usage of the ``usage_top`` best modules) and, when the
+    relevance is averaged over several runs, ``spread.png`` (each head's AUC standard deviation
+    over the runs; ``score_std`` in the JSON). Returns paths."""
     out = Path(out_dir)
     rep = selection_report(selection, selector, n_layers=n_layers, n_heads=n_heads)
     paths = {"ranking": str(atomic_write(out / "ranking.json",
@@ -156,6 +161,13 @@ def write_selection_report(out_dir: Union[str, os.PathLike], selection, selector
                                             label=selection.score_name))
     tensors = getattr(selector, "tensors", {}) or {}
     mods = (getattr(selector, "result_info", {}) or {}).get("modules", [])
+    primary = (getattr(selector, "params", {}) or {}).get("scorer")
+    std = tensors.get(f"auc_std_{primary}")
+    if std is not None and mods and float(std.max()) > 0:
+        sgrid = score_grid({m: float(v) for m, v in zip(mods, std)}, n_layers, n_heads)
+        paths["spread"] = str(plot_heatmap(sgrid, out / "spread.png", selected=selection.sites(),
+                                           title=f"std of the held-out AUC over {rep.get('repeats')} "
+                                                 "runs (selected in red)", label="AUC std"))
     if "usage" in tensors and mods:
         top = [m for m in (str(s) for s in selection.modules) if m in mods][:usage_top]
         if top:

@@ -1,0 +1,77 @@
+"""``steerlens patch``: the head effect map of a behaviour and the causal check of REAL / ITI.
+
+    steerlens patch --task truthfulness --out runs/patch/truthfulness
+    steerlens patch --task safety --n 64 --exact-heads all --out runs/patch/safety
+    steerlens patch --task safety --no-compare --out runs/patch/map-only
+
+Writes ``effect_map.png`` (layer x head, REAL's and ITI's top-H outlined), ``effect_map.json``
+(every head's mean effect with a bootstrap interval), ``exact_check.json`` (+ scatter) and the
+comparison table ``comparison.md`` / ``comparison.json`` (see :mod:`steerlens.interp.causal`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _cmd_patch(args: argparse.Namespace) -> int:
+    from ..models import load_model
+    from .causal import run_causal_check
+
+    model = load_model(args.model, device=args.device)
+    kw = {}
+    if args.task == "truthfulness":
+        kw = {"max_true": args.max_answers or None, "max_false": args.max_answers or None}
+    exact = args.exact_heads if args.exact_heads == "all" else int(args.exact_heads)
+    real_runs = None
+    if args.real_runs:
+        import torch
+
+        real_runs = torch.load(args.real_runs)[args.seed]
+    res = run_causal_check(model, args.task, args.out, split=args.split, n=args.n, mode=args.mode,
+                           batch_size=args.batch_size, exact_n=args.exact_n, exact_heads=exact, heads=args.heads,
+                           repeats=args.repeats, fit_n=args.fit_n, acts_path=args.acts, ablate_split=args.ablate_split,
+                           ablate_n=args.ablate_n, random_sets=args.random_sets, seed=args.seed,
+                           data_root=args.data_dir, metric_kw=kw, epochs=args.epochs, compare=not args.no_compare,
+                           progress=not args.quiet, resume=not args.no_resume, real_runs=real_runs)
+    print(json.dumps(res["files"], indent=1))
+    return 0
+
+
+def add_subcommands(sub) -> None:
+    p = sub.add_parser("patch", help="head effect map (attribution + exact patching) and the causal check of REAL/ITI")
+    p.add_argument("--task", choices=("safety", "truthfulness"), default="truthfulness",
+                   help="safety: log-prob of a refusal opening after harmful requests; truthfulness: MC2")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--split", default="val", help="split of the effect map (default val)")
+    p.add_argument("--n", type=int, default=64, help="examples in the effect map")
+    p.add_argument("--mode", choices=("mean", "zero"), default="mean", help="ablation: mean (default) or zero")
+    p.add_argument("--max-answers", type=int, default=2,
+                   help="truthfulness: true and false answers per question in MC2 (0 = all, the standard MC2)")
+    p.add_argument("--exact-n", type=int, default=16, help="examples of the exact check")
+    p.add_argument("--exact-heads", default="32", help="heads of the exact check: a number or 'all'")
+    p.add_argument("--heads", type=int, default=16, help="H: size of the selections compared and ablated")
+    p.add_argument("--repeats", type=int, default=None, help="REAL's repeats (default: REAL's default)")
+    p.add_argument("--epochs", type=int, default=20, help="REAL's VQ-AE epochs")
+    p.add_argument("--fit-n", type=int, default=None, help="fit-split examples for the selections (default all)")
+    p.add_argument("--acts", default=None, help="cache file for the fit-split activations (reused when present)")
+    p.add_argument("--ablate-split", default="test")
+    p.add_argument("--ablate-n", type=int, default=64)
+    p.add_argument("--random-sets", type=int, default=5, help="random H-sets (seeds) ablated for reference")
+    p.add_argument("--no-compare", action="store_true", help="only the effect map and the exact check")
+    p.add_argument("--no-resume", action="store_true",
+                   help="recompute the effect map and exact check even if --out has them for the same examples")
+    p.add_argument("--real-runs", default=None,
+                   help="REAL's per-run AUCs from benchmarks/bench_select_stability.py (<out>.runs.pt; same data "
+                        "and settings) instead of training REAL's autoencoders again")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--model", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_patch)
+
+
+__all__ = ["add_subcommands"]
