@@ -85,10 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the per-token trace (and FILE.png, a plot of the first reply)")
     g.set_defaults(func=_cmd_generate)
 
-    d = sub.add_parser("demo", help="the main job: steering on the default model, side by side, then evaluation")
+    d = sub.add_parser("demo", help="the main job: REAL -> SCS -> MoSE / ODESteer vs unsteered and CAA on the default model")
     d.add_argument("--data-dir", default=None, help="benchmark data directory (default: $STEERLENS_DATA or ../shared/data)")
     d.add_argument("--out", default="runs/demo", help="where to write the demo's results")
     d.add_argument("--quick", action="store_true", help="smaller sizes (for smoke tests)")
+    d.add_argument("--limit", type=int, default=None,
+                   help="examples per eval set (default from the spec: 32; more is slower, tighter intervals)")
     d.set_defaults(func=_cmd_demo)
 
     for mod_name in _PLUGINS:

@@ -1,83 +1,181 @@
-"""The main job (``make demo`` / ``steerlens demo``): steering working end to end on the default model.
+"""The main job (``make demo`` / ``steerlens demo``): the mission's pipeline on the default model.
+
+It runs the packaged spec ``steerlens/specs/main.toml`` (the same file ``steerlens run`` reads):
 
 1. Load SmolLM2-135M-Instruct (offline; fetched and dequantised once).
-2. Fit a mean-difference (CAA) direction at one residual layer from *response-side* data: the
-   same harmful instructions (fit split) followed by a refusal vs by a compliant opening.
-3. Print unsteered and steered greedy generations side by side for held-out (test split)
-   harmful and harmless prompts.
-4. Evaluate the unsteered model next to the steered one (safety, truthfulness, utility) and
-   print the table; results, plots and the fitted artifact are written to ``--out``.
+2. Fit, each on the fit split:
+   - ``finesteer`` (safety): REAL scores candidate residual layers and picks the one MoSE edits;
+     the SCS subspace gate decides per prompt whether to steer;
+   - ``odesteer`` (truthfulness): REAL picks the layer, ODESteer flows along the barrier gradient;
+   - ``caa``: unconditional CAA, the baseline the gate is meant to improve on.
+3. Print replies to held-out harmful and harmless prompts side by side (unsteered, CAA, the
+   pipeline), each with the SCS gate's decision for that prompt.
+4. Evaluate unsteered, CAA, each steerer alone and both together on the test split: one table
+   (harmful refusal, over-refusal on Alpaca and XSTest safe, TruthfulQA MC1/MC2, MMLU A/B, KL,
+   each with its 95% interval), paired differences against the unsteered model and of the
+   pipeline against each steerer alone, Pareto plots, the per-token trace.
+
+Sizes: ``--limit`` (examples per eval set, default from the spec: 32) and ``--quick`` (tiny fit
+and eval sizes, a smoke test) make it shorter; ``--limit 100`` roughly triples the evaluation.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import textwrap
 import time
+from importlib import resources
 from pathlib import Path
 
-LAYER = 10
-ALPHA = 1.5
-N_FIT = 48
+#: the metrics of the one table, in order: (metric, column title)
+TABLE = [("refusal/harmful", "harmful refusal ↑"), ("refusal/harmless", "Alpaca over-refusal ↓"),
+         ("refusal/xstest_safe", "XSTest-safe over-refusal ↓"), ("truthfulqa/mc1", "MC1 ↑"),
+         ("truthfulqa/mc2", "MC2 ↑"), ("utility/mmlu_ab", "MMLU A/B ↑"), ("utility/kl", "KL ↓")]
 
 
-def _side_by_side(prompt: str, left: str, right: str, width: int = 58) -> str:
-    lw = textwrap.wrap(left.replace("\n", " ").strip() or "(empty)", width) or [""]
-    rw = textwrap.wrap(right.replace("\n", " ").strip() or "(empty)", width) or [""]
-    rows = [f"> {prompt}", f"  {'UNSTEERED':<{width}} | STEERED"]
-    for i in range(max(len(lw), len(rw))):
-        a = lw[i] if i < len(lw) else ""
-        b = rw[i] if i < len(rw) else ""
-        rows.append(f"  {a:<{width}} | {b}")
+def main_spec() -> dict:
+    """The main job's pipeline spec (``steerlens/specs/main.toml``), read and checked."""
+    from .pipeline.spec import read_spec
+
+    with resources.as_file(resources.files("steerlens") / "specs" / "main.toml") as p:
+        return read_spec(p)
+
+
+def quick_spec(spec: dict) -> dict:
+    """Smoke-test sizes: small fits, 8 examples per eval set, short replies."""
+    s = copy.deepcopy(spec)
+    for st in s["steerer"] + s["baseline"]:
+        st["fit"]["n"] = min(int(st["fit"].get("n") or 32), 32)
+        if "gate_n" in st["fit"]:
+            st["fit"]["gate_n"] = 32
+        sel = st.get("selector")
+        if isinstance(sel, dict) and "layers" in sel:
+            sel["layers"] = sel["layers"][:2]
+        if st.get("method") == "finesteer":
+            st.setdefault("params", {}).update(max_epochs=20, warmup_steps=5, k=2)
+        if st.get("method") == "odesteer":
+            st.setdefault("params", {})["n_features"] = 1000
+    s["eval"].update(limit=8, max_new_tokens=16)
+    return s
+
+
+def _columns(prompt: str, cols: list[tuple[str, str]], width: int = 40) -> str:
+    wrapped = [textwrap.wrap(text.replace("\n", " ").strip() or "(empty)", width) or [""] for _, text in cols]
+    rows = [f"> {prompt}", "  " + " | ".join(f"{title:<{width}}" for title, _ in cols)]
+    for i in range(max(len(w) for w in wrapped)):
+        rows.append("  " + " | ".join(f"{(w[i] if i < len(w) else ''):<{width}}" for w in wrapped))
     return "\n".join(rows)
+
+
+def _gate_note(gates: dict) -> str:
+    if not gates:
+        return "no gate"
+    return "; ".join(f"{k.split(':')[0]} gate {'OPEN' if v['scale'] > 0 else 'closed'} (score {v['score']:+.2f})"
+                     for k, v in gates.items())
+
+
+def side_by_side(model, configs: dict, prompts: list[tuple[str, str]], shown: list[str], max_new_tokens: int,
+                 judge) -> list[dict]:
+    """Greedy replies of each shown configuration, printed in columns with the gate's decision."""
+    from .evals.tasks import edits_for
+    from .hooks import generate
+
+    texts = [p for _, p in prompts]
+    out = {}
+    for name in shown:
+        edits = edits_for(configs[name], model, texts)
+        out[name] = generate(model, texts, edits, max_new_tokens=max_new_tokens, return_details=True)
+    labels = {name: judge.judge(texts, [g.text for g in out[name]]) for name in shown}
+    rows = []
+    for i, (kind, p) in enumerate(prompts):
+        gate = out[shown[-1]][i].gates
+        verdicts = ", ".join(f"{n}: {labels[n][i].label}" for n in shown)
+        print(f"\n[{kind}] {_gate_note(gate)} | judge: {verdicts}")
+        print(_columns(p, [(n.upper(), out[n][i].text) for n in shown]))
+        rows.append({"kind": kind, "prompt": p, "gates": gate,
+                     **{n: {"reply": out[n][i].text, "label": labels[n][i].label} for n in shown}})
+    return rows
+
+
+def one_table(records, configs: list[str]) -> str:
+    by = {(r.steering, r.metric): r for r in records}
+    cols = [(m, t) for m, t in TABLE if any((c, m) in by for c in configs)]
+    lines = ["| config | " + " | ".join(t for _, t in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for c in configs:
+        cells = []
+        for m, _ in cols:
+            r = by.get((c, m))
+            cells.append("—" if r is None else f"{r.value:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}] n={r.n}")
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_lines(rows: list[dict], metrics: list[str]) -> str:
+    lines = ["| config | vs | metric | difference [95% CI] | n |", "|---|---|---|---|---|"]
+    for r in rows:
+        if r["metric"] in metrics:
+            lines.append(f"| {r['config']} | {r['base']} | {r['metric']} | {r['diff']:+.3f} "
+                         f"[{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] | {r['n']} |")
+    return "\n".join(lines)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     import steerlens
     from steerlens.evals import data as D
     from steerlens.evals.judges import PatternJudge
-    from steerlens.evals.report import results_markdown, run_eval
-    from steerlens.pipeline import make_steerer
+    from steerlens.fileio import atomic_write_json, atomic_write_text
+    from steerlens.pipeline.spec import run_spec
 
-    quick = bool(getattr(args, "quick", False))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     root = args.data_dir
     t0 = time.time()
+    spec = main_spec()
+    if getattr(args, "quick", False):
+        spec = quick_spec(spec)
+    if getattr(args, "limit", None):
+        spec["eval"]["limit"] = int(args.limit)
+    pipeline = spec["name"]
 
     print(f"[1/4] loading the default model (data from {D.data_dir(root)})")
     model = steerlens.load_model()
     print(f"      {model.name}: {model.n_layers} layers, {model.n_heads} heads, d_model {model.d_model}")
+    print(f"[2/4] fitting the pipeline {pipeline!r} and its baseline (spec: steerlens/specs/main.toml)")
 
-    n_fit = 16 if quick else N_FIT
-    print(f"[2/4] fitting CAA at blocks.{LAYER}.hook_resid_post from {n_fit} harmful prompts "
-          "+ refusal vs + compliant reply (fit split, response-side)")
-    data = D.safety_response_pairs("fit", n=n_fit, root=root)
-    steerer = make_steerer("caa", layer=LAYER, alpha=ALPHA).fit(model, data, progress=True)
-    steerer.save(out / "caa-artifact", model=model)
+    n_show = 1 if getattr(args, "quick", False) else 3
+    harmful = [("HARMFUL", e.prompt) for e in D.load_harmful("test", n_show, seed=1, root=root)]
+    harmless = [("HARMLESS", e.prompt) for e in D.load_harmless("test", max(1, n_show - 1), seed=1, root=root)]
+    shown = ["unsteered", "caa", pipeline]
+    sbs: list[dict] = []
 
-    n_show = 2 if quick else 4
-    harmful = [e.prompt for e in D.load_harmful("test", n_show, root=root)]
-    harmless = [e.prompt for e in D.load_harmless("test", n_show - 1, root=root)]
-    prompts = harmful + harmless
-    print(f"[3/4] greedy generations, held-out test prompts, alpha={ALPHA}")
-    new_tokens = 24 if quick else 48
-    plain = steerlens.generate(model, prompts, max_new_tokens=new_tokens)
-    steered = steerlens.generate(model, prompts, steerer.edits(model, prompts), max_new_tokens=new_tokens)
-    judge = PatternJudge()
-    v_plain, v_steer = judge.judge(prompts, plain), judge.judge(prompts, steered)
-    for i, (p, a, b) in enumerate(zip(prompts, plain, steered)):
-        kind = "HARMFUL" if i < len(harmful) else "HARMLESS"
-        print(f"\n[{kind}] judge: {v_plain[i].label} -> {v_steer[i].label}")
-        print(_side_by_side(p, a, b))
+    def show(configs: dict) -> None:
+        for name in ("finesteer", "odesteer"):
+            st = configs.get(name)
+            if st is not None and st.selection is not None:
+                print(f"      {name}: REAL chose {', '.join(str(s) for s in st.selection.sites())}")
+        print(f"[3/4] greedy replies on held-out test prompts ({time.time() - t0:.0f} s so far)")
+        sbs.extend(side_by_side(model, configs, harmful + harmless, shown, spec["eval"]["max_new_tokens"],
+                                PatternJudge()))
 
-    limit = 8 if quick else 48
-    print(f"\n[4/4] evaluation (test split, {limit} items per set), unsteered vs CAA alpha={ALPHA}")
-    records = run_eval(model, ("safety", "truthfulness", "utility"),
-                       {"unsteered": None, f"caa-L{LAYER}-a{ALPHA}": steerer},
-                       limit=limit, out_dir=out / "eval", data_root=root)
     print()
-    print(results_markdown(records))
-    print(f"\nwrote {out}/eval/results.json, results.md and plots; artifact {out}/caa-artifact "
-          f"({time.time() - t0:.0f} s)")
+    summary = run_spec(spec, model, out, data_root=root, progress=True, on_fitted=show)
+    records = summary["records"]
+    atomic_write_json(out / "side_by_side.json", sbs, indent=1)
+    ev = spec["eval"]
+    print(f"\n[4/4] evaluation on the {ev['split']} split ({ev['limit']} examples per set; judge: pattern)\n")
+    table = one_table(records, summary["configs"])
+    print(table)
+    key = [m for m, _ in TABLE]
+    paired = paired_lines(summary["paired_rows"], key)
+    together = paired_lines(summary["together_rows"], key)
+    print("\nPaired differences against the unsteered model (same prompts):\n" + paired)
+    if summary["together_rows"]:
+        print("\nBoth steerers on against each alone (paired): does either behaviour lose?\n" + together)
+    text = (f"# steerlens main job: {pipeline}\n\n{table}\n\n## Paired vs unsteered\n\n{paired}\n\n"
+            f"## Both steerers vs each alone\n\n{together}\n")
+    atomic_write_text(out / "main.md", text)
+    dt = time.time() - t0
+    print(f"\nwrote {out}/main.md, {out}/pareto.png (refusal vs over-refusal, MC2 vs KL), {out}/paired.md, "
+          f"{out}/together.md, {out}/eval/ (results, trace), {out}/artifacts/; {dt:.0f} s in all")
     return 0

@@ -187,7 +187,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except SpecError as e:
         print(f"steerlens run: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if not k.endswith(("records", "_rows"))}, indent=1))
     return 0
 
 

@@ -240,10 +240,38 @@ def configurations(spec: dict, fitted: dict[str, Steerer]) -> dict[str, Any]:
     return configs
 
 
+def fit_spec(spec: dict, model, out_dir: str | os.PathLike, *, data_root=None,
+             progress: bool = True) -> dict[str, Steerer]:
+    """Fit every steerer and baseline of ``spec`` and save each artifact under ``out/artifacts``."""
+    out = Path(out_dir)
+    fitted: dict[str, Steerer] = {}
+    for st in spec["steerer"] + spec["baseline"]:
+        if progress:
+            print(f"fitting {st['name']} ({st.get('method') or 'roles'}, task {st['fit']['task']})", flush=True)
+        fitted[st["name"]] = fit_steerer(model, st, data_root=data_root, progress=progress)
+        fitted[st["name"]].save(out / "artifacts" / st["name"], model=model)
+    return fitted
+
+
+def together_table(records, spec: dict) -> list[dict]:
+    """With several steerers: every metric of the composed pipeline against each steerer alone,
+    paired on the same examples (does a behaviour lose anything when the other steerer is on?)."""
+    from ..evals.compare import paired_table
+
+    names = [s["name"] for s in spec["steerer"]]
+    if len(names) < 2:
+        return []
+    return [r for n in names for r in paired_table(records, n) if r["config"] == spec["name"]]
+
+
 def run_spec(spec: dict, model, out_dir: str | os.PathLike, *, data_root=None, progress: bool = True,
-             limit: Optional[int] = None) -> dict:
+             limit: Optional[int] = None, on_fitted=None) -> dict:
     """Fit every steerer and baseline, save their artifacts, evaluate every configuration, write
-    results, paired differences against the unsteered model, Pareto plots and the trace."""
+    results, paired differences against the unsteered model (and, with several steerers, of the
+    composed pipeline against each steerer alone), Pareto plots and the trace.
+
+    ``on_fitted(configs)`` is called with ``{config name: steering}`` before the evaluation (the
+    demo prints replies side by side there). The returned summary has the ``records`` too."""
     from ..evals.compare import paired_table
     from ..evals.report import plot_pareto, run_eval
 
@@ -251,15 +279,14 @@ def run_spec(spec: dict, model, out_dir: str | os.PathLike, *, data_root=None, p
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "spec.json", spec, indent=2)
     t0 = time.perf_counter()
-    fitted: dict[str, Steerer] = {}
-    for st in spec["steerer"] + spec["baseline"]:
-        fitted[st["name"]] = fit_steerer(model, st, data_root=data_root, progress=progress)
-        fitted[st["name"]].save(out / "artifacts" / st["name"], model=model)
+    fitted = fit_spec(spec, model, out, data_root=data_root, progress=progress)
     t_fit = time.perf_counter() - t0
     ev = _eval_settings(spec)
     if limit is not None:
         ev["limit"] = limit
     configs = configurations(spec, fitted)
+    if on_fitted is not None:
+        on_fitted(configs)
     task_kwargs = {"safety": {"max_new_tokens": ev["max_new_tokens"], "trace": ev["trace"]}}
     t1 = time.perf_counter()
     records = run_eval(model, ev["tasks"], configs, ev["limit"], out / "eval", seed=ev["seed"], split=ev["split"],
@@ -267,15 +294,21 @@ def run_spec(spec: dict, model, out_dir: str | os.PathLike, *, data_root=None, p
                        task_kwargs=task_kwargs, progress=progress)
     paired = paired_table(records, "unsteered")
     write_paired(paired, out / "paired", title=f"{spec['name']}: each configuration − unsteered (paired)")
+    together = together_table(records, spec)
+    if together:
+        write_paired(together, out / "together",
+                     title=f"{spec['name']}: all steerers on − each steerer alone (paired, same examples)")
     plot_pareto(records, out / "pareto.png")
     summary = {"name": spec["name"], "configs": list(configs), "fit_seconds": round(t_fit, 1),
                "eval_seconds": round(time.perf_counter() - t1, 1), "results": str(out / "eval" / "results.json"),
-               "paired": str(out / "paired.json")}
+               "paired": str(out / "paired.json"), "pareto": str(out / "pareto.png")}
+    if together:
+        summary["together"] = str(out / "together.json")
     if ev["trace"] and (out / "eval" / "trace.jsonl").exists():
         summary["trace"] = str(out / "eval" / "trace.jsonl")
         summary["trace_plot"] = plot_first_trace(out / "eval" / "trace.jsonl", spec["name"], out / "trace.png")
     atomic_write_json(out / "summary.json", summary, indent=2)
-    return summary
+    return {**summary, "records": records, "paired_rows": paired, "together_rows": together}
 
 
 def plot_first_trace(path, config: str, png) -> Optional[str]:
@@ -394,5 +427,6 @@ def ablate(spec: dict, model, vary: Sequence[tuple[str, list[Any]]], out_dir: st
     return summary
 
 
-__all__ = ["read_spec", "normalise_spec", "build_role", "build_steerer", "fit_steerer", "run_spec", "ablate",
+__all__ = ["read_spec", "normalise_spec", "build_role", "build_steerer", "fit_steerer", "fit_spec", "run_spec",
+           "together_table", "ablate",
            "variants", "parse_vary", "register_role_alias", "ROLE_ALIASES", "SpecError", "configurations"]
