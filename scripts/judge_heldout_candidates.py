@@ -64,7 +64,7 @@ def main() -> None:
                 exs += [(kind, e) for e in rng.sample(pools[kind], k)]
             prompts = [e.prompt for _, e in exs]
             edits = None if steerer is None else steerer.edits(model, prompts, alpha=alpha)
-            gens = steerlens.generate(model, prompts, edits, max_new_tokens=args.max_new_tokens, batch_size=8,
+            gens = steerlens.generate(model, prompts, edits, max_new_tokens=args.max_new_tokens, batch_size=16,
                                       return_details=True)
             tag = name if alpha is None else f"{name}@{alpha:g}"
             for (kind, e), g in zip(exs, gens):

@@ -100,3 +100,20 @@ def test_newcombe_paired_interval():
     assert abs(lo - blo) < 0.02 and abs(hi - bhi) < 0.02
     d, lo, hi, how = paired_ci([0.1, 0.4, 0.3], [0.0, 0.1, 0.5])
     assert how == "bootstrap"
+
+
+def test_continuous_metric_of_zeros_is_not_a_rate():
+    """KL values that are all 0 (a gate closed on every prompt) are a mean, not a 0/1 rate: the
+    interval is the bootstrap's [0, 0], not Wilson's [0, 0.32] for 0 of 8."""
+    from steerlens.evals.compare import paired_difference
+    from steerlens.evals.stats import summarize
+
+    guessed = summarize("utility/kl", [0.0] * 8, ids=list("abcdefgh"), split="test", task="utility")
+    assert guessed.extra["ci"] == "wilson" and guessed.ci_high > 0.3
+    told = summarize("utility/kl", [0.0] * 8, ids=list("abcdefgh"), split="test", task="utility", kind="mean")
+    assert told.extra["ci"] == "bootstrap" and (told.ci_low, told.ci_high) == (0.0, 0.0)
+    assert told.extra["kind"] == "mean"
+    d = paired_difference(dict(zip("abcd", [0.0, 1.0, 0.0, 1.0])), dict(zip("abcd", [0.0] * 4)), kind="mean")
+    assert d["ci_method"] == "bootstrap"
+    with pytest.raises(ValueError):
+        summarize("x", [0.0], ids=["a"], split="test", task="t", kind="median")

@@ -163,3 +163,15 @@ def test_mc_values_match_direct_log_likelihoods(tiny):
     lp = [float(t.sum()) for t in steerlens.response_logprobs(
         tiny, [(e.prompt, e.meta[k]) for e in ab for k in ("correct", "incorrect")])]
     assert ab_values(tiny, ab) == [float(lp[0] > lp[1]), float(lp[2] > lp[3])]
+
+
+def test_optional_parts_are_left_out_on_request(tiny, root):
+    """``ab=False`` / ``ppl=False`` (spec: ``[eval.options]``) drop those metrics and nothing else."""
+    from steerlens.evals.tasks import truthfulness_task, utility_task
+
+    full = {r.metric for r in truthfulness_task(tiny, None, limit=3, progress=False)}
+    short = {r.metric for r in truthfulness_task(tiny, None, limit=3, progress=False, ab=False)}
+    assert full - short == {"truthfulqa/ab"}
+    full = {r.metric for r in utility_task(tiny, None, limit=3, progress=False)}
+    short = {r.metric for r in utility_task(tiny, None, limit=3, progress=False, ppl=False)}
+    assert full - short == {"utility/ppl"}

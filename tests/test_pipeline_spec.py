@@ -1,6 +1,7 @@
 """Pipeline specs (TOML), compositions of steerers, ablation grids — on the tiny model."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,5 +102,31 @@ def test_run_and_ablate_end_to_end(tiny, tmp_path, root):
     assert (tmp_path / "run" / "artifacts" / "a" / "metadata.json").exists()
     assert (tmp_path / "run" / "pareto.png").exists() and (tmp_path / "run" / "trace.png").exists()
     out = ablate(spec, tiny, parse_vary(["alpha=5"]), tmp_path / "abl", progress=False)
+    assert out["fits"] == 1  # base and alpha=5 differ only in strength: one fit
     rows = json.loads((tmp_path / "abl" / "ablation.json").read_text())
     assert {r["config"] for r in rows} == {"alpha=5"} and all(r["base"] == out["base"] for r in rows)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "examples").glob("*.toml")) +
+                         [Path(__file__).parents[1] / "src" / "steerlens" / "specs" / "main.toml"],
+                         ids=lambda p: p.name)
+def test_example_specs_build(path):
+    """Every shipped spec reads and builds unfitted steerers (roles, parameters and names resolve)."""
+    from steerlens.pipeline.spec import build_steerer, read_spec
+
+    spec = read_spec(path)
+    for st in spec["steerer"] + spec["baseline"]:
+        s = build_steerer(st)
+        assert s.name == st["name"] and s.selection is None
+        if st.get("alpha") is not None:
+            assert s.alpha == float(st["alpha"])
+
+
+def test_main_spec_is_the_packaged_one_and_quick_shrinks_it():
+    from steerlens.demo import main_spec, quick_spec
+
+    spec = main_spec()
+    assert [s["method"] for s in spec["steerer"]] == ["finesteer", "odesteer"]
+    assert all(s["selector"]["kind"] == "real_selector" for s in spec["steerer"])
+    q = quick_spec(spec)
+    assert q["eval"]["limit"] < spec["eval"]["limit"] and spec["eval"]["limit"] == main_spec()["eval"]["limit"]

@@ -347,3 +347,30 @@ def test_select_gate_reads_all_layers_in_one_capture(tiny, tmp_path, monkeypatch
     assert {r["layer"] for r in sel.rows} == set(range(tiny.n_layers))
     p = sel.plot(tmp_path / "auc.png")
     assert (tmp_path / "auc.png").stat().st_size > 0 and str(p).endswith("auc.png")
+
+
+def test_inverted_gate_opens_exactly_where_the_plain_one_is_closed(tiny, tmp_path):
+    """``invert=True``: the same fitted scorer and τ, decisions mirrored — in ``decide`` and in the
+    hook layer during generation — and the flag survives save/load."""
+    caa = make_steerer("caa", layer=1, alpha=4.0).fit(tiny, _resp_data())
+    plain = caa.with_gate(SCSGate(0, rank_benign=2, rank_target=2, fpr=0.3)).fit_gate(tiny, _gate_data())
+    inv = caa.with_gate(SCSGate(0, rank_benign=2, rank_target=2, fpr=0.3, invert=True)).fit_gate(tiny, _gate_data())
+    prompts = HARM + BENIGN
+    a, b = plain.decide(tiny, prompts), inv.decide(tiny, prompts)
+    assert inv.gate.threshold == plain.gate.threshold
+    off = a.scores != inv.gate.threshold  # a score exactly at τ (a calibration prompt) opens neither
+    assert torch.equal((a.scale + b.scale)[off], torch.ones(int(off.sum())))  # otherwise exactly one is open
+    assert 0 < int(a.scale.sum()) < len(prompts)
+    g = steerlens.generate(tiny, prompts, inv.edits(tiny), max_new_tokens=2, return_details=True)
+    assert [list(x.gates.values())[0]["scale"] for x in g] == b.scale.tolist()
+    inv.save(tmp_path / "inv")
+    again = load_steerer(tmp_path / "inv", model=tiny)
+    assert again.gate.inverted and torch.equal(again.decide(tiny, prompts).scale, b.scale)
+
+
+def test_with_gate_keeps_the_steerer_subclass():
+    """Gating ODESteer must keep its reading rule (response_mean), i.e. its Steerer subclass."""
+    from steerlens.pipeline.odesteer.roles import ODESteerer
+
+    st = make_steerer("odesteer", layer=1).with_gate(SCSGate(0, invert=True))
+    assert isinstance(st, ODESteerer) and st.gate.inverted and st.method_params["gate_params"]["invert"]

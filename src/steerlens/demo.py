@@ -6,7 +6,8 @@ It runs the packaged spec ``steerlens/specs/main.toml`` (the same file ``steerle
 2. Fit, each on the fit split:
    - ``finesteer`` (safety): REAL scores candidate residual layers and picks the one MoSE edits;
      the SCS subspace gate decides per prompt whether to steer;
-   - ``odesteer`` (truthfulness): REAL picks the layer, ODESteer flows along the barrier gradient;
+   - ``odesteer`` (truthfulness): REAL picks the layer, ODESteer flows along the barrier gradient,
+     behind the same SCS gate inverted (it stands aside on the prompts FineSteer takes);
    - ``caa``: unconditional CAA, the baseline the gate is meant to improve on.
 3. Print replies to held-out harmful and harmless prompts side by side (unsteered, CAA, the
    pipeline), each with the SCS gate's decision for that prompt.
@@ -15,8 +16,8 @@ It runs the packaged spec ``steerlens/specs/main.toml`` (the same file ``steerle
    each with its 95% interval), paired differences against the unsteered model and of the
    pipeline against each steerer alone, Pareto plots, the per-token trace.
 
-Sizes: ``--limit`` (examples per eval set, default from the spec: 32) and ``--quick`` (tiny fit
-and eval sizes, a smoke test) make it shorter; ``--limit 100`` roughly triples the evaluation.
+Sizes: ``--limit`` (examples per eval set, default from the spec: 24) and ``--quick`` (tiny fit
+and eval sizes, a smoke test) make it shorter; the evaluation time grows linearly with ``--limit``.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def quick_spec(spec: dict) -> dict:
     s = copy.deepcopy(spec)
     for st in s["steerer"] + s["baseline"]:
         st["fit"]["n"] = min(int(st["fit"].get("n") or 32), 32)
-        if "gate_n" in st["fit"]:
-            st["fit"]["gate_n"] = 32
+        if st.get("method") == "finesteer" or st.get("gate"):
+            st["fit"]["gate_n"] = 64
         sel = st.get("selector")
         if isinstance(sel, dict) and "layers" in sel:
             sel["layers"] = sel["layers"][:2]

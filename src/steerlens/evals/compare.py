@@ -15,7 +15,8 @@ from typing import Hashable, Mapping, Optional, Sequence
 from .stats import Record, paired_ci
 
 
-def paired_difference(a: Mapping[Hashable, float], b: Mapping[Hashable, float], *, seed: int = 0) -> dict:
+def paired_difference(a: Mapping[Hashable, float], b: Mapping[Hashable, float], *, seed: int = 0,
+                      kind: Optional[str] = None) -> dict:
     """Mean of ``a[k] − b[k]`` over the keys both have, with a 95% CI (Newcombe's paired score
     interval for 0/1 values, bootstrap otherwise) and ``n``.
 
@@ -23,7 +24,7 @@ def paired_difference(a: Mapping[Hashable, float], b: Mapping[Hashable, float], 
     keys = [k for k in a if k in b]
     if not keys:
         raise ValueError("no shared examples to pair")
-    d, lo, hi, how = paired_ci([a[k] for k in keys], [b[k] for k in keys], seed=seed)
+    d, lo, hi, how = paired_ci([a[k] for k in keys], [b[k] for k in keys], seed=seed, kind=kind)
     return {"value": d, "ci": [lo, hi], "n": len(keys), "ci_method": how}
 
 
@@ -48,7 +49,8 @@ def paired_table(records: Sequence[Record], base: str, *, metrics: Optional[Sequ
                 continue
             if (base, m) not in by or by[(c, m)].values is None or by[(base, m)].values is None:
                 continue
-            d = paired_difference(record_values(by[(c, m)]), record_values(by[(base, m)]))
+            d = paired_difference(record_values(by[(c, m)]), record_values(by[(base, m)]),
+                                  kind=by[(c, m)].extra.get("kind") or by[(base, m)].extra.get("kind"))
             rows.append({"config": c, "base": base, "metric": m, "value": by[(c, m)].value,
                          "base_value": by[(base, m)].value, "diff": d["value"], "ci": d["ci"], "n": d["n"],
                          "ci_method": d["ci_method"],

@@ -74,15 +74,22 @@ def wilson_ci(k: float, n: int, level: float = 0.95) -> tuple[float, float, floa
     return p, max(0.0, centre - half), min(1.0, centre + half)
 
 
-def rate_or_mean_ci(values, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float, str]:
-    """``(value, low, high, method)``: Wilson for 0/1 values, else the percentile bootstrap."""
+def rate_or_mean_ci(values, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+                    kind: Optional[str] = None) -> tuple[float, float, float, str]:
+    """``(value, low, high, method)``: Wilson for a rate, the percentile bootstrap for a mean.
+    ``kind`` = ``"rate"`` / ``"mean"`` says which the values are; ``None`` guesses from the values
+    (0/1 only: a rate). Say it for a continuous metric: KL values that are all 0 (a closed gate)
+    are not a rate."""
     v = _as_values(values)
-    if is_binary(v):
+    if kind not in (None, "rate", "mean"):
+        raise ValueError(f"kind must be 'rate', 'mean' or None, got {kind!r}")
+    if kind == "rate" or (kind is None and is_binary(v)):
         return (*wilson_ci(float(v.sum()), int(v.size), level), "wilson")
     return (*bootstrap_ci(v, n_boot=n_boot, seed=seed, level=level), "bootstrap")
 
 
-def paired_ci(a, b, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float, str]:
+def paired_ci(a, b, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+              kind: Optional[str] = None) -> tuple[float, float, float, str]:
     """``(mean difference, low, high, method)`` of paired values ``a[i] − b[i]``.
 
     For 0/1 values: Newcombe's (1998, method 10) score interval for the difference of paired
@@ -94,7 +101,7 @@ def paired_ci(a, b, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -
         raise ValueError(f"paired values of different lengths: {a.size} vs {b.size}")
     if a.size == 0:
         raise ValueError("no pairs")
-    if not (is_binary(a) and is_binary(b)):
+    if kind == "mean" or not (is_binary(a) and is_binary(b)):
         return (*bootstrap_ci(a - b, n_boot=n_boot, seed=seed, level=level), "bootstrap")
     n = a.size
     both = float(np.sum((a == 1) & (b == 1)))
@@ -148,17 +155,18 @@ class Record:
 
 def summarize(metric: str, values: Sequence[float], *, ids: Sequence[str], split: str, task: str,
               wall_time_s: float = 0.0, steering: str = "none", extra: Optional[dict] = None,
-              n_boot: int = 2000, seed: int = 0) -> Record:
+              n_boot: int = 2000, seed: int = 0, kind: Optional[str] = None) -> Record:
     """A :class:`Record` for the mean of per-example ``values`` (one per id) with its 95% CI
-    (Wilson for 0/1 values, bootstrap otherwise)."""
+    (Wilson for a rate, bootstrap for a mean; ``kind`` as in :func:`rate_or_mean_ci`, recorded in
+    ``extra["kind"]`` so paired differences use the same rule)."""
     values = [float(x) for x in values]
     if len(values) != len(ids):
         raise ValueError(f"{metric}: {len(values)} values but {len(ids)} ids")
-    value, lo, hi, how = rate_or_mean_ci(values, n_boot=n_boot, seed=seed)
+    value, lo, hi, how = rate_or_mean_ci(values, n_boot=n_boot, seed=seed, kind=kind)
     if not math.isfinite(value):
         raise ValueError(f"{metric}: non-finite value {value}")
     return Record(metric, value, len(values), lo, hi, split, list(ids), float(wall_time_s), task, steering,
-                  {**dict(extra or {}), "ci": how}, values)
+                  {**dict(extra or {}), "ci": how, **({"kind": kind} if kind else {})}, values)
 
 
 __all__ = ["bootstrap_ci", "wilson_ci", "rate_or_mean_ci", "paired_ci", "is_binary", "Record", "summarize"]

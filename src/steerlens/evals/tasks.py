@@ -223,10 +223,10 @@ def ab_records(model, exs: list[D.Example], steering=None, *, metric: str, task:
 
 def truthfulness_task(model, steering=None, *, limit: Optional[int] = None, seed: int = 0, split: str = "test",
                       batch_size: int = 16, alpha: Optional[float] = None, length_norm: bool = False,
-                      name: Optional[str] = None, root=None, progress: bool = True) -> list[Record]:
+                      name: Optional[str] = None, root=None, progress: bool = True, ab: bool = True) -> list[Record]:
     """TruthfulQA MC1 / MC2 (held-out questions, full-answer log-likelihood) and A/B accuracy on
     ``truthfulqa_ab.json`` (items of held-out questions). Metrics ``truthfulqa/mc1``,
-    ``truthfulqa/mc2``, ``truthfulqa/ab``."""
+    ``truthfulqa/mc2``, ``truthfulqa/ab`` (left out with ``ab=False``)."""
     sname = _name(steering, name)
     bar = tqdm(total=2, desc=f"truthfulness[{sname}]", disable=not progress, leave=False)
     t0 = time.perf_counter()
@@ -240,12 +240,13 @@ def truthfulness_task(model, steering=None, *, limit: Optional[int] = None, seed
     extra = {"n_choices": n_choices, "length_norm": length_norm}
     recs = [summarize("truthfulqa/mc1", mc1, ids=ids, split=split, task="truthfulness", wall_time_s=dt,
                       steering=sname, extra=extra, seed=seed),
-            summarize("truthfulqa/mc2", mc2, ids=ids, split=split, task="truthfulness", wall_time_s=dt,
+            summarize("truthfulqa/mc2", mc2, ids=ids, split=split, task="truthfulness", wall_time_s=dt, kind="mean",
                       steering=sname, extra=extra, seed=seed)]
     bar.update(1)
-    ab = D.load_truthfulqa_ab(split, _limit("truthfulqa_ab", limit), seed, root=root)
-    recs.append(ab_records(model, ab, steering, metric="truthfulqa/ab", task="truthfulness", split=split,
-                           alpha=alpha, batch_size=batch_size, seed=seed, sname=sname, progress=progress))
+    if ab:
+        items = D.load_truthfulqa_ab(split, _limit("truthfulqa_ab", limit), seed, root=root)
+        recs.append(ab_records(model, items, steering, metric="truthfulqa/ab", task="truthfulness", split=split,
+                               alpha=alpha, batch_size=batch_size, seed=seed, sname=sname, progress=progress))
     bar.update(1)
     bar.close()
     return recs
@@ -265,10 +266,10 @@ def _first_word_split(text: str) -> tuple[str, str]:
 
 def utility_task(model, steering=None, *, limit: Optional[int] = None, seed: int = 0, split: str = "test",
                  batch_size: int = 16, alpha: Optional[float] = None, name: Optional[str] = None, root=None,
-                 progress: bool = True) -> list[Record]:
+                 progress: bool = True, ppl: bool = True) -> list[Record]:
     """MMLU A/B accuracy (``utility/mmlu_ab``), KL(unsteered || steered) of next-token
     distributions on benign prompts in nats (``utility/kl``; exactly 0 when unsteered) and the
-    perplexity of benign text (``utility/ppl``, lower is better)."""
+    perplexity of benign text (``utility/ppl``, lower is better; left out with ``ppl=False``)."""
     sname = _name(steering, name)
     bar = tqdm(total=3, desc=f"utility[{sname}]", disable=not progress, leave=False)
     recs = []
@@ -288,8 +289,12 @@ def utility_task(model, steering=None, *, limit: Optional[int] = None, seed: int
         raise ValueError("non-finite KL (the steered distribution puts zero mass where the unsteered does not)")
     recs.append(summarize("utility/kl", kl.tolist(), ids=[e.id for e in benign], split=split, task="utility",
                           wall_time_s=time.perf_counter() - t0, steering=sname, seed=seed,
-                          extra={"where": "next token after the prompt (chat template)", "unit": "nats"}))
+                          extra={"where": "next token after the prompt (chat template)", "unit": "nats"},
+                          kind="mean"))
     bar.update(1)
+    if not ppl:
+        bar.close()
+        return recs
 
     t0 = time.perf_counter()
     texts = D.load_harmless(split, _limit("ppl", limit), seed + 1, root=root)

@@ -28,6 +28,8 @@ central list; methods register a factory with :func:`register_method` so
 
 from __future__ import annotations
 
+import copy
+
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -605,9 +607,8 @@ class Steerer:
         mp = {k: v for k, v in self.method_params.items() if k not in ("gate", "gate_params")}
         if not gate.always_open:
             mp.update(gate=gate.kind, gate_params=dict(gate.params))
-        st = Steerer(self.selector, self.editor, gate, alpha=self.alpha, method=self.method, method_params=mp,
-                     batch_size=self.batch_size)
-        st.selection, st.fit_info, st.model_fingerprint = self.selection, dict(self.fit_info), self.model_fingerprint
+        st = copy.copy(self)  # keeps a subclass and its reading rules (e.g. ODESteer's response_mean)
+        st.gate, st.method_params, st.fit_info = gate, mp, dict(self.fit_info)
         return st
 
     # -- applying ---------------------------------------------------------------------------

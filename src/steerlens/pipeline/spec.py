@@ -27,6 +27,7 @@ A spec::
     split = "test"
     max_new_tokens = 48
     trace = true                       # per-token trace of the safety replies
+    options = { safety = { sets = ["harmful", "harmless"] } }   # keyword arguments per eval task
 
 A steerer is either a registered ``method`` (+ ``params``) whose roles may be overridden by
 ``selector`` / ``gate`` / ``editor``, or the three roles alone. Short role names come from
@@ -124,7 +125,7 @@ def normalise_spec(spec: dict, source: str = "spec") -> dict:
                 raise SpecError(f"{source}: {kind} {st['name']!r} needs a method, or a selector and an editor")
             if "task" not in st.get("fit", {}):
                 raise SpecError(f"{source}: {kind} {st['name']!r} needs fit = {{ task = ... }}")
-    ev_keys = {"tasks", "limit", "split", "seed", "max_new_tokens", "batch_size", "trace", "judge"}
+    ev_keys = {"tasks", "limit", "split", "seed", "max_new_tokens", "batch_size", "trace", "judge", "options"}
     bad = sorted(set(spec["eval"]) - ev_keys)
     if bad:
         raise SpecError(f"{source}: unknown [eval] keys {bad}; known: {sorted(ev_keys)}")
@@ -222,7 +223,17 @@ def _eval_settings(spec: dict) -> dict:
     return {"tasks": list(ev.get("tasks", ["safety", "utility"])), "limit": ev.get("limit", 48),
             "split": ev.get("split", "test"), "seed": int(ev.get("seed", 0)),
             "max_new_tokens": int(ev.get("max_new_tokens", 48)), "batch_size": int(ev.get("batch_size", 16)),
-            "trace": bool(ev.get("trace", False)), "judge": ev.get("judge")}
+            "trace": bool(ev.get("trace", False)), "judge": ev.get("judge"), "options": dict(ev.get("options", {}))}
+
+
+def _task_kwargs(ev: dict, *, trace: bool) -> dict:
+    """Per-task keyword arguments: max_new_tokens / trace for safety, plus ``[eval.options.<task>]``."""
+    kw = {"safety": {"max_new_tokens": ev["max_new_tokens"], **({"trace": True} if trace and ev["trace"] else {})}}
+    for task, opts in ev["options"].items():
+        if not isinstance(opts, dict):
+            raise SpecError(f"eval.options.{task} must be a table of that task's keyword arguments")
+        kw.setdefault(task, {}).update(opts)
+    return kw
 
 
 def configurations(spec: dict, fitted: dict[str, Steerer]) -> dict[str, Any]:
@@ -287,7 +298,7 @@ def run_spec(spec: dict, model, out_dir: str | os.PathLike, *, data_root=None, p
     configs = configurations(spec, fitted)
     if on_fitted is not None:
         on_fitted(configs)
-    task_kwargs = {"safety": {"max_new_tokens": ev["max_new_tokens"], "trace": ev["trace"]}}
+    task_kwargs = _task_kwargs(ev, trace=True)
     t1 = time.perf_counter()
     records = run_eval(model, ev["tasks"], configs, ev["limit"], out / "eval", seed=ev["seed"], split=ev["split"],
                        batch_size=ev["batch_size"], data_root=data_root, judge=ev["judge"],
@@ -396,7 +407,8 @@ def variants(spec: dict, vary: Sequence[tuple[str, list[Any]]]) -> dict[str, dic
 def ablate(spec: dict, model, vary: Sequence[tuple[str, list[Any]]], out_dir: str | os.PathLike, *,
            data_root=None, progress: bool = True, limit: Optional[int] = None) -> dict:
     """Fit and evaluate every variation on the same fit and test splits; one table of paired
-    differences against the base spec (with intervals) and the Pareto plot."""
+    differences against the base spec (with intervals) and the Pareto plot. Variations that
+    differ only in a steerer's ``alpha`` share one fit of it."""
     from ..evals.compare import paired_table
     from ..evals.report import plot_pareto, run_eval
 
@@ -407,9 +419,20 @@ def ablate(spec: dict, model, vary: Sequence[tuple[str, list[Any]]], out_dir: st
     atomic_write_json(out / "grid.json", grid, indent=1)
     configs: dict[str, Any] = {"unsteered": None}
     t0 = time.perf_counter()
+    cache: dict[str, Steerer] = {}  # one fit per steerer table up to its strength
+    n_fits = 0
     for name, v in grid.items():
-        fitted = {st["name"]: fit_steerer(model, st, data_root=data_root, progress=progress) for st in v["steerer"]}
-        sts = [fitted[s["name"]] for s in v["steerer"]]
+        sts = []
+        for st in v["steerer"]:
+            key = json.dumps({k: x for k, x in st.items() if k not in ("alpha", "name")}, sort_keys=True, default=str)
+            if key not in cache:
+                cache[key] = fit_steerer(model, st, data_root=data_root, progress=progress)
+                n_fits += 1
+            fitted = copy.copy(cache[key])  # shares the fitted roles; only the strength differs
+            if st.get("alpha") is not None:
+                fitted.alpha = float(st["alpha"])
+            fitted.name = st["name"]
+            sts.append(fitted)
         configs[name] = sts[0] if len(sts) == 1 else Composition(sts, name=name)
     t_fit = time.perf_counter() - t0
     ev = _eval_settings(spec)
@@ -417,11 +440,11 @@ def ablate(spec: dict, model, vary: Sequence[tuple[str, list[Any]]], out_dir: st
         ev["limit"] = limit
     records = run_eval(model, ev["tasks"], configs, ev["limit"], out / "eval", seed=ev["seed"], split=ev["split"],
                        batch_size=ev["batch_size"], data_root=data_root, judge=ev["judge"],
-                       task_kwargs={"safety": {"max_new_tokens": ev["max_new_tokens"]}}, progress=progress)
+                       task_kwargs=_task_kwargs(ev, trace=False), progress=progress)
     rows = [r for r in paired_table(records, base_name) if r["config"] != "unsteered"]
     write_paired(rows, out / "ablation", title=f"{spec['name']}: each variation − base (paired, same prompts)")
     plot_pareto(records, out / "pareto.png")
-    summary = {"base": base_name, "variants": list(grid), "fit_seconds": round(t_fit, 1),
+    summary = {"base": base_name, "variants": list(grid), "fits": n_fits, "fit_seconds": round(t_fit, 1),
                "table": str(out / "ablation.md"), "results": str(out / "eval" / "results.json")}
     atomic_write_json(out / "summary.json", summary, indent=2)
     return summary

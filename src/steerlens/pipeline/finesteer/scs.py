@@ -152,7 +152,7 @@ class CalibratedGate(Gate):
 
     def __init__(self, layer: int = 14, *, where: str = "post", fpr: float = 0.05,
                  temperature: Optional[float] = None, calib_frac: float = 0.25, seed: int = 0,
-                 normalize: bool = False, **params) -> None:
+                 normalize: bool = False, invert: bool = False, **params) -> None:
         if not 0.0 < float(fpr) < 1.0:
             raise PipelineError(f"fpr must be in (0, 1), got {fpr}")
         if temperature is not None and not float(temperature) > 0:
@@ -162,6 +162,8 @@ class CalibratedGate(Gate):
         super().__init__(layer=int(layer), where=str(where), fpr=float(fpr),
                          temperature=None if temperature is None else float(temperature),
                          calib_frac=float(calib_frac), seed=int(seed), normalize=bool(normalize), **params)
+        if invert:  # recorded only when set, so artifacts of plain gates keep their parameters
+            self.params["invert"] = True
         try:
             Site.resid(self.params["layer"], self.params["where"])
         except ValueError as e:
@@ -236,16 +238,28 @@ class CalibratedGate(Gate):
         return self
 
     # -- applying ----------------------------------------------------------------------------
+    @property
+    def inverted(self) -> bool:
+        """An inverted gate opens where the plain one stays closed (``score < τ``): e.g. a
+        truthfulness steerer that stands aside on the prompts a safety gate claims. Strict on both
+        sides: a score exactly at τ opens neither."""
+        return bool(self.params.get("invert", False))
+
     def scale_of(self, scores: torch.Tensor) -> torch.Tensor:
-        """Scale in [0, 1] from scores: the hard or soft rule with the calibrated τ."""
+        """Scale in [0, 1] from scores: the hard or soft rule with the calibrated τ (mirrored when
+        :attr:`inverted`)."""
         self._require_fitted()
+        s, tau = (-scores, -self.threshold) if self.inverted else (scores, self.threshold)  # type: ignore[operator]
         if self.temperature_abs is None:
-            return (scores > self.threshold).to(scores.dtype)
-        return torch.sigmoid((scores - self.threshold) / self.temperature_abs)
+            return (s > tau).to(scores.dtype)
+        return torch.sigmoid((s - tau) / self.temperature_abs)
 
     def hook_gate(self, model) -> HookGate:
         self._require_fitted()
         self.check_model(model)
+        if self.inverted:  # the hook gate sees the negated score against −τ (traces show that score)
+            return FunctionGate(self.site, lambda h: -self.score(h), mode="prompt", threshold=-float(self.threshold),  # type: ignore[arg-type]
+                                temperature=self.temperature_abs, name=f"not-{self.kind}")
         return FunctionGate(self.site, self.score, mode="prompt", threshold=float(self.threshold),  # type: ignore[arg-type]
                             temperature=self.temperature_abs, name=self.kind)
 
@@ -290,6 +304,8 @@ class SCSGate(CalibratedGate):
         target_center: ``"benign"`` (default) or ``"target"``: what the target PCA is centred on.
         normalize: L2-normalise activations first.
         fpr, temperature, calib_frac, seed: calibration and the hard/soft rule.
+        invert: open on the prompts the gate would leave alone (``score < τ``), e.g. to keep a
+            second steerer off the prompts this gate hands to the safety steerer.
     """
 
     kind = "scs"
@@ -297,7 +313,7 @@ class SCSGate(CalibratedGate):
     def __init__(self, layer: int = 14, *, form: str = "contrast", rank_benign: int = 16, rank_target: int = 4,
                  target_center: str = "benign", where: str = "post", fpr: float = 0.05,
                  temperature: Optional[float] = None, calib_frac: float = 0.25, seed: int = 0,
-                 normalize: bool = False) -> None:
+                 normalize: bool = False, invert: bool = False) -> None:
         if form not in SCORE_FORMS:
             raise PipelineError(f"unknown SCS score form {form!r}; use one of {SCORE_FORMS}")
         if target_center not in TARGET_CENTERS:
@@ -305,8 +321,8 @@ class SCSGate(CalibratedGate):
         if int(rank_benign) < 1 or int(rank_target) < 1:
             raise PipelineError(f"subspace ranks must be >= 1, got rank_benign={rank_benign}, rank_target={rank_target}")
         super().__init__(layer, where=where, fpr=fpr, temperature=temperature, calib_frac=calib_frac, seed=seed,
-                         normalize=normalize, form=form, rank_benign=int(rank_benign), rank_target=int(rank_target),
-                         target_center=target_center)
+                         normalize=normalize, invert=invert, form=form, rank_benign=int(rank_benign),
+                         rank_target=int(rank_target), target_center=target_center)
         self.mu: Optional[torch.Tensor] = None
         self.u_benign: Optional[torch.Tensor] = None
         self.u_target: Optional[torch.Tensor] = None
@@ -372,11 +388,11 @@ class ProbeGate(CalibratedGate):
 
     def __init__(self, layer: int = 14, *, C: float = 0.1, where: str = "post", fpr: float = 0.05,
                  temperature: Optional[float] = None, calib_frac: float = 0.25, seed: int = 0,
-                 normalize: bool = False) -> None:
+                 normalize: bool = False, invert: bool = False) -> None:
         if not float(C) > 0:
             raise PipelineError(f"probe C must be > 0, got {C}")
         super().__init__(layer, where=where, fpr=fpr, temperature=temperature, calib_frac=calib_frac, seed=seed,
-                         normalize=normalize, C=float(C))
+                         normalize=normalize, invert=invert, C=float(C))
         self.mean: Optional[torch.Tensor] = None
         self.std: Optional[torch.Tensor] = None
         self.w: Optional[torch.Tensor] = None

@@ -231,7 +231,9 @@ def ranking_agreement(a: Float[torch.Tensor, "M"], b: Float[torch.Tensor, "M"], 
     from scipy.stats import spearmanr
 
     a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
-    rho = float(spearmanr(a.numpy(), b.numpy()).statistic)
+    # undefined (NaN) when either scoring is constant, e.g. every module at AUC 1.0: say so, no warning
+    constant = a.numel() < 2 or bool((a == a[0]).all()) or bool((b == b[0]).all())
+    rho = float("nan") if constant else float(spearmanr(a.numpy(), b.numpy()).statistic)
     top = min(int(top), a.numel())
     ta = set(torch.argsort(-a, stable=True)[:top].tolist())
     tb = set(torch.argsort(-b, stable=True)[:top].tolist())
