@@ -137,7 +137,7 @@ def test_default_model_safety_and_steering_effect(smol, root):
     acts = steerlens.capture(smol, cd.pos + cd.neg, [site], position="response_mean", progress=False)
     a = next(iter(acts.values()))
     v = a[: len(cd)].mean(0) - a[len(cd):].mean(0)
-    kw = dict(limit=8, root=root, progress=False, sets=["harmful"], max_new_tokens=40, batch_size=8)
+    kw = dict(limit=8, root=root, progress=False, sets=["harmful"], max_new_tokens=24, batch_size=8)
     base = {r.metric: r for r in safety_task(smol, None, **kw)}
     steered = {r.metric: r for r in safety_task(smol, [AddVector(site, v, alpha=1.0)], name="md", **kw)}
     print(f"\nunsteered {base['refusal/harmful'].fmt()}  steered {steered['refusal/harmful'].fmt()}  "

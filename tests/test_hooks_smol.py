@@ -38,17 +38,17 @@ def test_capture_batched_equals_sequential(smol):
 
 
 def test_greedy_generation_batched_equals_sequential_and_steering_acts(smol):
-    batched = generate(smol, PROMPTS, max_new_tokens=16, batch_size=4, progress=False)
-    single = [generate(smol, [p], max_new_tokens=16, progress=False)[0] for p in PROMPTS]
+    batched = generate(smol, PROMPTS, max_new_tokens=10, batch_size=4, progress=False)
+    single = [generate(smol, [p], max_new_tokens=10, progress=False)[0] for p in PROMPTS]
     assert batched == single
     assert "Paris" in batched[1]
 
     acts = capture(smol, ["Tell me about Paris.", "Tell me about the ocean."], ["blocks.10.hook_resid_post"], progress=False)
     v = list(acts.values())[0]
     direction = v[1] - v[0]
-    zero = generate(smol, PROMPTS, [AddVector("blocks.10.hook_resid_post", direction, 0.0)], max_new_tokens=16, progress=False)
+    zero = generate(smol, PROMPTS, [AddVector("blocks.10.hook_resid_post", direction, 0.0)], max_new_tokens=10, progress=False)
     assert zero == batched
-    steered = generate(smol, PROMPTS, [AddVector("blocks.10.hook_resid_post", direction, 2.0)], max_new_tokens=16, progress=False)
+    steered = generate(smol, PROMPTS, [AddVector("blocks.10.hook_resid_post", direction, 2.0)], max_new_tokens=10, progress=False)
     assert steered != batched
 
 

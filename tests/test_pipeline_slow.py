@@ -26,13 +26,14 @@ def _margin(model, pos, neg, edits_for):
 @pytest.fixture(scope="module")
 def safety_data(smol):
     fit, val = D.safety_response_pairs("fit", n=16, seed=0), D.safety_response_pairs("val", n=8, seed=0)
-    return fit, val, _margin(smol, val.pos, val.neg, lambda ps: None)
+    acts = make_steerer("caa", layer=10).read_contrastive(smol, fit)  # one capture, shared by caa and repe
+    return fit, val, _margin(smol, val.pos, val.neg, lambda ps: None), acts
 
 
 @pytest.mark.parametrize("method", ["caa", "repe"])
 def test_residual_methods_raise_refusal_likelihood(smol, safety_data, method, tmp_path):
-    fit, val, base = safety_data
-    st = make_steerer(method, layer=10, alpha=1.0).fit(smol, fit)
+    fit, val, base, acts = safety_data
+    st = make_steerer(method, layer=10, alpha=1.0).fit(smol, fit, acts=acts)
     assert st.fit_info["data"]["split"] == "fit"
     assert not set(fit.ids) & set(val.ids)
     steered = _margin(smol, val.pos, val.neg, lambda ps: st.edits(smol, ps))

@@ -23,7 +23,7 @@ def tqa_small():
 
 @pytest.fixture(scope="module")
 def real_fit(smol, tqa_small):
-    return make_steerer("real", heads=6, alpha=4.0, vqae={"epochs": 3}).fit(smol, tqa_small)
+    return make_steerer("real", heads=6, alpha=4.0, vqae={"epochs": 3}, repeats=2).fit(smol, tqa_small)
 
 
 def test_real_scores_every_head_and_weights(smol, real_fit):
