@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -24,25 +21,7 @@ from steerlens import AddVector, capture, generate
 from steerlens.fileio import atomic_write_json
 from steerlens.hooks import iter_batches
 
-PROMPTS = [
-    "Give me three tips for staying healthy.",
-    "What are the three primary colors?",
-    "Describe the structure of an atom.",
-    "How can we reduce air pollution?",
-    "Explain why the sky is blue in simple words.",
-    "Write a short story about a robot who learns to paint.",
-    "What is the capital of Australia and why was it chosen?",
-    "Summarise the plot of Romeo and Juliet in two sentences.",
-    "List five fruits that are rich in vitamin C.",
-    "How does a bicycle stay upright when it moves?",
-    "Translate 'good morning' into French, Spanish and German.",
-    "What is the difference between weather and climate?",
-    "Give an example of a renewable energy source and explain it.",
-    "Write a haiku about the first snow of winter.",
-    "Why do cats purr?",
-    "Suggest a name for a bakery that sells only bread.",
-]
-
+from common import PROMPTS, interleaved, machine_info, medians, plain_hf, plain_hf_generate
 
 def peak_rss_mb() -> float:
     with open("/proc/self/status") as f:
@@ -58,17 +37,6 @@ def reset_peak_rss() -> None:
             f.write("5")
     except OSError:
         pass
-
-
-def interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
-    """Run every variant once per repeat, reversing the order on odd repeats (A B, B A, ...)."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(repeats):
-        for k, fn in (list(fns.items()) if r % 2 == 0 else list(fns.items())[::-1]):
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return times
 
 
 def bench_capture(model, n_inputs: int, batch_size: int, repeats: int) -> dict:
@@ -94,7 +62,7 @@ def bench_capture(model, n_inputs: int, batch_size: int, repeats: int) -> dict:
     for fn in fns.values():  # warm-up
         fn()
     times = interleaved(fns, repeats)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = medians(times)
     return {
         "n_inputs": n_inputs, "batch_size": batch_size, "repeats": repeats,
         "seconds_median": med, "seconds_all": times,
@@ -104,23 +72,10 @@ def bench_capture(model, n_inputs: int, batch_size: int, repeats: int) -> dict:
     }
 
 
-def _plain_hf(model):
-    """The outside reference: the same weights as a plain Hugging Face model, default attention."""
-    from transformers import AutoModelForCausalLM
-
-    from steerlens.models import default_model_dir
-
-    hf = AutoModelForCausalLM.from_pretrained(str(default_model_dir()), dtype=torch.float32)
-    hf.eval()
-    return hf
-
-
 def bench_generate(model, batch_sizes: list[int], new_tokens: int, repeats: int) -> dict:
     """Generation tokens/s: plain HF, steerlens unsteered, a constant residual edit, a per-token
     activation-dependent edit of similar arithmetic (a dot product, a sigmoid and a scaled add per
     token), and both edits with the per-token trace on. Variants interleaved, medians compared."""
-    from transformers import GenerationConfig
-
     from steerlens import FunctionEdit
 
     acts = capture(model, ["Tell me about Paris.", "Tell me about the ocean."], ["blocks.10.hook_resid_post"],
@@ -130,29 +85,17 @@ def bench_generate(model, batch_sizes: list[int], new_tokens: int, repeats: int)
     const = [AddVector("blocks.10.hook_resid_post", v, 1.0)]
     per_token = [FunctionEdit("blocks.10.hook_resid_post",
                               lambda act, info: v * torch.sigmoid(act @ u)[..., None], 1.0)]
-    hf = _plain_hf(model)
-    cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, pad_token_id=model.pad_token_id,
-                           eos_token_id=model.eos_token_ids, temperature=None, top_p=None, top_k=None)
-    eos = set(model.eos_token_ids)
+    hf = plain_hf(model)
     out = {}
     for bs in batch_sizes:
         prompts = PROMPTS[:bs]
-        batch = next(iter(iter_batches(model, prompts, bs)))
 
         def run(edits, trace=False):
             texts = generate(model, prompts, edits, max_new_tokens=new_tokens, batch_size=bs, progress=False,
                              return_details=True, trace=trace)
             return sum(len(t.token_ids) for t in texts)
 
-        @torch.no_grad()
-        def plain():
-            seqs = hf.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, generation_config=cfg)
-            n = 0
-            for row in seqs[:, batch.input_ids.shape[1]:].tolist():
-                k = next((i for i, t in enumerate(row) if t in eos), len(row))
-                n += k
-            return n
-
+        plain = plain_hf_generate(hf, model, prompts, new_tokens)
         counts: dict = {}
         variants = {
             "plain_hf": plain,
@@ -166,7 +109,7 @@ def bench_generate(model, batch_sizes: list[int], new_tokens: int, repeats: int)
         for fn in fns.values():
             fn()
         times = interleaved(fns, repeats)
-        med = {k: statistics.median(t) for k, t in times.items()}
+        med = medians(times)
         # tokens/s counts the generated tokens in the batch (up to EOS; padding after EOS not counted)
         tps = {k: counts[k] / med[k] for k in med}
         out[f"batch_{bs}"] = {
@@ -214,8 +157,7 @@ def main(argv=None) -> int:
     model = steerlens.load_model()
     result = {
         "benchmark": "hooks",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "python": sys.version.split()[0], "torch": torch.__version__},
+        "machine": machine_info(),
         "model": model.name,
         "capture": bench_capture(model, args.capture_inputs, 16, args.repeats),
         "generate": bench_generate(model, [1, 8], args.new_tokens, args.repeats),

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import statistics
 import sys
 import time
 
@@ -32,32 +30,7 @@ from steerlens.fileio import atomic_write_json
 from steerlens.pipeline import make_steerer
 from steerlens.pipeline.odesteer import DEFAULT_LAYER, DEFAULT_T, Barrier, integrate
 
-PROMPTS = [
-    "Give me three tips for staying healthy.",
-    "What are the three primary colors?",
-    "Describe the structure of an atom.",
-    "How can we reduce air pollution?",
-    "Explain why the sky is blue in simple words.",
-    "Write a short story about a robot who learns to paint.",
-    "What is the capital of Australia and why was it chosen?",
-    "Summarise the plot of Romeo and Juliet in two sentences.",
-]
-
-
-def interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
-    """Each variant once per repeat, order reversed on odd repeats; returns seconds per call."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(repeats):
-        for k, fn in (list(fns.items()) if r % 2 == 0 else list(fns.items())[::-1]):
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return times
-
-
-def med(times: dict[str, list[float]]) -> dict[str, float]:
-    return {k: statistics.median(v) for k, v in times.items()}
-
+from common import PROMPTS, interleaved, machine_info, medians, plain_hf, plain_hf_generate
 
 def bench_generation(model, steerer, T: float, new_tokens: int, repeats: int) -> dict:
     edits = {
@@ -65,24 +38,31 @@ def bench_generation(model, steerer, T: float, new_tokens: int, repeats: int) ->
         "ode_euler10_loop": [e.replace(backend="loop") for e in steerer.edits(model, alpha=T)],
         "ode_euler10_torchdiffeq": [e.replace(backend="torchdiffeq") for e in steerer.edits(model, alpha=T)],
     }
-    tokens: dict[str, list[int]] = {k: [] for k in edits}
+    prompts = PROMPTS[:8]
+    names = ["plain_hf", *edits]
+    tokens: dict[str, list[int]] = {k: [] for k in names}
+    hf_run = plain_hf_generate(plain_hf(model), model, prompts, new_tokens)
 
     def run(name):
         def fn():
-            gens = steerlens.generate(model, PROMPTS, edits[name], max_new_tokens=new_tokens, batch_size=8,
+            if name == "plain_hf":
+                tokens[name].append(hf_run())
+                return
+            gens = steerlens.generate(model, prompts, edits[name], max_new_tokens=new_tokens, batch_size=8,
                                       progress=False, return_details=True)
-            tokens[name].append(sum(len(g.token_ids) + int(g.finished) for g in gens))
+            tokens[name].append(sum(len(g.token_ids) for g in gens))  # counted as plain_hf counts: up to EOS
         return fn
 
-    for k in edits:  # warm-up
+    for k in names:  # warm-up
         run(k)()
-    tokens = {k: [] for k in edits}
-    times = interleaved({k: run(k) for k in edits}, repeats)
-    tps = {k: [n / t for n, t in zip(tokens[k], times[k])] for k in edits}
-    m = {k: statistics.median(v) for k, v in tps.items()}
+    tokens = {k: [] for k in names}
+    times = interleaved({k: run(k) for k in names}, repeats)
+    tps = {k: [n / t for n, t in zip(tokens[k], times[k])] for k in names}
+    m = medians(tps)
     return {"batch_size": 8, "new_tokens": new_tokens, "repeats": repeats, "T": T, "solver": "euler", "steps": 10,
             "tokens": tokens, "seconds": times, "tokens_per_s_median": m,
-            "ratio_steered_over_unsteered": {k: m[k] / m["unsteered"] for k in m if k != "unsteered"},
+            "ratio_steered_over_unsteered": {k: m[k] / m["unsteered"] for k in m if k not in ("unsteered", "plain_hf")},
+            "ratio_over_plain_hf": {k: m[k] / m["plain_hf"] for k in m if k != "plain_hf"},
             "goal": "steered / unsteered tokens/s >= 0.8"}
 
 
@@ -91,7 +71,7 @@ def bench_field(barrier: Barrier, x: torch.Tensor, repeats: int) -> dict:
     gc, ga = barrier.grad(x), auto.grad(x)
     with torch.no_grad():
         times = interleaved({"closed_form": lambda: barrier.grad(x), "autograd": lambda: auto.grad(x)}, repeats)
-    m = med(times)
+    m = medians(times)
     return {"rows": int(x.shape[0]), "d": int(x.shape[1]), "n_features": barrier.features.n_features,
             "seconds_median": m, "speedup_closed_form_over_autograd": m["autograd"] / m["closed_form"],
             "max_abs_diff": float((gc - ga).abs().max()), "max_abs_grad": float(ga.abs().max())}
@@ -103,7 +83,7 @@ def bench_solvers(barrier: Barrier, x: torch.Tensor, T: float, repeats: int) -> 
         fns = {b: (lambda b=b: integrate(barrier.field, x, T, steps, solver, b)) for b in ("loop", "torchdiffeq")}
         diff = float((fns["loop"]() - fns["torchdiffeq"]()).abs().max())
         with torch.no_grad():
-            m = med(interleaved(fns, repeats))
+            m = medians(interleaved(fns, repeats))
         out[f"{solver}_N{steps}"] = {"seconds_median": m, "loop_speedup": m["torchdiffeq"] / m["loop"],
                                      "max_abs_diff": diff}
     return {"rows": int(x.shape[0]), "T": T, "per_solver": out}
@@ -150,9 +130,7 @@ def main(argv=None) -> int:
     x64 = torch.cat([acts.neg[site], acts.pos[site]])[:64].float()
     res = {
         "benchmark": "odesteer", "argv": sys.argv[1:], "quick": args.quick,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_start": os.getloadavg()},
+        "machine": machine_info(),
         "model": model.name, "fit": fit,
         "field": {"rows8": bench_field(bar, x8, 20 * args.repeats), "rows64": bench_field(bar, x64, 5 * args.repeats)},
         "solvers": bench_solvers(bar, x8, args.T, 10 * args.repeats),
