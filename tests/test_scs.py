@@ -374,3 +374,12 @@ def test_with_gate_keeps_the_steerer_subclass():
 
     st = make_steerer("odesteer", layer=1).with_gate(SCSGate(0, invert=True))
     assert isinstance(st, ODESteerer) and st.gate.inverted and st.method_params["gate_params"]["invert"]
+
+
+def test_gate_data_is_recorded_only_when_a_gate_used_it(tiny):
+    """Sweeps hand gate data to every setting; an ungated steerer must not claim it in its provenance."""
+    plain = make_steerer("caa", layer=1).fit(tiny, _resp_data(), gate_data=_gate_data())
+    assert plain.fit_info["gate_data"] is None
+    gated = make_steerer("caa", layer=1, gate="scs", gate_params={"layer": 0, "rank_benign": 2, "rank_target": 2,
+                                                                 "fpr": 0.3}).fit(tiny, _resp_data(), gate_data=_gate_data())
+    assert gated.fit_info["gate_data"]["n_pos"] == len(HARM)

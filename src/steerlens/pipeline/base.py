@@ -572,8 +572,10 @@ class Steerer:
         if not self.gate.always_open:
             self._fit_gate(m, gate_data if gate_data is not None else data, progress)
         self.selection = selection
-        self.fit_info = {"data": data_info(data),
-                         "gate_data": data_info(gate_data) if gate_data is not None else None}
+        # gate data is recorded only when a gate was fitted on it (callers such as sweeps pass it
+        # to every setting; an always-open gate ignores it)
+        used = gate_data is not None and not self.gate.always_open
+        self.fit_info = {"data": data_info(data), "gate_data": data_info(gate_data) if used else None}
         self.model_fingerprint = m.fingerprint()
         return self
 
