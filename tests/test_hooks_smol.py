@@ -34,7 +34,7 @@ def test_capture_batched_equals_sequential(smol):
         for i, x in enumerate(inputs):
             single = capture(smol, [x], sites, position=position, progress=False)
             for s in batched:
-                torch.testing.assert_close(batched[s][i], single[s][0], atol=1e-4, rtol=0)
+                torch.testing.assert_close(batched[s][i], single[s][0], atol=1e-4, rtol=1e-4)  # SDPA: padded and single rows reduce in another order
 
 
 def test_greedy_generation_batched_equals_sequential_and_steering_acts(smol):

@@ -189,7 +189,7 @@ def test_leak_check_fails_when_a_handle_is_left(tiny, monkeypatch):
                  max_new_tokens=2, progress=False)
     assert count_hooks(tiny) == n0 + 1  # the leak is visible to the count
     monkeypatch.undo()
-    for hp in tiny.bridge.hook_dict.values():  # clean up the deliberate leak
+    for hp in tiny.hook_dict.values():  # clean up the deliberate leak
         hp.remove_hooks("both")
     assert count_hooks(tiny) == n0
 
@@ -200,7 +200,8 @@ def test_cleanup_leaves_other_callers_hooks(tiny, monkeypatch):
     import steerlens.hooks.runtime as rt
 
     seen = []
-    with tiny.bridge.hooks(fwd_hooks=[("blocks.1.hook_resid_post", lambda a, hook: seen.append(1))]):
+    foreign = tiny.hook_dict["blocks.1.hook_resid_post"].add_hook(lambda a, hook: seen.append(1))
+    try:
         n_foreign = count_hooks(tiny)
         bad = FunctionEdit("blocks.1.hook_resid_post", lambda a, info: (_ for _ in ()).throw(ValueError("x")))
         with pytest.raises(ValueError):
@@ -209,7 +210,7 @@ def test_cleanup_leaves_other_callers_hooks(tiny, monkeypatch):
         real = rt._remove
 
         def flaky(hp, handle):
-            if hp is tiny.bridge.hook_dict["blocks.0.hook_resid_post"]:
+            if hp is tiny.hook_dict["blocks.0.hook_resid_post"]:
                 raise RuntimeError("cannot remove")
             real(hp, handle)
 
@@ -223,7 +224,10 @@ def test_cleanup_leaves_other_callers_hooks(tiny, monkeypatch):
         n_seen = len(seen)
         next_token_logprobs(tiny, PROMPTS[:1])
         assert len(seen) == n_seen + 1
-        tiny.bridge.hook_dict["blocks.0.hook_resid_post"].remove_hooks("both")
+        tiny.hook_dict["blocks.0.hook_resid_post"].remove_hooks("both")
+        assert count_hooks(tiny) == n_foreign
+    finally:
+        foreign.hook.remove()
     assert count_hooks(tiny) == n_foreign - 1
 
 
@@ -315,7 +319,7 @@ def test_hub_id_offline_and_unwrappable_architecture_errors(monkeypatch, tmp_pat
 
     monkeypatch.setattr(TransformerBridge, "boot_transformers", cannot_wrap)
     with pytest.raises(steerlens.ModelLoadError, match="cannot wrap .*FooForCausalLM"):
-        steerlens.load_model("tiny-random")
+        steerlens.load_model("tiny-random", backend="bridge")
 
 
 def test_bfloat16_option(tiny):

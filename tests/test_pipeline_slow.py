@@ -40,11 +40,12 @@ def test_residual_methods_raise_refusal_likelihood(smol, safety_data, method, tm
     # the refusal becomes more likely relative to compliance on held-out harmful prompts
     assert (steered - base).mean() > 0.2, (base.mean(), steered.mean())
     assert (steered > base).float().mean() >= 0.75
-    zero = _margin(smol, val.pos[:3], val.neg[:3], lambda ps: st.edits(smol, ps, alpha=0.0))
-    assert torch.equal(zero, base[:3])
+    # the same batches as base (with SDPA, a batch padded to another length differs in the last bits)
+    zero = _margin(smol, val.pos, val.neg, lambda ps: st.edits(smol, ps, alpha=0.0))
+    assert torch.equal(zero, base)
     st2 = load_steerer(st.save(tmp_path / method), model=smol)
-    again = _margin(smol, val.pos[:3], val.neg[:3], lambda ps: st2.edits(smol, ps))
-    assert torch.equal(again, steered[:3])
+    again = _margin(smol, val.pos, val.neg, lambda ps: st2.edits(smol, ps))
+    assert torch.equal(again, steered)
 
 
 def test_iti_ranks_heads_and_steers(smol, tmp_path):

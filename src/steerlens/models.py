@@ -24,9 +24,8 @@ import sys
 import tempfile
 import warnings
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -59,32 +58,74 @@ def cache_dir() -> Path:
     return Path(os.environ.get("STEERLENS_CACHE", Path.home() / ".cache" / "steerlens")).expanduser()
 
 
-@dataclass
 class SteerModel:
-    """A TransformerBridge plus what steerlens needs to feed it prompts.
+    """A causal LM plus what steerlens needs to feed it prompts and hook it.
+
+    Two backends give the same TransformerLens hook names (``blocks.{l}.hook_resid_post``, ...):
+
+    - ``native`` (default for Llama-style models): the plain Hugging Face model with its own
+      attention kernel; the hook names are virtual hook points that cost nothing until a hook is
+      attached (:mod:`steerlens.hooks.native`).
+    - ``bridge``: a TransformerLens ``TransformerBridge`` (any architecture TransformerLens 4
+      supports; eager attention; every hook point runs on every pass).
 
     Attributes:
-        bridge: the TransformerLens ``TransformerBridge``; hooks are attached through it.
         tokenizer: the Hugging Face tokenizer (padding side is set per call, not here).
         name: the name or path the model was loaded from.
         chat: whether prompts are wrapped in the tokenizer's chat template by default.
+        backend: ``"native"`` or ``"bridge"``.
     """
 
-    bridge: Any
-    tokenizer: Any
-    name: str
-    chat: bool = True
-    meta: dict = field(default_factory=dict)
+    def __init__(self, bridge: Any = None, tokenizer: Any = None, name: str = "", chat: bool = True,
+                 meta: Optional[dict] = None, native: Any = None) -> None:
+        if (bridge is None) == (native is None):
+            raise ValueError("SteerModel needs exactly one of bridge= or native=")
+        self._bridge = bridge
+        self.native = native
+        self.tokenizer = tokenizer
+        self.name = name
+        self.chat = chat
+        self.meta = meta if meta is not None else {}
+
+    def __repr__(self) -> str:
+        return f"SteerModel({self.name!r}, backend={self.backend!r}, n_layers={self.n_layers})"
+
+    @property
+    def backend(self) -> str:
+        return "native" if self.native is not None else "bridge"
+
+    @property
+    def bridge(self) -> Any:
+        """The TransformerLens ``TransformerBridge``. On the native backend it is booted on first use
+        around a *copy* of the Hugging Face model (the bridge rewires the model it wraps), so hooks
+        attached through steerlens do not act on it."""
+        if self._bridge is None:
+            import copy
+
+            from transformer_lens.model_bridge import TransformerBridge
+
+            hf = copy.deepcopy(self.native.hf_model)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._bridge = TransformerBridge.boot_transformers(
+                    str(getattr(hf.config, "_name_or_path", "") or self.name), hf_model=hf,
+                    tokenizer=self.tokenizer, device=str(self.device))
+        return self._bridge
+
+    @property
+    def hook_dict(self) -> dict:
+        """TransformerLens hook name -> hook point (``add_hook(fn, dir="fwd")``)."""
+        return self.native.hook_dict if self.native is not None else self._bridge.hook_dict
 
     # -- shape facts -------------------------------------------------------------------
     @property
     def hf_model(self) -> torch.nn.Module:
-        """The wrapped Hugging Face causal LM (its modules carry the bridge's hooks)."""
-        return self.bridge.original_model
+        """The Hugging Face causal LM that runs (on the bridge backend, its modules carry the bridge's hooks)."""
+        return self.native.hf_model if self.native is not None else self._bridge.original_model
 
     @property
     def cfg(self) -> Any:
-        return self.bridge.cfg
+        return self.native.cfg if self.native is not None else self._bridge.cfg
 
     @property
     def n_layers(self) -> int:
@@ -170,7 +211,9 @@ class SteerModel:
         Used by artifacts to refuse loading a steerer fitted on another model.
         """
         h = hashlib.sha256()
-        params = dict(self.hf_model.named_parameters())
+        # parameter names as Hugging Face gives them (the bridge inserts "._original_component"),
+        # so both backends fingerprint a model alike
+        params = {k.replace("._original_component", ""): v for k, v in self.hf_model.named_parameters()}
         for key in sorted(params)[:: max(1, len(params) // 8)]:
             t = params[key].detach().float().flatten()[:4096].cpu()
             h.update(key.encode())
@@ -281,12 +324,29 @@ def _load_tokenizer(path: str | Path) -> Any:
     return AutoTokenizer.from_pretrained(str(path))
 
 
-def _wrap(hf_model: torch.nn.Module, tokenizer: Any, name: str, source: str, device: str) -> SteerModel:
-    from transformer_lens.model_bridge import TransformerBridge
+BACKENDS = ("auto", "native", "bridge")
 
+
+def _wrap(hf_model: torch.nn.Module, tokenizer: Any, name: str, source: str, device: str,
+          backend: str = "auto") -> SteerModel:
+    if backend not in BACKENDS:
+        raise ModelLoadError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if getattr(hf_model.config, "quantization_config", None) is not None:
         hf_model.config.quantization_config = None
     hf_model.eval()
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if backend in ("auto", "native"):
+        from .hooks.native import NativeHooks, NativeUnsupported
+
+        try:
+            return SteerModel(native=NativeHooks(hf_model, name), tokenizer=tokenizer, name=name)
+        except NativeUnsupported as e:
+            if backend == "native":
+                raise ModelLoadError(f"the native backend cannot hook {name!r}: {e}; use backend='bridge'") from e
+            log.info("native backend unavailable for %s (%s): using the TransformerLens bridge", name, e)
+    from transformer_lens.model_bridge import TransformerBridge
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -299,8 +359,6 @@ def _wrap(hf_model: torch.nn.Module, tokenizer: Any, name: str, source: str, dev
             f"TransformerBridge cannot wrap {name!r} (architecture {arch}): {e}. "
             "See transformer_lens.supported_models for the architectures TransformerLens 4 supports."
         ) from e
-    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
-        tokenizer.pad_token = tokenizer.eos_token
     return SteerModel(bridge=bridge, tokenizer=tokenizer, name=name)
 
 
@@ -310,7 +368,7 @@ def _resolve_device(device: str | torch.device | None) -> str:
     return str(device)
 
 
-def _tiny_random(device: str, dtype: torch.dtype, seed: int = 0) -> SteerModel:
+def _tiny_random(device: str, dtype: torch.dtype, seed: int = 0, backend: str = "auto") -> SteerModel:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = _load_tokenizer(default_model_dir(quiet=True))
@@ -335,7 +393,7 @@ def _tiny_random(device: str, dtype: torch.dtype, seed: int = 0) -> SteerModel:
     model = model.to(device=device, dtype=dtype)
     with tempfile.TemporaryDirectory() as tmp:
         cfg.save_pretrained(tmp)
-        return _wrap(model, tok, TINY_MODEL, tmp, device)
+        return _wrap(model, tok, TINY_MODEL, tmp, device, backend)
 
 
 def load_model(
@@ -345,8 +403,9 @@ def load_model(
     dtype: torch.dtype | str = torch.float32,
     chat: bool = True,
     seed: int = 0,
+    backend: str = "auto",
 ) -> SteerModel:
-    """Load a causal LM wrapped in a TransformerBridge.
+    """Load a causal LM with TransformerLens hook names.
 
     Args:
         name: ``None`` or ``"smollm2-135m-instruct"`` for the offline default model;
@@ -356,6 +415,10 @@ def load_model(
         dtype: ``torch.float32`` (default), ``torch.bfloat16``, or their names.
         chat: wrap prompts in the chat template (when the tokenizer has one).
         seed: initialisation seed of the tiny random model.
+        backend: ``"auto"`` (default: ``"native"`` for Llama-style models, else ``"bridge"``),
+            ``"native"`` (the Hugging Face model with its own attention kernel and virtual hook
+            points, :mod:`steerlens.hooks.native`) or ``"bridge"`` (TransformerLens's
+            ``TransformerBridge``). Both give the same hook names and the same values.
     """
     dev = _resolve_device(device)
     if isinstance(dtype, str):
@@ -363,7 +426,7 @@ def load_model(
                  "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
     key = DEFAULT_MODEL if name is None else _ALIASES.get(str(name).lower(), str(name))
     if key == TINY_MODEL:
-        m = _tiny_random(dev, dtype, seed)
+        m = _tiny_random(dev, dtype, seed, backend)
         m.chat = chat
         return m
     from transformers import AutoModelForCausalLM
@@ -401,7 +464,7 @@ def load_model(
             f"{key!r} is not a causal language model transformers can load: {e}"
         ) from e
     hf = hf.to(dev)
-    m = _wrap(hf, tok, DEFAULT_MODEL if key == DEFAULT_MODEL else key, str(path), dev)
+    m = _wrap(hf, tok, DEFAULT_MODEL if key == DEFAULT_MODEL else key, str(path), dev, backend)
     m.chat = chat
     return m
 

@@ -53,7 +53,7 @@ def site_order(site: Site) -> tuple[int, float]:
 # ------------------------------------------------------------------------------------------------
 
 def _hook_point(model, name: str):
-    hp = model.bridge.hook_dict.get(name)
+    hp = model.hook_dict.get(name)
     if hp is None:
         raise EditError(f"hook {name!r} does not exist on this model")
     return hp
@@ -67,7 +67,7 @@ def count_hooks(model) -> int:
     from ..models import as_model
 
     m = as_model(model)
-    unique = {id(hp): hp for hp in m.bridge.hook_dict.values()}  # aliases name one hook point twice
+    unique = {id(hp): hp for hp in m.hook_dict.values()}  # aliases name one hook point twice
     return sum(len(getattr(hp, "_forward_hooks", {})) + len(getattr(hp, "_backward_hooks", {}))
                for hp in unique.values())
 

@@ -210,7 +210,7 @@ class Site:
                          if self.kind in KV_KINDS and n != model.n_heads else "")
                 raise SiteError(f"{what}(s) {bad} out of range at layer {self.layer}: the model has "
                                 f"{what}s 0..{n - 1}{extra}")
-        if self.hook_name not in model.bridge.hook_dict:
+        if self.hook_name not in model.hook_dict:
             raise SiteError(f"hook {self.hook_name!r} does not exist on this model")
         return self
 
