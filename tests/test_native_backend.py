@@ -124,3 +124,12 @@ def test_unknown_layouts_fall_back_to_the_bridge(monkeypatch):
     with pytest.raises(steerlens.ModelLoadError, match="native backend cannot hook"):
         steerlens.load_model("tiny-random", backend="native")
     assert steerlens.load_model("tiny-random").backend == "bridge"
+
+
+def test_environment_chooses_the_backend(monkeypatch):
+    monkeypatch.setenv("STEERLENS_BACKEND", "bridge")
+    assert steerlens.load_model("tiny-random").backend == "bridge"
+    assert steerlens.load_model("tiny-random", backend="native").backend == "native"
+    monkeypatch.setenv("STEERLENS_BACKEND", "nope")
+    with pytest.raises(steerlens.ModelLoadError, match="backend must be one of"):
+        steerlens.load_model("tiny-random")

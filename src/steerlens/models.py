@@ -418,9 +418,12 @@ def load_model(
         backend: ``"auto"`` (default: ``"native"`` for Llama-style models, else ``"bridge"``),
             ``"native"`` (the Hugging Face model with its own attention kernel and virtual hook
             points, :mod:`steerlens.hooks.native`) or ``"bridge"`` (TransformerLens's
-            ``TransformerBridge``). Both give the same hook names and the same values.
+            ``TransformerBridge``). Both give the same hook names and the same values. With
+            ``"auto"``, ``$STEERLENS_BACKEND`` decides when set (so every CLI command takes it).
     """
     dev = _resolve_device(device)
+    if backend == "auto":  # the CLI and scripts choose with the environment
+        backend = os.environ.get("STEERLENS_BACKEND", "auto") or "auto"
     if isinstance(dtype, str):
         dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                  "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]

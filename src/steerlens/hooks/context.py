@@ -3,7 +3,7 @@
 The hooks are attached through :func:`~steerlens.hooks.runtime.attach`, which removes exactly
 the handles it added when the block exits — also when the body or a hook raises — and leaves
 other callers' hooks alone. Inside the block, any forward pass of the model (``model.hf_model``,
-``model.bridge``, Hugging Face ``generate``) is steered; the prompt boundary is unknown there,
+Hugging Face ``generate``; on the bridge backend also ``model.bridge``) is steered; the prompt boundary is unknown there,
 so edits on the last prompt token act on the last column of each call. Use
 :func:`steerlens.generate` / :func:`steerlens.response_logprobs` / :func:`steerlens.capture` for
 batched runs with left padding, per-input edits and traces.
