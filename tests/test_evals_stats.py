@@ -117,3 +117,10 @@ def test_continuous_metric_of_zeros_is_not_a_rate():
     assert d["ci_method"] == "bootstrap"
     with pytest.raises(ValueError):
         summarize("x", [0.0], ids=["a"], split="test", task="t", kind="median")
+
+
+def test_error_bars_are_never_negative():
+    from steerlens.evals.report import err_bars
+
+    assert err_bars(0.0, 1e-12, 0.5) == [[0.0], [0.5]]  # interval a rounding error above the estimate
+    assert err_bars(0.3, 0.1, 0.6) == [[pytest.approx(0.2)], [pytest.approx(0.3)]]

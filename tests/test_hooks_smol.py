@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import steerlens
 from steerlens import AddVector, Site, capture, generate, steer
 from steerlens.hooks import count_hooks, next_token_logprobs
 
@@ -87,3 +88,24 @@ def test_current_last_edit_teacher_forced_equals_generation(smol):
     assert diff <= 1e-4, diff
     unsteered = response_logprobs(smol, [(g.prompt, g.token_ids) for g in gens], None, batch_size=4)
     assert max(float((a - b).abs().max()) for a, b in zip(lps, unsteered)) > 0.1
+
+
+def test_native_backend_equals_the_bridge_on_the_default_model(smol):
+    """The default backend against TransformerLens's bridge on the real model: every supported hook
+    read at the last prompt token, and greedy generation under a residual and a head edit."""
+    from steerlens.hooks import Scale
+    from steerlens.hooks.sites import SUPPORTED_HOOKS
+
+    assert smol.backend == "native"
+    bridge = steerlens.load_model(backend="bridge")
+    sites = [h.replace(".L.", ".12.") for h in SUPPORTED_HOOKS if "pattern" not in h]
+    a = capture(smol, PROMPTS[:3], sites, batch_size=3, progress=False)
+    b = capture(bridge, PROMPTS[:3], sites, batch_size=3, progress=False)
+    for s in a:
+        torch.testing.assert_close(a[s], b[s], atol=1e-4, rtol=1e-4, msg=str(s))
+    v = capture(smol, ["Tell me a joke."], "blocks.10.hook_resid_post", progress=False)["blocks.10.hook_resid_post"][0]
+    edits = [AddVector("blocks.10.hook_resid_post", 0.5 * v), Scale("blocks.12.attn.hook_z[0,4]", 0.0)]
+    gn = generate(smol, PROMPTS[:3], edits, max_new_tokens=12, progress=False)
+    gb = generate(bridge, PROMPTS[:3], edits, max_new_tokens=12, progress=False)
+    assert gn == gb
+    assert gn != generate(smol, PROMPTS[:3], None, max_new_tokens=12, progress=False)

@@ -330,3 +330,30 @@ def test_bfloat16_option(tiny):
     v, r = list(out.values())[0], list(ref.values())[0]
     assert v.dtype == torch.bfloat16
     assert torch.nn.functional.cosine_similarity(v.float(), r, dim=-1).min() > 0.98
+
+
+def test_capture_cache_reads_repeated_captures_once(tiny):
+    from steerlens.hooks import attach, capture_cache
+
+    sites = ["blocks.0.hook_resid_post", "blocks.1.attn.hook_z[1,2]"]
+    plain = capture(tiny, PROMPTS, sites, progress=False)
+    calls = []
+    with capture_cache() as cache:
+        with attach(tiny, [("blocks.0.hook_resid_pre", lambda a, hook=None: calls.append(1))]):
+            a = capture(tiny, PROMPTS, sites, progress=False)
+            n = len(calls)
+            b = capture(tiny, PROMPTS, sites[:1], progress=False)  # all cached: no forward pass
+            assert len(calls) == n
+            c = capture(tiny, PROMPTS, ["blocks.1.hook_resid_post", sites[0]], progress=False)  # one new site
+            assert len(calls) > n
+            capture(tiny, PROMPTS[:2], sites[:1], progress=False)  # other inputs: a miss
+            steered = capture(tiny, PROMPTS, sites[:1], progress=False,
+                              edits=[AddVector("blocks.0.hook_resid_post", torch.ones(tiny.d_model))])
+        assert cache["hits"] == 2 and cache["misses"] == 4
+    for s in sites:
+        assert torch.equal(a[s], plain[s])
+    assert torch.equal(b[sites[0]], plain[sites[0]]) and torch.equal(c[sites[0]], plain[sites[0]])
+    assert not torch.equal(steered[sites[0]], plain[sites[0]])  # steered captures bypass the cache
+    b[sites[0]].zero_()  # callers get copies
+    with capture_cache():
+        assert torch.equal(capture(tiny, PROMPTS, sites[:1], progress=False)[sites[0]], plain[sites[0]])

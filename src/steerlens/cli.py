@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", help="where to write the demo's results")
     d.add_argument("--quick", action="store_true", help="smaller sizes (for smoke tests)")
     d.add_argument("--limit", type=int, default=None,
-                   help="examples per eval set (default from the spec: 24; more is slower, tighter intervals)")
+                   help="examples per eval set (default from the spec: 20; more is slower, tighter intervals)")
     d.set_defaults(func=_cmd_demo)
 
     for mod_name in _PLUGINS:

@@ -16,7 +16,7 @@ It runs the packaged spec ``steerlens/specs/main.toml`` (the same file ``steerle
    each with its 95% interval), paired differences against the unsteered model and of the
    pipeline against each steerer alone, Pareto plots, the per-token trace.
 
-Sizes: ``--limit`` (examples per eval set, default from the spec: 24) and ``--quick`` (tiny fit
+Sizes: ``--limit`` (examples per eval set, default from the spec: 20) and ``--quick`` (tiny fit
 and eval sizes, a smoke test) make it shorter; the evaluation time grows linearly with ``--limit``.
 """
 

@@ -114,6 +114,13 @@ def _save(fig, path: Path) -> None:
     atomic_savefig(fig, path, dpi=110, bbox_inches="tight")
 
 
+def err_bars(value: float, low: float, high: float) -> list[list[float]]:
+    """Matplotlib error bars ``[[below], [above]]`` for an interval, never negative: a bootstrap
+    interval computed in float64 can sit a rounding error above a float32 point estimate (all-zero
+    KL), and matplotlib refuses a negative bar."""
+    return [[max(0.0, value - low)], [max(0.0, high - value)]]
+
+
 def plot_metrics(records: Sequence[Record], path: str | os.PathLike) -> Path:
     """One panel per metric: a bar per steering configuration with its 95% CI."""
     plt = _plt()
@@ -129,7 +136,7 @@ def plot_metrics(records: Sequence[Record], path: str | os.PathLike) -> Path:
             if not rs:
                 continue
             r = rs[-1]
-            ax.bar(i, r.value, color=f"C{i % 10}", yerr=[[r.value - r.ci_low], [r.ci_high - r.value]], capsize=3)
+            ax.bar(i, r.value, color=f"C{i % 10}", yerr=err_bars(r.value, r.ci_low, r.ci_high), capsize=3)
         ax.set_xticks(range(len(configs)))
         ax.set_xticklabels(configs, rotation=30, ha="right", fontsize=7)
         if m.split("/")[0] in ("refusal", "degenerate", "truthfulqa") or m == "utility/mmlu_ab":
@@ -163,8 +170,8 @@ def plot_tradeoff(records: Sequence[Record], path: str | os.PathLike,
             if (c, xm) not in by or (c, safety_metric) not in by:
                 continue
             x, y = by[(c, xm)], by[(c, safety_metric)]
-            ax.errorbar(x.value, y.value, xerr=[[x.value - x.ci_low], [x.ci_high - x.value]],
-                        yerr=[[y.value - y.ci_low], [y.ci_high - y.value]], fmt="o", color=f"C{i % 10}",
+            ax.errorbar(x.value, y.value, xerr=err_bars(x.value, x.ci_low, x.ci_high),
+                        yerr=err_bars(y.value, y.ci_low, y.ci_high), fmt="o", color=f"C{i % 10}",
                         capsize=2, label=c)
         ax.set_xlabel(xm, fontsize=8)
         ax.set_ylabel(safety_metric, fontsize=8)
@@ -197,8 +204,8 @@ def plot_pareto(records: Sequence[Record], path: str | os.PathLike,
             if (c, xm) not in by or (c, ym) not in by:
                 continue
             x, y = by[(c, xm)], by[(c, ym)]
-            ax.errorbar(x.value, y.value, xerr=[[x.value - x.ci_low], [x.ci_high - x.value]],
-                        yerr=[[y.value - y.ci_low], [y.ci_high - y.value]], fmt="o", color=f"C{i % 10}",
+            ax.errorbar(x.value, y.value, xerr=err_bars(x.value, x.ci_low, x.ci_high),
+                        yerr=err_bars(y.value, y.ci_low, y.ci_high), fmt="o", color=f"C{i % 10}",
                         capsize=2, label=c)
             ax.annotate(c, (x.value, y.value), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel(xm + (" (lower is better)" if HIGHER_IS_BETTER.get(xm) is False else ""), fontsize=8)
@@ -252,7 +259,8 @@ def run_eval(model, tasks: Sequence[str] = ("safety", "truthfulness", "utility")
             if t == "safety" and judge is not None:
                 kw.setdefault("judge", judge)
             t0 = time.perf_counter()
-            records += get_task(t)(model, steering, limit=limit, seed=seed, split=split, batch_size=batch_size,
+            bs = kw.pop("batch_size", batch_size)  # a task may take its own (scoring pads less in small batches)
+            records += get_task(t)(model, steering, limit=limit, seed=seed, split=split, batch_size=bs,
                                    alpha=alpha, name=cname, root=data_root, progress=progress, **kw)
             task_times[f"{cname}/{t}"] = round(time.perf_counter() - t0, 2)
             meta["task_wall_time_s"] = task_times

@@ -2,7 +2,7 @@
 interpretability interventions), gates, cleanup, steered generation and traces."""
 
 from .batching import Batch, InputError, iter_batches
-from .activations import ShardedActivations, SiteDict, capture
+from .activations import ShardedActivations, SiteDict, capture, capture_cache
 from .edits import POSITIONS, AddVector, Edit, EditError, FunctionEdit, TokenInfo
 from .gates import FunctionGate, GateError, HookGate
 from .generation import Generation, Replies, generate, next_token_logprobs, response_logprobs
@@ -17,7 +17,7 @@ __all__ = [
     "Site", "SiteError", "parse_site", "parse_sites", "all_head_sites", "site_order",
     "Edit", "AddVector", "FunctionEdit", "EditError", "TokenInfo", "POSITIONS",
     "HookGate", "FunctionGate", "GateError",
-    "capture", "ShardedActivations", "SiteDict", "steer", "attach", "count_hooks", "HookLeakError", "Run",
+    "capture", "capture_cache", "ShardedActivations", "SiteDict", "steer", "attach", "count_hooks", "HookLeakError", "Run",
     "generate", "Generation", "Replies", "response_logprobs", "next_token_logprobs", "Trace",
     "Batch", "InputError", "iter_batches",
     "Scale", "ZeroAblation", "MeanAblation", "Patch", "SetActivation", "DirectionalAblation",

@@ -20,6 +20,7 @@ safetensors shards as they come (memory stays bounded by one shard) and a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -129,6 +130,27 @@ class ShardedActivations:
         return torch.cat([s[key] for s in self.iter_shards()], 0)
 
 
+_CACHE: Optional[dict] = None
+
+
+@contextlib.contextmanager
+def capture_cache():
+    """Inside the block, an unsteered in-memory capture that repeats an earlier one (the same
+    model, inputs, position, chat flag, length cap and dtype) reads the sites it already has
+    from memory and runs the model only for the others. Fitting several steerers on the same
+    data (for example two gates at one layer) then captures once. Yields the cache; the
+    ``"hits"`` and ``"misses"`` entries count sites read from memory and from the model."""
+    global _CACHE
+    outer = _CACHE
+    if outer is None:
+        _CACHE = {"hits": 0, "misses": 0}
+    try:
+        yield _CACHE
+    finally:
+        if outer is None:
+            _CACHE = None
+
+
 def _write_shard(out_dir: Path, i: int, rows: dict[str, list[torch.Tensor]]) -> str:
     name = f"shard_{i:05d}.safetensors"
     tensors = {k: torch.cat(v, 0).contiguous() for k, v in rows.items()}
@@ -168,6 +190,7 @@ def capture(
     Returns:
         ``{site: tensor}`` in input order, or a :class:`ShardedActivations` with ``out_dir``.
     """
+    global _CACHE
     m = as_model(model)
     items, is_pair = check_items(inputs)
     site_list = parse_sites(sites, m)
@@ -181,6 +204,27 @@ def capture(
         raise InputError("streaming to disk needs a fixed-size position (not 'all')")
     edit_list = validate_edits(m, edits)
     check_edit_inputs(edit_list, len(items))
+
+    cache_key = None
+    if _CACHE is not None and not edit_list and out_dir is None and position != "all":
+        cache_key = (id(m.hf_model), tuple(items), position, chat, max_length, dtype)
+        have = {s: _CACHE.get((cache_key, s)) for s in site_list}
+        missing = [s for s in site_list if have[s] is None]
+        _CACHE["hits"] += len(site_list) - len(missing)
+        _CACHE["misses"] += len(missing)
+        if missing:
+            cache, _CACHE = _CACHE, None
+            try:
+                fresh = capture(m, items, missing, position, batch_size=batch_size, chat=chat, progress=progress,
+                                max_length=max_length, dtype=dtype)
+            finally:
+                _CACHE = cache
+            for s in missing:
+                _CACHE[(cache_key, s)] = have[s] = fresh[s]
+        out = SiteDict(aliases=aliases)
+        for s in site_list:
+            out[s] = have[s].clone()
+        return out
 
     by_hook: dict[str, list[Site]] = {}
     for s in site_list:

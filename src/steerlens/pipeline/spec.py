@@ -254,13 +254,20 @@ def configurations(spec: dict, fitted: dict[str, Steerer]) -> dict[str, Any]:
 def fit_spec(spec: dict, model, out_dir: str | os.PathLike, *, data_root=None,
              progress: bool = True) -> dict[str, Steerer]:
     """Fit every steerer and baseline of ``spec`` and save each artifact under ``out/artifacts``."""
+    from ..hooks import capture_cache
+
     out = Path(out_dir)
     fitted: dict[str, Steerer] = {}
-    for st in spec["steerer"] + spec["baseline"]:
-        if progress:
-            print(f"fitting {st['name']} ({st.get('method') or 'roles'}, task {st['fit']['task']})", flush=True)
-        fitted[st["name"]] = fit_steerer(model, st, data_root=data_root, progress=progress)
-        fitted[st["name"]].save(out / "artifacts" / st["name"], model=model)
+    # steerers fitted on the same data at the same sites (two SCS gates at one layer) capture once
+    with capture_cache() as cache:
+        for st in spec["steerer"] + spec["baseline"]:
+            if progress:
+                print(f"fitting {st['name']} ({st.get('method') or 'roles'}, task {st['fit']['task']})", flush=True)
+            fitted[st["name"]] = fit_steerer(model, st, data_root=data_root, progress=progress)
+            fitted[st["name"]].save(out / "artifacts" / st["name"], model=model)
+    if progress and cache["hits"]:
+        print(f"      {cache['hits']} site capture(s) shared between fits, {cache['misses']} read from the model",
+              flush=True)
     return fitted
 
 

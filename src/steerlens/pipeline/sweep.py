@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ..fileio import atomic_savefig, atomic_write_json
+from ..evals.report import err_bars
 from ..hooks.activations import capture
 from ..models import as_model
 from .base import RESPONSE_POSITIONS, ContrastiveActs, PipelineError, Steerer, check_data, resid_module
@@ -333,8 +334,8 @@ def plot_sweep(result: dict, path: Path) -> Path:
                 ax.annotate(f"{a:g}", (px["value"], py["value"]), fontsize=6, xytext=(2, 2), textcoords="offset points")
         bx, by = base["metrics"].get(x), base["metrics"].get(y)
         if bx and by:
-            ax.errorbar(bx["value"], by["value"], xerr=[[bx["value"] - bx["ci_low"]], [bx["ci_high"] - bx["value"]]],
-                        yerr=[[by["value"] - by["ci_low"]], [by["ci_high"] - by["value"]]], fmt="*k", ms=9,
+            ax.errorbar(bx["value"], by["value"], xerr=err_bars(bx["value"], bx["ci_low"], bx["ci_high"]),
+                        yerr=err_bars(by["value"], by["ci_low"], by["ci_high"]), fmt="*k", ms=9,
                         label="unsteered", capsize=2)
         ax.set_xlabel(x)
         ax.set_ylabel(y)
