@@ -224,7 +224,7 @@ def fit_truth_steerers(model, args, out: Path, choice: dict) -> dict:
     ode.fit(model, data, acts=contrastive({site: ode_acts}, site, n, read))
     timing["odesteer_fit_after_capture_s"] = time.perf_counter() - t0
     caa = make_steerer("caa", layer=layer).fit(model, data, acts=contrastive({site: mean}, site, n, "response_mean"))
-    from steerlens.pipeline.real.experiment import fit_both
+    from real_vs_iti import fit_both  # experiments/ is on sys.path (this script's folder)
 
     t0 = time.perf_counter()
     both = fit_both(model, data, args.heads, args.seed, {"vqae": {"epochs": args.real_epochs}})
