@@ -406,3 +406,8 @@ def test_fit_cli(tmp_path, root):
     assert st.method == "odesteer" and st.alpha == 0.2
     assert st.fit_info["data"]["position"] == "response_mean" and st.fit_info["data"]["split"] == "fit"
     assert isinstance(st.gate, AlwaysOpen)
+    assert main(["fit", "--method", "odesteer", "--task", "safety", "--model", "tiny-random", "--n", "12",
+                 "--layer", "1", "--alpha", "0.2", "--param", "n_features=256", "--param", "C=1",
+                 "--out", str(tmp_path / "ode-safety")]) == 0
+    st = load_steerer(tmp_path / "ode-safety")
+    assert st.method == "odesteer" and st.fit_info["data"]["task"] == "safety_response"  # refusal vs compliance pairs

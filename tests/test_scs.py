@@ -201,7 +201,8 @@ def test_bad_gate_parameters_are_clear_errors():
 
 
 @pytest.mark.parametrize("method,params", [("caa", {"layer": 1, "alpha": 4.0}), ("repe", {"layer": 1, "alpha": 4.0}),
-                                           ("iti", {"heads": 2, "alpha": 8.0})])
+                                           ("iti", {"heads": 2, "alpha": 8.0}),
+                                           ("odesteer", {"layer": 1, "alpha": 0.3, "n_features": 256, "C": 1.0})])
 def test_any_method_takes_a_gate_and_closed_rows_are_unsteered(tiny, method, params, tmp_path):
     st = make_steerer(method, gate="scs", gate_params={"layer": 0, "rank_benign": 2, "rank_target": 2, "fpr": 0.3},
                       **params).fit(tiny, _resp_data(), gate_data=_gate_data())
