@@ -34,32 +34,12 @@ from steerlens import AddVector, FunctionEdit, Scale, capture, generate, respons
 from steerlens.fileio import atomic_write_json
 from steerlens.hooks import iter_batches
 
-from common import PROMPTS, interleaved, machine_info, medians, plain_hf
+from common import PROMPTS, interleaved, machine_info, medians, plain_hf, plain_hf_generate
 
 ANSWERS = [" Eat vegetables, sleep well and move every day.", " Red, yellow and blue.",
            " A nucleus of protons and neutrons, with electrons around it.", " Plant trees and drive less.",
            " Air scatters blue light more than red light.", " Once, a robot picked up a brush.",
            " Canberra, a compromise between Sydney and Melbourne.", " Two young lovers die because of a feud."]
-
-
-def _plain_generate(hf, model, prompts, bs, new_tokens):
-    from transformers import GenerationConfig
-
-    cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, pad_token_id=model.pad_token_id,
-                           eos_token_id=model.eos_token_ids, temperature=None, top_p=None, top_k=None)
-    eos = set(model.eos_token_ids)
-    batches = list(iter_batches(model, prompts, bs))
-
-    @torch.no_grad()
-    def run() -> int:
-        n = 0
-        for b in batches:
-            seqs = hf.generate(input_ids=b.input_ids, attention_mask=b.attention_mask, generation_config=cfg)
-            n += sum(next((i for i, t in enumerate(row) if t in eos), len(row))
-                     for row in seqs[:, b.input_ids.shape[1]:].tolist())
-        return n
-
-    return run
 
 
 def _edit_sets(model, n_prompts: int) -> dict:
@@ -90,7 +70,7 @@ def bench_generation(native, bridge, hf, new_tokens: int, repeats: int, batch_si
                             return_details=True)
             return sum(len(x.token_ids) for x in gens)
 
-        variants = {"plain_hf": _plain_generate(hf, native, prompts, bs, new_tokens),
+        variants = {"plain_hf": plain_hf_generate(hf, native, prompts, new_tokens, batch_size=bs),
                     "native_unsteered": lambda: run(native, None)}
         for k in nat_edits:
             variants[f"native_{k}"] = (lambda k=k: run(native, nat_edits[k]))

@@ -64,9 +64,10 @@ def plain_hf(model):
     return hf
 
 
-def plain_hf_generate(hf, model, prompts: list[str], new_tokens: int) -> Callable[[], int]:
-    """A call that runs ``hf.generate`` greedily on ``prompts`` (one batch, the same left-padded,
-    chat-templated ids steerlens uses) and returns the tokens generated up to EOS."""
+def plain_hf_generate(hf, model, prompts: list[str], new_tokens: int, batch_size: int | None = None) -> Callable[[], int]:
+    """A call that runs ``hf.generate`` greedily on ``prompts`` (in batches of ``batch_size``,
+    default all at once; the same left-padded, chat-templated ids steerlens uses) and returns the
+    tokens generated up to EOS."""
     from transformers import GenerationConfig
 
     from steerlens.hooks import iter_batches
@@ -74,12 +75,15 @@ def plain_hf_generate(hf, model, prompts: list[str], new_tokens: int) -> Callabl
     cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, pad_token_id=model.pad_token_id,
                            eos_token_id=model.eos_token_ids, temperature=None, top_p=None, top_k=None)
     eos = set(model.eos_token_ids)
-    batch = next(iter(iter_batches(model, prompts, len(prompts))))
+    batches = list(iter_batches(model, prompts, batch_size or len(prompts)))
 
     @torch.no_grad()
     def run() -> int:
-        seqs = hf.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, generation_config=cfg)
-        return sum(next((i for i, t in enumerate(row) if t in eos), len(row))
-                   for row in seqs[:, batch.input_ids.shape[1]:].tolist())
+        n = 0
+        for b in batches:
+            seqs = hf.generate(input_ids=b.input_ids, attention_mask=b.attention_mask, generation_config=cfg)
+            n += sum(next((i for i, t in enumerate(row) if t in eos), len(row))
+                     for row in seqs[:, b.input_ids.shape[1]:].tolist())
+        return n
 
     return run
