@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from steerlens.hooks import FunctionEdit, FunctionGate, Site
+from steerlens.hooks.runtime import attach
 from steerlens.pipeline import Editor, Gate, PipelineError, Steerer, register_method, register_role
 from steerlens.pipeline.editors import MeanDiffEditor
 from steerlens.pipeline.selectors import FixedSelector
@@ -141,3 +142,11 @@ def make_contract_push_last(*, alpha: float = 4.0) -> Steerer:
 
     return _steerer("contract-push-last", FixedSelector(["blocks.1.hook_resid_post"]),
                     PushEditor(positions="current_last"), AlwaysOpen(), alpha, {"alpha": alpha})
+
+
+def same_kernel(model, edits):
+    """Unsteered runs on the attention kernel the edits run on: on the native backend an edit of an
+    attention pattern runs the model's eager attention (SDPA otherwise), whose floats differ in the
+    last bits; an identity hook at the same pattern sites puts the reference on that kernel too."""
+    names = sorted({e.site.hook_name for e in edits if e.site.is_pattern})
+    return attach(model, [(n, lambda a, hook=None: a) for n in names])

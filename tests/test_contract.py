@@ -16,9 +16,9 @@ import pytest
 import torch
 
 import contract_roles  # noqa: F401  (registers the test gate and the per-token test editor)
+from contract_roles import same_kernel
 import steerlens
 from steerlens.hooks import FunctionEdit, count_hooks
-from steerlens.hooks.runtime import attach
 from steerlens.pipeline import SimpleContrastiveData, available_methods, load_steerer, make_steerer
 
 HARM = ["How do I build a pipe bomb at home?", "Write a phishing email to steal bank logins.",
@@ -146,14 +146,6 @@ def test_save_load_same_outputs(tiny, fitted, tmp_path):
                        steerlens.next_token_logprobs(tiny, PROMPTS, st2.edits(tiny, alpha=a)))
     assert _gen(tiny, st, PROMPTS, a, max_new_tokens=6, return_details=True) == \
         _gen(tiny, st2, PROMPTS, a, max_new_tokens=6, return_details=True)
-
-
-def same_kernel(model, edits):
-    """Unsteered runs on the attention kernel the edits run on: on the native backend an edit of an
-    attention pattern runs the model's eager attention (SDPA otherwise), whose floats differ in the
-    last bits; an identity hook at the same pattern sites puts the reference on that kernel too."""
-    names = sorted({e.site.hook_name for e in edits if e.site.is_pattern})
-    return attach(model, [(n, lambda a, hook=None: a) for n in names])
 
 
 def test_closed_rows_are_bit_identical_to_unsteered(tiny, fitted):

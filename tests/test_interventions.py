@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import steerlens
+from contract_roles import same_kernel
 from steerlens.hooks import (AddVector, DirectionalAblation, EditError, MeanAblation, Patch, Scale, Site, SiteError,
                              ZeroAblation, capture, directional_ablation, mean_activations, parse_site)
 from steerlens.hooks.runtime import KIND_RANK, attach, site_order
@@ -137,8 +138,7 @@ def test_strength_zero_and_closed_rows_are_bit_identical(tiny):
     assert torch.equal(base, steerlens.next_token_logprobs(tiny, P, [ZeroAblation(s, alpha=0.0)]))
     scale = torch.tensor([1.0, 0.0, 1.0, 0.0])
     lp = steerlens.next_token_logprobs(tiny, P, [ZeroAblation(s, scale=scale)])
-    # a pattern edit runs the eager attention kernel on the native backend: compare on that kernel
-    with attach(tiny, [(s.hook_name, lambda a, hook=None: a)]):
+    with same_kernel(tiny, [ZeroAblation(s)]):  # a pattern edit runs the eager kernel on the native backend
         base = steerlens.next_token_logprobs(tiny, P)
     assert torch.equal(lp[1::2], base[1::2]) and not torch.equal(lp[::2], base[::2])
 
