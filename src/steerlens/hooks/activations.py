@@ -78,15 +78,17 @@ class SiteDict(dict):
 
 def _reduce(act: torch.Tensor, batch: Batch, position: str) -> Union[torch.Tensor, list[torch.Tensor]]:
     """``act``: ``[b, L, ...]`` -> ``[b, ...]`` (or a list of ``[seq_i, ...]`` for "all")."""
+    dev = act.device  # the layer's device: on a dispatched model not always the inputs'
     if position == "last":
-        return act[torch.arange(act.shape[0], device=act.device), batch.prompt_last]
+        return act[torch.arange(act.shape[0], device=dev), batch.prompt_last.to(dev)]
     if position == "response_last":  # left padding: every input ends in the last column
         return act[:, -1]
     if position in ("response_mean", "mean"):
         mask = batch.response_mask if position == "response_mean" else batch.attention_mask.bool()
-        w = mask.to(act.dtype).view(*mask.shape, *([1] * (act.ndim - 2)))
+        w = mask.to(device=dev, dtype=act.dtype).view(*mask.shape, *([1] * (act.ndim - 2)))
         return (act * w).sum(1) / w.sum(1).clamp(min=1)
-    return [act[i, batch.attention_mask[i].bool()] for i in range(act.shape[0])]
+    keep = batch.attention_mask.bool().to(dev)
+    return [act[i, keep[i]] for i in range(act.shape[0])]
 
 
 def _run_forward(model, batch: Batch, stop: bool) -> None:
@@ -242,7 +244,7 @@ def capture(
                 a = act.transpose(1, 2) if s.is_pattern else act  # [b, q_pos, heads, k_pos]
                 a = a[:, :, list(s.heads)] if s.heads is not None else a
                 if s.is_pattern:  # real tokens on both axes
-                    keep = batch.attention_mask.bool()
+                    keep = batch.attention_mask.bool().to(a.device)
                     red = [a[i, keep[i]][..., keep[i]].detach() for i in range(a.shape[0])]
                 else:
                     red = _reduce(a.detach(), batch, position)

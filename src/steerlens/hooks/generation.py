@@ -169,10 +169,10 @@ def _logits_at(m, batch, mask: torch.Tensor) -> torch.Tensor:
     if decoder is None or unembed is None or softcap:
         logits = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                     position_ids=batch.position_ids, use_cache=False).logits
-        return logits[:, :-1][mask]
+        return logits[:, :-1][mask.to(logits.device)]
     hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                      position_ids=batch.position_ids, use_cache=False).last_hidden_state
-    return unembed(hidden[:, :-1][mask])
+    return unembed(hidden[:, :-1][mask.to(hidden.device)])
 
 
 @torch.no_grad()
@@ -196,7 +196,7 @@ def response_logprobs(
         tgt = batch.input_ids[:, 1:][mask]
         with batch_run(m, edit_list, batch):
             logits = _logits_at(m, batch, mask)  # [n_response_tokens, vocab]
-        tok_lp = torch.log_softmax(logits.float(), -1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1).cpu()
+        tok_lp = torch.log_softmax(logits.float(), -1).gather(-1, tgt.to(logits.device).unsqueeze(-1)).squeeze(-1).cpu()
         counts = mask.sum(1).tolist()
         for row, chunk in zip(batch.rows.tolist(), torch.split(tok_lp, counts)):
             out[row] = chunk
