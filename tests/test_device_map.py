@@ -183,3 +183,24 @@ def test_bad_placements_are_refused_clearly(kwargs, match):
 def test_named_strategy_resolves_with_accelerate():
     m = steerlens.load_model("tiny-random", device_map="auto", max_memory={"cpu": "1GiB"})
     assert set(m.device_map.values()) == {"cpu"}
+
+
+def test_a_local_checkpoint_loads_with_a_device_map_and_offload(tiny, tmp_path):
+    """The path a real 7-70B checkpoint takes: transformers' from_pretrained(device_map=...), dtype."""
+    tiny.hf_model.save_pretrained(tmp_path / "ckpt")
+    tiny.tokenizer.save_pretrained(tmp_path / "ckpt")
+    dm = {**MAP, "model.layers.1": "disk"}
+    m = steerlens.load_model(tmp_path / "ckpt", device_map=dm, offload_folder=tmp_path / "off", chat=tiny.chat)
+    assert m.device_map == dm and m.device == torch.device("cpu")
+    assert any(p.device.type == "meta" for p in m.hf_model.model.layers[1].parameters())
+    assert torch.equal(next_token_logprobs(m, P), next_token_logprobs(tiny, P))
+    e = _edits(m)["per_token"]
+    assert torch.equal(next_token_logprobs(m, P, e), next_token_logprobs(tiny, P, _edits(tiny)["per_token"]))
+    bf = steerlens.load_model(tmp_path / "ckpt", device_map="sequential", dtype=torch.bfloat16, chat=tiny.chat)
+    # on a CPU-only machine transformers resolves the strategy to the CPU and loads without dispatching
+    assert bf.dtype == torch.bfloat16 and bf.devices == ["cpu"]
+    site = "blocks.1.hook_resid_post"
+    ref = capture(tiny, P, site, "last", progress=False)[site]
+    got = capture(bf, P, site, "last", progress=False)[site]
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), ref, atol=0.1, rtol=0.05)  # bf16 rounding of a 2-layer model
