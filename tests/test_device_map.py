@@ -37,7 +37,29 @@ def dispatched(request, tmp_path_factory):
     return request.param, m
 
 
+_ROLES: dict = {}
+
+
+def _fitted_roles(d: int):
+    """A toy ODESteer barrier and a random MoSE router at width ``d`` (built once, shared by both models)."""
+    if d not in _ROLES:
+        from steerlens.pipeline.finesteer.mose import MoSERouter
+        from steerlens.pipeline.odesteer import PolySketch, fit_barrier
+
+        g = torch.Generator().manual_seed(5)
+        mu = torch.randn(d, generator=g)
+        bar = fit_barrier(torch.randn(40, d, generator=g) + mu, torch.randn(40, d, generator=g) - mu,
+                          PolySketch(256, gamma=0.5))
+        router = MoSERouter(torch.randn(3, d, generator=g) * 2, torch.linalg.qr(torch.randn(d, 2, generator=g))[0])
+        _ROLES[d] = (bar, router)
+    return _ROLES[d]
+
+
 def _edits(m):
+    from steerlens.pipeline.finesteer.mose import MoSEEdit
+    from steerlens.pipeline.odesteer import ODEEdit
+
+    bar, router = _fitted_roles(m.d_model)
     g = torch.Generator().manual_seed(0)
     v = torch.randn(m.d_model, generator=g) * 2
     u = torch.randn(m.d_model, generator=g)
@@ -56,6 +78,8 @@ def _edits(m):
         "token_gate": [AddVector("blocks.1.hook_resid_pre", v, 1.0,
                                  gate=FunctionGate("blocks.0.hook_resid_post", lambda a: a @ u, mode="token"))],
         "per_token": [FunctionEdit("blocks.1.hook_resid_mid", ode_like, 2.0, positions="current_last")],
+        "odesteer": [ODEEdit("blocks.1.hook_resid_pre", bar, 4.0, steps=3, positions="current_last")],
+        "mose": [MoSEEdit("blocks.0.hook_resid_post", router, 3.0, positions="from_prompt_last")],
         "ablate_heads": [ZeroAblation("blocks.1.attn.hook_z[1,2]")],
         "ablate_pattern": [ZeroAblation("blocks.0.attn.hook_pattern[0]")],
         "scale_neurons": [Scale("blocks.0.mlp.hook_post[3,17]", 3.0, at=[0])],
