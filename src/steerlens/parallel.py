@@ -209,6 +209,8 @@ def _as_rank(body: Callable, args: Any, threads: Optional[int]) -> int:
                 args.out = os.path.join(tmp, "out")
             if hasattr(args, "quiet"):
                 args.quiet = True
+            if hasattr(args, "no_progress"):
+                args.no_progress = True
             sys.stdout = open(os.devnull, "w")
         with data_parallel():
             rc = int(body(args) or 0)
