@@ -50,6 +50,13 @@ def job(out_dir=None):
                                 progress=False)[SITES[1]]
     h.remove()
     res["rows_run"] = sum(calls)
+    rank = parallel.world()[0]
+    parallel.check_same("same fit", {"w": torch.ones(3)})  # agreeing ranks pass
+    try:
+        parallel.check_same("rank-dependent fit", {"w": torch.full((3,), float(rank))})
+        res["disagreement_caught"] = False
+    except parallel.ParallelError:
+        res["disagreement_caught"] = True
     return res
 
 
@@ -72,6 +79,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
             assert _same(r[k], one[k]), k
     assert any(s["scale"] == 0.0 for _, g in one["gen"] for s in g.values())  # the gate closes on some rows
     assert any(s["scale"] == 1.0 for _, g in one["gen"] for s in g.values())
+    assert not one["disagreement_caught"] and all(r["disagreement_caught"] for r in ranks)
     # and the work was split: each rank ran part of the rows, together all of them
     split = [r["rows_run"] for r in ranks]
     assert all(0 < n < one["rows_run"] for n in split), (split, one["rows_run"])
