@@ -83,11 +83,11 @@ def _edits(m):
         "ablate_heads": [ZeroAblation("blocks.1.attn.hook_z[1,2]")],
         "ablate_pattern": [ZeroAblation("blocks.0.attn.hook_pattern[0]")],
         "scale_neurons": [Scale("blocks.0.mlp.hook_post[3,17]", 3.0, at=[0])],
-        "dir_ablate": DirectionalAblation_all(m, u),
+        "dir_ablate": _dir_ablate_all(m, u),
     }
 
 
-def DirectionalAblation_all(m, u):
+def _dir_ablate_all(m, u):
     return [DirectionalAblation(f"blocks.{layer}.hook_resid_post", u) for layer in range(m.n_layers)]
 
 
