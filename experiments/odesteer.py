@@ -207,7 +207,45 @@ def layer_acts(out: Path, position: str, layer: int, part: str) -> torch.Tensor:
 
 
 def fit_truth_steerers(model, args, out: Path, choice: dict) -> dict:
-    """ODESteer, CAA, ITI, REAL fitted on the same fit questions (artifacts cached under out/artifacts)."""
+    """ODESteer, CAA, ITI, REAL (and FineSteer, with ``--finesteer``) fitted on the same fit questions
+    (artifacts cached under out/artifacts)."""
+    sts = _fit_main_steerers(model, args, out, choice)
+    if args.finesteer:
+        sts["finesteer"] = fit_finesteer(model, args, out, choice)
+    return sts
+
+
+def fit_finesteer(model, args, out: Path, choice: dict):
+    """FineSteer (SCS gate + MoSE) at ODESteer's layer, on the same fit pairs as the other methods
+    (MoSE on the response-mean differences, as CAA; the gate on the fit questions' prompts vs
+    harmless Alpaca fit prompts, as in ``experiments/finesteer.py``)."""
+    from steerlens.pipeline import SimpleContrastiveData
+    from steerlens.pipeline.registry import make_gate
+
+    art = out / "artifacts" / "finesteer"
+    if art.exists():
+        return load_steerer(art, model=model)
+    data = tqa_pairs("fit", args.n_fit, args.seed)
+    n = len(data.pos)
+    layer = choice["layer"]
+    site = Site.resid(layer)
+    t0 = time.perf_counter()
+    mose = make_steerer("mose", layer=layer, seed=args.seed)
+    mose.fit(model, data, acts=contrastive({site: layer_acts(out, "response_mean", layer, "fit")}, site, n,
+                                           "response_mean"), progress=True)
+    qs = D.load_truthfulqa("fit", args.n_fit, args.seed)
+    gate_data = SimpleContrastiveData([q.prompt for q in qs],
+                                      [e.prompt for e in D.load_harmless("fit", len(qs), args.seed)],
+                                      position="last", ids=[q.id for q in qs], task="truthfulness_prompt")
+    st = mose.with_gate(make_gate("scs", layer=layer, seed=args.seed))
+    st.method = "finesteer"
+    st.fit_gate(model, gate_data, progress=True)
+    st.fit_info["fit_seconds_with_captures"] = time.perf_counter() - t0
+    st.save(art, model=model)
+    return st
+
+
+def _fit_main_steerers(model, args, out: Path, choice: dict) -> dict:
     art = out / "artifacts"
     names = ("odesteer", "caa", "iti", "real")
     if all((art / n).exists() for n in names):
@@ -269,7 +307,10 @@ def eval_utility(model, res: Results, key: str, edits, mmlu, kl_prompts, base_lp
 
 
 def grids(args) -> dict[str, list[float]]:
-    return {"odesteer": args.ode_T, "caa": args.caa_alphas, "iti": args.iti_alphas, "real": args.real_alphas}
+    g = {"odesteer": args.ode_T, "caa": args.caa_alphas, "iti": args.iti_alphas, "real": args.real_alphas}
+    if getattr(args, "finesteer", False):
+        g["finesteer"] = args.finesteer_alphas
+    return g
 
 
 def tqa_eval_sets(split: str, n: int, seed: int):
@@ -310,7 +351,7 @@ def chosen_strengths(res: Results, max_mmlu_drop: float = 0.05) -> dict[str, flo
     """Per method, the valid val configuration with the best objective (ties: smaller strength)."""
     out = {}
     rows = val_table(res, max_mmlu_drop)
-    for method in ("odesteer", "caa", "iti", "real"):
+    for method in ("odesteer", "caa", "iti", "real", "finesteer"):
         cands = [r for r in rows if r["method"] == method and r["valid"]]
         if cands:
             out[method] = max(cands, key=lambda r: (round(r["objective"], 6), -r["alpha"]))["alpha"]
@@ -556,25 +597,33 @@ def summarize(args, out: Path, res: Results) -> dict:
         if r.get("stage") == "truth-test":
             test[r["method"]][r["metric"]] = r
     s["test"] = {m: {k: {x: v[x] for x in ("alpha", "value", "ci", "n")} for k, v in d.items()} for m, d in test.items()}
-    if "odesteer" in test:
-        s["paired_odesteer_minus"] = {}
-        for other in ("none", "caa", "iti", "real"):
-            if other in test:
-                s["paired_odesteer_minus"][other] = {
-                    m: paired(test["odesteer"][m], test[other][m])
+    claims = {"odesteer": "+5.7% over the best other steering method (TruthfulQA, judged open generation)",
+              "finesteer": "+7.6% on TruthfulQA over the best baseline"}
+    for meth, claim in claims.items():
+        if meth not in test:
+            continue
+        pk = f"paired_{meth}_minus"
+        s[pk] = {}
+        for other in ("none", "caa", "iti", "real", "odesteer", "finesteer"):
+            if other in test and other != meth:
+                s[pk][other] = {
+                    m: paired(test[meth][m], test[other][m])
                     for m in ("truthfulqa/mc1", "truthfulqa/mc2", "truthfulqa/ab", "utility/mmlu_ab", "utility/kl")
-                    if m in test["odesteer"] and m in test[other]}
+                    if m in test[meth] and m in test[other]}
         val_obj = {m: next(r["objective"] for r in s["val_objective"] if r["method"] == m and r["alpha"] == a)
                    for m, a in chosen.items()}
         others = [m for m in ("caa", "iti", "real") if m in val_obj and m in test]
         if others:
             best = max(others, key=lambda m: val_obj[m])
-            d = s["paired_odesteer_minus"][best]["truthfulqa/mc2"]
-            base = test[best]["truthfulqa/mc2"]["value"]
-            s["vs_best_other"] = {"best_other_by_val_objective": best, "val_objective": val_obj,
-                                  "mc2_diff_points": d, "mc2_relative": d["value"] / base,
-                                  "mc2_relative_ci": [d["ci"][0] / base, d["ci"][1] / base],
-                                  "paper_claim": "+5.7% over the best other steering method (TruthfulQA, judged open generation)"}
+            out_key = "vs_best_other" if meth == "odesteer" else f"{meth}_vs_best_other"
+            v = {"best_other_by_val_objective": best, "val_objective": val_obj, "paper_claim": claim}
+            for met in ("truthfulqa/mc1", "truthfulqa/mc2"):
+                d = s[pk][best][met]
+                base = test[best][met]["value"]
+                tag = met.split("/")[1]
+                v.update({f"{tag}_diff_points": d, f"{tag}_relative": d["value"] / base,
+                          f"{tag}_relative_ci": [d["ci"][0] / base, d["ci"][1] / base]})
+            s[out_key] = v
     abl = {r["method"]: r for r in res.rows if r.get("stage") == "ablation" and r["metric"] == "truthfulqa/mc2"}
     if abl:
         s["ablation_mc2"] = {k: {"value": v["value"], "ci": v["ci"], "n": v["n"]} for k, v in abl.items()}
@@ -633,18 +682,22 @@ def summary_markdown(s: dict) -> str:
             n = {k: v["n"] for k, v in d.items()}
             L.append(f"| {m} | {a:g} | " + " | ".join(_fmt(d.get(k)) for k in ms) + " |")
         L += ["", f"n: {n}", ""]
-    if s.get("paired_odesteer_minus"):
-        L += ["## Paired differences ODESteer − X (test)", "", "| X | metric | diff [95% CI] | n |", "|---|---|---|---|"]
-        for o, d in s["paired_odesteer_minus"].items():
-            for k, v in d.items():
-                L.append(f"| {o} | {k} | {_fmt(v)} | {v['n']} |")
-        L.append("")
-    if s.get("vs_best_other"):
-        v = s["vs_best_other"]
-        L += [f"Best other method by val objective: {v['best_other_by_val_objective']}; ODESteer − it on test MC2: "
-              f"{_fmt(v['mc2_diff_points'])} points, {100 * v['mc2_relative']:+.1f}% relative "
-              f"[{100 * v['mc2_relative_ci'][0]:+.1f}%, {100 * v['mc2_relative_ci'][1]:+.1f}%] "
-              f"(paper: +5.7%).", ""]
+    for meth, title, vkey, paper in (("odesteer", "ODESteer", "vs_best_other", "+5.7%"),
+                                     ("finesteer", "FineSteer", "finesteer_vs_best_other", "+7.6%")):
+        if s.get(f"paired_{meth}_minus"):
+            L += [f"## Paired differences {title} − X (test)", "", "| X | metric | diff [95% CI] | n |",
+                  "|---|---|---|---|"]
+            for o, d in s[f"paired_{meth}_minus"].items():
+                for k, v in d.items():
+                    L.append(f"| {o} | {k} | {_fmt(v)} | {v['n']} |")
+            L.append("")
+        if s.get(vkey):
+            v = s[vkey]
+            for tag in ("mc1", "mc2"):
+                L += [f"Best other method by val objective: {v['best_other_by_val_objective']}; {title} − it on test "
+                      f"{tag.upper()}: {_fmt(v[f'{tag}_diff_points'])} points, {100 * v[f'{tag}_relative']:+.1f}% "
+                      f"relative [{100 * v[f'{tag}_relative_ci'][0]:+.1f}%, {100 * v[f'{tag}_relative_ci'][1]:+.1f}%] "
+                      f"(paper: {paper}).", ""]
     if s.get("ablation_barrier"):
         ab = s["ablation_barrier"]
         L += [f"## Ablations at T = {ab['T']:g} (layer {ab['layer']}, {ab['n_val_states']} val false-answer states)", "",
@@ -708,6 +761,9 @@ def main(argv=None) -> int:
     ap.add_argument("--caa-alphas", type=floats, default=floats("1,3,9"))
     ap.add_argument("--iti-alphas", type=floats, default=floats("5,15"))
     ap.add_argument("--real-alphas", type=floats, default=floats("5,15"))
+    ap.add_argument("--finesteer", action="store_true",
+                    help="also FineSteer (SCS gate + MoSE at the same layer, same fit pairs) in the TruthfulQA stages")
+    ap.add_argument("--finesteer-alphas", type=floats, default=floats("1,2,4"))
     ap.add_argument("--safety-layer", type=int, default=14)
     ap.add_argument("--n-safety-fit", type=int, default=64)
     ap.add_argument("--safety-T", type=floats, default=floats("40,80,160"))

@@ -172,3 +172,36 @@ def test_patch_resumes_from_its_output_and_reuses_real_runs(tmp_path, root, monk
     b = C.select_scores(tiny, "safety", heads=2, repeats=2, fit_n=10, epochs=1, real_runs=runs)
     assert a["real"]["selected"] == b["real"]["selected"] and b["real"]["from_runs"]
     torch.testing.assert_close(a["real"]["scores"], b["real"]["scores"])
+
+
+def test_patch_ablation_resumes_from_its_saved_values(tmp_path, root, monkeypatch, tiny):
+    """A stopped causal check keeps each ablated set's per-example values; a rerun reuses them."""
+    import steerlens.interp.causal as C
+
+    out = tmp_path / "p"
+    kw = dict(split="val", n=4, exact_n=2, exact_heads=4, heads=2, repeats=2, epochs=1, fit_n=10, ablate_n=3,
+              random_sets=2, progress=False)
+    real_ablate = C.ablate_heads
+    calls = []
+
+    def stop_after_two(*a, **k):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real_ablate(*a, **k)
+
+    monkeypatch.setattr(C, "ablate_heads", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        C.run_causal_check(tiny, "safety", out, **kw)
+    saved = json.loads((out / "ablation_values.json").read_text())["values"]
+    assert len(saved) == 1 + 2 and all(len(v) == 3 for v in saved.values())  # base + the two sets done
+    partial = json.loads((out / "comparison.json").read_text())
+    assert partial["ablation"] is None and partial["rank_agreement"]
+    assert (out / "effect_map.png").exists()
+
+    monkeypatch.setattr(C, "ablate_heads", real_ablate)
+    resumed = C.run_causal_check(tiny, "safety", out, **kw)
+    assert len(json.loads((out / "ablation_values.json").read_text())["values"]) == 1 + 3 + 2
+    fresh = C.run_causal_check(tiny, "safety", tmp_path / "q", **kw)
+    for name, v in fresh["ablation"]["sets"].items():
+        assert resumed["ablation"]["sets"][name]["mean"] == pytest.approx(v["mean"], abs=1e-6)

@@ -338,17 +338,41 @@ def run_causal_check(model, task: str, out_dir: Union[str, os.PathLike], *, spli
         result["rank_agreement"] = table
         result["causal_top"] = _fmt_heads(causal_top)
 
-        # 5. ablation on held-out examples
+        # the map and the rank agreement are written now: the ablation below is the long part
+        plot_effect_map(effect, out / "effect_map.png", outlines=outlines, label=f"Δ {metric.name}",
+                        title=f"{task}: {mode}-ablating each head, Δ {metric.name}\n(attribution patching, "
+                              f"n={n_effect} {split} examples)")
+        atomic_write_json(out / "comparison.json", {**result, "ablation": None})
+
+        # 5. ablation on held-out examples; each set's per-example values are kept in
+        # ablation_values.json as soon as they exist, so a stopped run resumes where it was
         ab_metric = task_metric(task, ablate_split, ablate_n, seed, data_root, **kw)
-        base = metric_values(m, ab_metric, batch_size=batch_size, progress=progress)
         sets = {f"REAL top-{heads}": sels["real"]["selected"], f"ITI top-{heads}": sels["iti"]["selected"],
                 f"effect-map top-{heads}": causal_top}
         all_heads = [(l, h) for l in range(L) for h in range(H)]
         rand = {f"random-{heads} seed {s}": random.Random(1000 + s).sample(all_heads, heads) for s in range(random_sets)}
+        av_path = out / "ablation_values.json"
+        key = {"ids": list(ab_metric.ids), "mode": mode, "metric_kw": kw, "task": task}
+        store = json.loads(av_path.read_text()) if resume and av_path.exists() else {}
+        if store.get("key") != key:
+            store = {"key": key, "values": {}}
+        vals_of = store["values"]
+
+        def run_set(name: str, hs) -> torch.Tensor:
+            tag = "base" if hs is None else f"{name} {_fmt_heads(hs)}"
+            if tag in vals_of:
+                log(f"ablate {name}: reused from {av_path}")
+                return torch.tensor(vals_of[tag], dtype=torch.float64)
+            v = (metric_values(m, ab_metric, batch_size=batch_size, progress=progress) if hs is None else
+                 ablate_heads(m, ab_metric, hs, mode=mode, means=means, batch_size=batch_size))
+            vals_of[tag] = [float(x) for x in v]
+            atomic_write_json(av_path, store)
+            return v.double()
+
+        base = run_set("base", None)
         deltas = {}
         for name, hs in {**sets, **rand}.items():
-            vals = ablate_heads(m, ab_metric, hs, mode=mode, means=means, batch_size=batch_size)
-            deltas[name] = (vals - base).double().numpy()
+            deltas[name] = (run_set(name, hs) - base).numpy()
             log(f"ablate {name}: change {deltas[name].mean():+.4f}")
         rand_mean = np.mean([deltas[k] for k in rand], axis=0)
         ablation = {"split": ablate_split, "n": len(ab_metric), "base": _summary(base.double().numpy()),
