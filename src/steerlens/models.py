@@ -102,6 +102,10 @@ class SteerModel:
         if self._bridge is None:
             import copy
 
+            if self.device_map is not None:
+                raise ModelLoadError("a bridge cannot be booted around a copy of a model dispatched with a device_map; "
+                                     "load it with load_model(..., device_map=..., backend='bridge') instead")
+
             from transformer_lens.model_bridge import TransformerBridge
 
             hf = copy.deepcopy(self.native.hf_model)
@@ -145,7 +149,25 @@ class SteerModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf_model.parameters()).device
+        """Where inputs go: the execution device of the input embedding. On a model dispatched with
+        a ``device_map`` the layers may sit elsewhere (see :attr:`devices`); offloaded weights
+        live on ``meta`` in the module and are moved in by accelerate at each forward call."""
+        return input_device(self.hf_model)
+
+    @property
+    def devices(self) -> list[str]:
+        """The distinct placements of a dispatched model's modules (``hf_device_map`` values, e.g.
+        ``["cuda:0", "cpu"]``); ``[str(device)]`` for a model on one device."""
+        dm = getattr(self.hf_model, "hf_device_map", None)
+        if not dm:
+            return [str(self.device)]
+        return list(dict.fromkeys(_device_name(v) for v in dm.values()))
+
+    @property
+    def device_map(self) -> Optional[dict]:
+        """The accelerate device map the model was dispatched with (``None`` when it was not)."""
+        dm = getattr(self.hf_model, "hf_device_map", None)
+        return dict(dm) if dm else None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -213,9 +235,10 @@ class SteerModel:
         h = hashlib.sha256()
         # parameter names as Hugging Face gives them (the bridge inserts "._original_component"),
         # so both backends fingerprint a model alike
-        params = {k.replace("._original_component", ""): v for k, v in self.hf_model.named_parameters()}
+        named = dict(self.hf_model.named_parameters())
+        params = {k.replace("._original_component", ""): k for k in named}
         for key in sorted(params)[:: max(1, len(params) // 8)]:
-            t = params[key].detach().float().flatten()[:4096].cpu()
+            t = _materialised(self.hf_model, params[key], named[params[key]]).detach().float().flatten()[:4096].cpu()
             h.update(key.encode())
             h.update(t.numpy().tobytes())
         vocab = self.tokenizer.get_vocab()
@@ -231,6 +254,38 @@ class SteerModel:
             "weights_sha256": h.hexdigest()[:16],
             "tokenizer_sha256": th.hexdigest()[:16],
         }
+
+
+def _device_name(d: Any) -> str:
+    """``0`` -> ``"cuda:0"``; ``"cpu"`` / ``"disk"`` / ``"cuda:1"`` as they are."""
+    return f"cuda:{d}" if isinstance(d, int) else str(d)
+
+
+def input_device(hf_model: torch.nn.Module) -> torch.device:
+    """The device inputs must be on: the execution device of the input embedding (accelerate's
+    hook knows it when the embedding's weights are offloaded), else the first parameter's."""
+    emb = hf_model.get_input_embeddings() if hasattr(hf_model, "get_input_embeddings") else None
+    hook = getattr(emb, "_hf_hook", None)
+    dev = getattr(hook, "execution_device", None)
+    if dev is not None:
+        return torch.device(_device_name(dev))
+    for p in (emb.parameters() if emb is not None else hf_model.parameters()):
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
+
+
+def _materialised(hf_model: torch.nn.Module, name: str, param: torch.Tensor) -> torch.Tensor:
+    """A parameter's values also when accelerate offloaded it (``meta`` in the module, the real
+    tensor in the offload hook's weights map)."""
+    if param.device.type != "meta":
+        return param
+    mod_name, _, pname = name.rpartition(".")
+    mod = hf_model.get_submodule(mod_name) if mod_name else hf_model
+    from accelerate.utils import align_module_device
+
+    with align_module_device(mod, torch.device("cpu")):
+        return getattr(mod, pname).detach().clone()
 
 
 # ----------------------------------------------------------------------------------------
@@ -355,6 +410,12 @@ def _wrap(hf_model: torch.nn.Module, tokenizer: Any, name: str, source: str, dev
             )
     except Exception as e:  # noqa: BLE001 - re-raised with advice
         arch = getattr(hf_model.config, "architectures", None) or type(hf_model).__name__
+        if getattr(hf_model, "hf_device_map", None):
+            raise ModelLoadError(
+                f"TransformerBridge (TransformerLens 4.3) refused {name!r} dispatched with device_map "
+                f"{_summarise_map(hf_model.hf_device_map)}: {e}. The native backend (the default for Llama, "
+                "Mistral and Qwen2 layouts) takes any accelerate device_map."
+            ) from e
         raise ModelLoadError(
             f"TransformerBridge cannot wrap {name!r} (architecture {arch}): {e}. "
             "See transformer_lens.supported_models for the architectures TransformerLens 4 supports."
@@ -368,7 +429,8 @@ def _resolve_device(device: str | torch.device | None) -> str:
     return str(device)
 
 
-def _tiny_random(device: str, dtype: torch.dtype, seed: int = 0, backend: str = "auto") -> SteerModel:
+def _tiny_random(device: str, dtype: torch.dtype, seed: int = 0, backend: str = "auto",
+                 placement: Optional[dict] = None) -> SteerModel:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = _load_tokenizer(default_model_dir(quiet=True))
@@ -390,10 +452,110 @@ def _tiny_random(device: str, dtype: torch.dtype, seed: int = 0, backend: str = 
         model = LlamaForCausalLM(cfg)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
-    model = model.to(device=device, dtype=dtype)
+    model = model.to(dtype=dtype)
+    if placement is not None:
+        dispatch(model, **placement, dtype=dtype)
+        device = str(input_device(model))
+    else:
+        model = model.to(device=device)
     with tempfile.TemporaryDirectory() as tmp:
         cfg.save_pretrained(tmp)
         return _wrap(model, tok, TINY_MODEL, tmp, device, backend)
+
+
+#: ``dtype`` names :func:`load_model` accepts.
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                                  "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+#: accelerate's named placement strategies (``device_map="auto"`` etc.).
+MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``torch.bfloat16`` or one of :data:`DTYPES` (``"bf16"``, ``"float16"``, ...)."""
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ModelLoadError(f"dtype must be a floating point type, got {dtype}")
+        return dtype
+    key = str(dtype).lower().replace("torch.", "")
+    if key not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)} or a torch dtype")
+    return DTYPES[key]
+
+
+def _summarise_map(dm: dict) -> str:
+    counts: dict[str, int] = {}
+    for v in dm.values():
+        counts[_device_name(v)] = counts.get(_device_name(v), 0) + 1
+    return "{" + ", ".join(f"{k}: {n} module(s)" for k, n in counts.items()) + "}"
+
+
+def _check_map_values(device_map: dict) -> dict:
+    out = {}
+    for k, v in device_map.items():
+        if isinstance(v, torch.device):
+            v = str(v)
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
+            raise ModelLoadError(f"device_map[{k!r}] = {v!r}: expected a device such as 'cuda:0', 0, 'cpu' or 'disk'")
+        if isinstance(v, str):
+            v = v.strip().lower()
+            if v == "meta":
+                raise ModelLoadError(f"device_map[{k!r}] = 'meta': a meta module has no weights to run")
+            if v not in ("cpu", "disk", "mps") and not v.startswith(("cuda", "xpu", "npu", "mps")):
+                raise ModelLoadError(f"device_map[{k!r}] = {v!r}: not a device ('cuda:0', 0, 'cpu', 'disk')")
+            if v.startswith("cuda") and not torch.cuda.is_available():
+                raise ModelLoadError(f"device_map[{k!r}] = {v!r} but CUDA is not available on this machine")
+        elif not torch.cuda.is_available() or v >= torch.cuda.device_count():
+            raise ModelLoadError(f"device_map[{k!r}] = {v} but this machine has "
+                                 f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} CUDA device(s)")
+        out[str(k)] = v
+    return out
+
+
+def resolve_device_map(hf_model: torch.nn.Module, device_map: str | dict, *, max_memory: Optional[dict] = None,
+                       dtype: Optional[torch.dtype] = None) -> dict[str, Any]:
+    """An explicit ``{module name: device}`` map: a dict is checked and returned; a strategy name
+    (:data:`MAP_STRATEGIES`) is resolved by accelerate (``infer_auto_device_map``, with
+    ``get_balanced_memory`` for the balanced ones) under ``max_memory`` (e.g. ``{0: "20GiB", "cpu": "64GiB"}``).
+    Decoder layers are never split across devices (the model's ``_no_split_modules``)."""
+    if isinstance(device_map, dict):
+        if not device_map:
+            raise ModelLoadError("device_map is empty")
+        return _check_map_values(device_map)
+    if device_map not in MAP_STRATEGIES:
+        raise ModelLoadError(f"device_map must be a dict or one of {MAP_STRATEGIES}, got {device_map!r}")
+    from accelerate import infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    no_split = list(getattr(hf_model, "_no_split_modules", None) or [])
+    mm = max_memory
+    if device_map != "sequential":
+        mm = get_balanced_memory(hf_model, max_memory=max_memory, no_split_module_classes=no_split, dtype=dtype,
+                                 low_zero=device_map == "balanced_low_0")
+    return _check_map_values(infer_auto_device_map(hf_model, max_memory=mm, no_split_module_classes=no_split,
+                                                   dtype=dtype))
+
+
+def dispatch(hf_model: torch.nn.Module, device_map: str | dict, *, max_memory: Optional[dict] = None,
+             offload_folder: Optional[str | os.PathLike] = None, dtype: Optional[torch.dtype] = None) -> torch.nn.Module:
+    """Spread an (undispatched, in-memory) Hugging Face model over devices with accelerate's
+    ``dispatch_model``; every module of the map gets accelerate's device hook, also when the map
+    names a single device (``force_hooks``), so what runs is what runs on a real split.
+
+    accelerate's semantics: modules mapped to ``"disk"`` (and, when some module sits on a GPU,
+    to ``"cpu"``) are *offloaded*: their weights stay on disk / in CPU memory (``meta`` in the
+    module) and are moved to the execution device for each forward call."""
+    from accelerate import dispatch_model
+
+    dm = resolve_device_map(hf_model, device_map, max_memory=max_memory, dtype=dtype)
+    if "disk" in dm.values() and offload_folder is None:
+        raise ModelLoadError("device_map puts modules on 'disk': give offload_folder= (where accelerate keeps "
+                             "their weights)")
+    try:
+        dispatch_model(hf_model, device_map=dm, offload_dir=None if offload_folder is None else str(offload_folder),
+                       force_hooks=True)
+    except (ValueError, KeyError) as e:
+        raise ModelLoadError(f"accelerate could not dispatch the model with device_map {dm}: {e}") from e
+    return hf_model
 
 
 def load_model(
@@ -404,6 +566,9 @@ def load_model(
     chat: bool = True,
     seed: int = 0,
     backend: str = "auto",
+    device_map: str | dict | None = None,
+    max_memory: Optional[dict] = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> SteerModel:
     """Load a causal LM with TransformerLens hook names.
 
@@ -420,16 +585,33 @@ def load_model(
             points, :mod:`steerlens.hooks.native`) or ``"bridge"`` (TransformerLens's
             ``TransformerBridge``). Both give the same hook names and the same values. With
             ``"auto"``, ``$STEERLENS_BACKEND`` decides when set (so every CLI command takes it).
+        device_map: spread the model over devices with accelerate (instead of ``device``): a dict
+            ``{module name: device}`` (``{"model.embed_tokens": 0, "model.layers.0": 0, ...,
+            "model.layers.40": "cpu", "lm_head": "cpu"}``; devices are GPU indices, ``"cuda:N"``,
+            ``"cpu"`` or ``"disk"``) or ``"auto"`` / ``"balanced"`` / ``"balanced_low_0"`` /
+            ``"sequential"``. Decoder layers are never split. In a map with a GPU, ``"cpu"``
+            and ``"disk"`` modules are offloaded (weights moved to the GPU per forward call).
+            Hooks run on the device of the layer they sit on; edits, gates and captures follow
+            the activation's device and dtype.
+        max_memory: per-device budget for the named strategies, e.g. ``{0: "70GiB", "cpu": "200GiB"}``.
+        offload_folder: where ``"disk"`` modules keep their weights.
     """
+    dtype = parse_dtype(dtype)
+    if device_map is not None:
+        if device not in (None, "cpu", "auto") and str(device) != "cpu":
+            raise ModelLoadError(f"give either device ({device!r}) or device_map, not both")
+        placement: Optional[dict] = {"device_map": device_map, "max_memory": max_memory,
+                                     "offload_folder": offload_folder}
+    else:
+        if max_memory is not None or offload_folder is not None:
+            raise ModelLoadError("max_memory and offload_folder only apply with a device_map")
+        placement = None
     dev = _resolve_device(device)
     if backend == "auto":  # the CLI and scripts choose with the environment
         backend = os.environ.get("STEERLENS_BACKEND", "auto") or "auto"
-    if isinstance(dtype, str):
-        dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
     key = DEFAULT_MODEL if name is None else _ALIASES.get(str(name).lower(), str(name))
     if key == TINY_MODEL:
-        m = _tiny_random(dev, dtype, seed, backend)
+        m = _tiny_random(dev, dtype, seed, backend, placement)
         m.chat = chat
         return m
     from transformers import AutoModelForCausalLM
@@ -452,7 +634,18 @@ def load_model(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+            kw: dict = {}
+            if placement is not None:
+                dm = placement["device_map"]
+                if isinstance(dm, dict):
+                    dm = _check_map_values(dm)
+                    if "disk" in dm.values() and offload_folder is None:
+                        raise ModelLoadError("device_map puts modules on 'disk': give offload_folder=")
+                elif dm not in MAP_STRATEGIES:
+                    raise ModelLoadError(f"device_map must be a dict or one of {MAP_STRATEGIES}, got {dm!r}")
+                kw = {"device_map": dm, "max_memory": max_memory,
+                      "offload_folder": None if offload_folder is None else str(offload_folder)}
+            hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kw)
             tok = _load_tokenizer(path)
     except OSError as e:
         if isinstance(path, str):
@@ -466,7 +659,10 @@ def load_model(
         raise ModelLoadError(
             f"{key!r} is not a causal language model transformers can load: {e}"
         ) from e
-    hf = hf.to(dev)
+    if placement is None:
+        hf = hf.to(dev)
+    else:
+        dev = str(input_device(hf))
     m = _wrap(hf, tok, DEFAULT_MODEL if key == DEFAULT_MODEL else key, str(path), dev, backend)
     m.chat = chat
     return m
@@ -488,4 +684,5 @@ def as_model(model: Any) -> SteerModel:
 __all__: Sequence[str] = [
     "SteerModel", "load_model", "ModelLoadError", "known_models", "cache_dir",
     "default_model_dir", "fetch_default_gguf", "DEFAULT_MODEL", "TINY_MODEL", "as_model",
+    "dispatch", "resolve_device_map", "input_device", "parse_dtype", "DTYPES", "MAP_STRATEGIES",
 ]

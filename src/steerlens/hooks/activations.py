@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .. import parallel
 from ..fileio import atomic_write
 from ..models import as_model
 from .batching import Batch, InputError, Item, check_items, iter_batches
@@ -78,15 +79,17 @@ class SiteDict(dict):
 
 def _reduce(act: torch.Tensor, batch: Batch, position: str) -> Union[torch.Tensor, list[torch.Tensor]]:
     """``act``: ``[b, L, ...]`` -> ``[b, ...]`` (or a list of ``[seq_i, ...]`` for "all")."""
+    dev = act.device  # the layer's device: on a dispatched model not always the inputs'
     if position == "last":
-        return act[torch.arange(act.shape[0], device=act.device), batch.prompt_last]
+        return act[torch.arange(act.shape[0], device=dev), batch.prompt_last.to(dev)]
     if position == "response_last":  # left padding: every input ends in the last column
         return act[:, -1]
     if position in ("response_mean", "mean"):
         mask = batch.response_mask if position == "response_mean" else batch.attention_mask.bool()
-        w = mask.to(act.dtype).view(*mask.shape, *([1] * (act.ndim - 2)))
+        w = mask.to(device=dev, dtype=act.dtype).view(*mask.shape, *([1] * (act.ndim - 2)))
         return (act * w).sum(1) / w.sum(1).clamp(min=1)
-    return [act[i, batch.attention_mask[i].bool()] for i in range(act.shape[0])]
+    keep = batch.attention_mask.bool().to(dev)
+    return [act[i, keep[i]] for i in range(act.shape[0])]
 
 
 def _run_forward(model, batch: Batch, stop: bool) -> None:
@@ -242,7 +245,7 @@ def capture(
                 a = act.transpose(1, 2) if s.is_pattern else act  # [b, q_pos, heads, k_pos]
                 a = a[:, :, list(s.heads)] if s.heads is not None else a
                 if s.is_pattern:  # real tokens on both axes
-                    keep = batch.attention_mask.bool()
+                    keep = batch.attention_mask.bool().to(a.device)
                     red = [a[i, keep[i]][..., keep[i]].detach() for i in range(a.shape[0])]
                 else:
                     red = _reduce(a.detach(), batch, position)
@@ -264,51 +267,67 @@ def capture(
     shard_dir: Optional[Path] = None
     shards: list[str] = []
     pending, n_pending, n_done = {str(s): [] for s in site_list}, 0, 0
-    if out_dir is not None:
-        final = Path(out_dir)
+    streaming = out_dir is not None
+    writer = streaming and parallel.is_main()  # in a data-parallel run, rank 0 writes the shards
+    if writer:
+        final = Path(out_dir)  # type: ignore[arg-type]
         final.parent.mkdir(parents=True, exist_ok=True)
         shard_dir = Path(tempfile.mkdtemp(prefix=final.name + ".", suffix=".partial", dir=final.parent))
         shard_dir.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
 
+    def run_batch(batch: Batch) -> dict:
+        state["batch"], state["out"] = batch, {}
+        with batch_run(m, edit_list, batch, extra_hooks=read_hooks):
+            _run_forward(m, batch, stop=True)
+        return state["out"]
+
     try:
-        bar = tqdm(total=len(items), desc="capture", unit="input", disable=not progress, leave=False)
+        bar = tqdm(total=len(items), desc="capture", unit="input", disable=not (progress and parallel.is_main()),
+                   leave=False)
         # Streaming keeps input order (shards concatenate to input order); in memory, batches
-        # are grouped by length to save padding and put back in order at the end.
-        for batch in iter_batches(m, items, batch_size, chat=chat, max_length=max_length,
-                                  sort_by_length=shard_dir is None):
-            state["batch"], state["out"] = batch, {}
-            with batch_run(m, edit_list, batch, extra_hooks=read_hooks):
-                _run_forward(m, batch, stop=True)
-            rows = batch.rows.cpu()
-            if shard_dir is not None:
+        # are grouped by length to save padding and put back in order at the end. In a
+        # data-parallel run each rank runs every N-th batch (steerlens.parallel).
+        batches = iter_batches(m, items, batch_size, chat=chat, max_length=max_length, sort_by_length=not streaming)
+        if streaming:  # one round of N batches at a time: memory stays bounded
+            for bi, batch in parallel.rounds(batches):
+                mine = [] if batch is None else [(bi, (run_batch(batch), batch.size))]
+                for _, (got, size) in parallel.gather(mine):
+                    if writer:
+                        for s in site_list:
+                            pending[str(s)].append(got[s])
+                        n_pending += size
+                        if n_pending >= shard_size:
+                            shards.append(_write_shard(shard_dir, len(shards), pending))  # type: ignore[arg-type]
+                            pending, n_pending = {str(s): [] for s in site_list}, 0
+                    n_done += size
+                    bar.update(size)
+        else:
+            done = []
+            for bi, batch in parallel.my_batches(batches):
+                done.append((bi, (run_batch(batch), batch.rows.cpu())))
+                bar.update(batch.size)
+            for _, (got, rows) in parallel.gather(done):
                 for s in site_list:
-                    pending[str(s)].append(state["out"][s])
-                n_pending += batch.size
-                if n_pending >= shard_size:
-                    shards.append(_write_shard(shard_dir, len(shards), pending))
-                    pending, n_pending = {str(s): [] for s in site_list}, 0
-            else:
-                for s in site_list:
-                    results[s].append(state["out"][s])
+                    results[s].append(got[s])
                 order.append(rows)
-            n_done += batch.size
-            bar.update(batch.size)
         bar.close()
     except BaseException:
         if shard_dir is not None:
             shutil.rmtree(shard_dir, ignore_errors=True)
         raise
 
-    if shard_dir is not None:
-        if n_pending:
-            shards.append(_write_shard(shard_dir, len(shards), pending))
-        index = {"n": n_done, "sites": [str(s) for s in site_list], "position": position,
-                 "shards": shards, "model": m.name}
-        (shard_dir / "index.json").write_text(json.dumps(index))
+    if streaming:
         final = Path(out_dir)  # type: ignore[arg-type]
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(shard_dir, final)
+        if shard_dir is not None:
+            if n_pending:
+                shards.append(_write_shard(shard_dir, len(shards), pending))
+            index = {"n": n_done, "sites": [str(s) for s in site_list], "position": position,
+                     "shards": shards, "model": m.name}
+            (shard_dir / "index.json").write_text(json.dumps(index))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(shard_dir, final)
+        parallel.barrier()  # the other ranks read what rank 0 wrote
         return ShardedActivations(final)
 
     inv = torch.argsort(torch.cat(order))

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .. import parallel
 from ..models import as_model
 from .batching import InputError, check_items, iter_batches
 from .edits import Edit, check_edit_inputs, validate_edits
@@ -117,8 +118,10 @@ def generate(
     out: list[Optional[Generation]] = [None] * len(items)
     tr = Trace() if trace else None
     live = [e for e in edit_list if not e.is_identity]  # the edits a Run keeps, in its order
-    bar = tqdm(total=len(items), desc="generate", unit="prompt", disable=not progress, leave=False)
-    for bi, batch in enumerate(iter_batches(m, items, batch_size, chat=chat)):
+    bar = tqdm(total=len(items), desc="generate", unit="prompt", disable=not (progress and parallel.is_main()),
+               leave=False)
+    done: list[tuple[int, tuple[list, list]]] = []  # per batch: (its Generations, its trace records)
+    for bi, batch in parallel.my_batches(iter_batches(m, items, batch_size, chat=chat)):
         if do_sample:
             torch.manual_seed(seed * 1_000_003 + bi)
         with batch_run(m, edit_list, batch, trace=trace) as run:
@@ -132,6 +135,7 @@ def generate(
             step_lp = lg.gather(-1, new[:, :lg.shape[1], None]).squeeze(-1)
         rows = batch.rows.tolist()
         kept = []
+        gens_b: list[tuple[int, Generation]] = []
         for j, row in enumerate(rows):
             ids = new[j].tolist()
             finished = False
@@ -142,15 +146,24 @@ def generate(
             while ids and ids[-1] == m.pad_token_id and m.pad_token_id not in eos:
                 ids.pop()
             text = m.tokenizer.decode(ids, skip_special_tokens=True)
-            out[row] = Generation(prompt=items[row], text=text, token_ids=ids, finished=finished,
-                                  gates=_row_gates(run, j),
-                                  logprobs=None if step_lp is None else step_lp[j, :len(ids)].tolist())
+            gens_b.append((row, Generation(prompt=items[row], text=text, token_ids=ids, finished=finished,
+                                           gates=_row_gates(run, j),
+                                           logprobs=None if step_lp is None else step_lp[j, :len(ids)].tolist())))
             kept.append(len(ids) + int(finished))
+        recs: list = []
         if tr is not None:
             texts = [[m.tokenizer.decode([t]) for t in new[j, :kept[j]].tolist()] for j in range(len(rows))]
-            tr.add_run(run, [e.label for e in live], [str(e.site) for e in live], rows, kept, texts)
+            bt = Trace()
+            bt.add_run(run, [e.label for e in live], [str(e.site) for e in live], rows, kept, texts)
+            recs = bt.records
+        done.append((bi, (gens_b, recs)))
         bar.update(batch.size)
     bar.close()
+    for _, (gens_b, recs) in parallel.gather(done):  # every rank's batches, in batch order
+        for row, g in gens_b:
+            out[row] = g
+        if tr is not None:
+            tr.records.extend(recs)
     gens = [g for g in out if g is not None]
     res = Replies(gens if return_details else [g.text for g in gens])
     res.trace = tr
@@ -169,10 +182,10 @@ def _logits_at(m, batch, mask: torch.Tensor) -> torch.Tensor:
     if decoder is None or unembed is None or softcap:
         logits = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                     position_ids=batch.position_ids, use_cache=False).logits
-        return logits[:, :-1][mask]
+        return logits[:, :-1][mask.to(logits.device)]
     hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                      position_ids=batch.position_ids, use_cache=False).last_hidden_state
-    return unembed(hidden[:, :-1][mask])
+    return unembed(hidden[:, :-1][mask.to(hidden.device)])
 
 
 @torch.no_grad()
@@ -189,19 +202,22 @@ def response_logprobs(
     tokens), under ``edits``. Returns one 1-D tensor per pair; ``.sum()`` is the log-likelihood."""
     m, items, edit_list = _prepare(model, pairs, edits, pairs=True, what="response_logprobs")
     out: list[Optional[torch.Tensor]] = [None] * len(items)
-    bar = tqdm(total=len(items), desc="score", unit="pair", disable=not progress, leave=False)
-    for batch in iter_batches(m, items, batch_size, chat=chat):
+    bar = tqdm(total=len(items), desc="score", unit="pair", disable=not (progress and parallel.is_main()), leave=False)
+    done: list[tuple[int, list]] = []
+    for bi, batch in parallel.my_batches(iter_batches(m, items, batch_size, chat=chat)):
         # position t predicts token t+1: keep the positions whose next token is a response token
         mask = batch.response_mask[:, 1:]
         tgt = batch.input_ids[:, 1:][mask]
         with batch_run(m, edit_list, batch):
             logits = _logits_at(m, batch, mask)  # [n_response_tokens, vocab]
-        tok_lp = torch.log_softmax(logits.float(), -1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1).cpu()
+        tok_lp = torch.log_softmax(logits.float(), -1).gather(-1, tgt.to(logits.device).unsqueeze(-1)).squeeze(-1).cpu()
         counts = mask.sum(1).tolist()
-        for row, chunk in zip(batch.rows.tolist(), torch.split(tok_lp, counts)):
-            out[row] = chunk
+        done.append((bi, list(zip(batch.rows.tolist(), torch.split(tok_lp, counts)))))
         bar.update(batch.size)
     bar.close()
+    for _, pairs_b in parallel.gather(done):
+        for row, chunk in pairs_b:
+            out[row] = chunk
     return [t for t in out if t is not None]
 
 
@@ -218,14 +234,18 @@ def next_token_logprobs(
     """``[n, vocab]`` log-probabilities of the token after each prompt, under ``edits``."""
     m, items, edit_list = _prepare(model, prompts, edits, pairs=False, what="next_token_logprobs")
     out: list[Optional[torch.Tensor]] = [None] * len(items)
-    bar = tqdm(total=len(items), desc="next-token", unit="prompt", disable=not progress, leave=False)
-    for batch in iter_batches(m, items, batch_size, chat=chat):
+    bar = tqdm(total=len(items), desc="next-token", unit="prompt", disable=not (progress and parallel.is_main()),
+               leave=False)
+    done: list[tuple[int, tuple[list, torch.Tensor]]] = []
+    for bi, batch in parallel.my_batches(iter_batches(m, items, batch_size, chat=chat)):
         with batch_run(m, edit_list, batch):
             logits = m.hf_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                 position_ids=batch.position_ids, use_cache=False, logits_to_keep=1).logits
         lp = torch.log_softmax(logits[:, -1].float(), -1).cpu()
-        for j, row in enumerate(batch.rows.tolist()):
-            out[row] = lp[j]
+        done.append((bi, (batch.rows.tolist(), lp)))
         bar.update(batch.size)
     bar.close()
+    for _, (rows, lp) in parallel.gather(done):
+        for j, row in enumerate(rows):
+            out[row] = lp[j]
     return torch.stack([t for t in out if t is not None])

@@ -158,7 +158,7 @@ class Run:
         self.gate_state: dict[int, dict] = defaultdict(dict)
         self.edit_state: dict[int, dict] = defaultdict(dict)
         self.records: list[tuple[int, int, dict[str, torch.Tensor]]] = []
-        self._pl_cols: dict[int, torch.Tensor] = {}
+        self._pl_cols: dict[tuple[int, str], torch.Tensor] = {}
 
     # -- what the runners ask ------------------------------------------------------------------
     @property
@@ -270,14 +270,14 @@ class Run:
         """``[b]`` column of each row's last prompt token in a prompt-pass activation of ``t`` columns."""
         if self.prompt_last is None:
             return torch.full((b,), t - 1, dtype=torch.long, device=device)
-        pl = self._pl_cols.get(t)
+        pl = self._pl_cols.get((t, str(device)))  # layers of a dispatched model sit on several devices
         if pl is None:
             pl = self.prompt_last.to(device=device, dtype=torch.long)
             if pl.shape[0] != b:
                 raise EditError(f"batch of {b} rows but prompt boundaries for {pl.shape[0]}")
             if (pl >= t).any():
                 raise EditError(f"prompt boundary {int(pl.max())} outside an activation of {t} positions")
-            self._pl_cols[t] = pl
+            self._pl_cols[(t, str(device))] = pl
         return pl
 
     # -- edits ---------------------------------------------------------------------------------------
@@ -316,8 +316,8 @@ class Run:
         info = TokenInfo(rows=rows, step=step, prompt_last=pl, mask=mask, state=self.edit_state[i],
                          tracing=self.trace)
         d = e.delta(part, info)
-        if d.dtype != part.dtype:
-            d = d.to(part.dtype)
+        if d.dtype != part.dtype or d.device != part.device:  # the edit follows the activation (device_map, bf16)
+            d = d.to(device=part.device, dtype=part.dtype)
         coef = self._coef(e, part, cols, step)
         if coef is None:
             new = part + d if e.alpha == 1.0 else part + e.alpha * d
@@ -372,7 +372,7 @@ class Run:
         vals: dict[str, torch.Tensor] = {"delta_norm": applied}
         if e.gate is not None:
             gi = self._gid[id(e.gate)]
-            s, c = self.gate_score[gi], self.gate_scale[gi]
+            s, c = self.gate_score[gi].to(part.device), self.gate_scale[gi].to(part.device)
             if s.ndim == 2:
                 full_col = col + (cols.start or 0) if isinstance(cols, slice) else col
                 s, c = s[ar, full_col], c[ar, full_col]

@@ -67,7 +67,8 @@ def save_steerer(steerer: Steerer, path: Union[str, os.PathLike], model=None) ->
         raise ArtifactError("no model fingerprint: pass model= to save()")
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tensors = steerer.state_dict()
+    # on CPU whatever device the model ran on (a dispatched model's layers sit on several)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in steerer.state_dict().items()}
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is an ordinary directory
     old: Optional[Path] = None

@@ -50,6 +50,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from .. import parallel
 from ..fileio import atomic_write_json, atomic_write_text
 from .base import ROLE_TYPES, PipelineError, Role, Steerer
 from .compose import Composition
@@ -298,6 +299,8 @@ def run_spec(spec: dict, model, out_dir: str | os.PathLike, *, data_root=None, p
     atomic_write_json(out / "spec.json", spec, indent=2)
     t0 = time.perf_counter()
     fitted = fit_spec(spec, model, out, data_root=data_root, progress=progress)
+    for name, st in fitted.items():  # data-parallel runs: every rank fitted the same steerer
+        parallel.check_same(f"steerer {name!r}", st.state_dict())
     t_fit = time.perf_counter() - t0
     ev = _eval_settings(spec)
     if limit is not None:
@@ -442,6 +445,8 @@ def ablate(spec: dict, model, vary: Sequence[tuple[str, list[Any]]], out_dir: st
             sts.append(fitted)
         configs[name] = sts[0] if len(sts) == 1 else Composition(sts, name=name)
     t_fit = time.perf_counter() - t0
+    for key, st in cache.items():  # data-parallel runs: every rank fitted the same steerers
+        parallel.check_same(f"steerer {st.name!r}", st.state_dict())
     ev = _eval_settings(spec)
     if limit is not None:
         ev["limit"] = limit

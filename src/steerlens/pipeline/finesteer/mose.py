@@ -372,8 +372,9 @@ class MoSEEdit(Edit):
 
     def route(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(s, a)`` for ``[b, d]`` queries (float32, on the router's device)."""
+        dev = next(self.router.parameters()).device  # the router stays where it was fitted; q comes to it
         with torch.no_grad():
-            return self.router(q.float())
+            return self.router(q.to(device=dev, dtype=torch.float32))
 
     def delta(self, act: torch.Tensor, info: TokenInfo) -> torch.Tensor:
         st = info.state
