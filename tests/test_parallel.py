@@ -8,6 +8,7 @@ import torch
 
 import steerlens
 from steerlens import parallel
+from test_pipeline_spec import SPEC  # noqa: E402  (tests/ is on sys.path, as for contract_roles)
 from steerlens.hooks import AddVector, FunctionGate, capture, generate, next_token_logprobs, response_logprobs
 
 PROMPTS = ["Hi", "What is the capital of France? Answer in one word please.", "2+2?",
@@ -28,7 +29,6 @@ def _edits(m):
 
 def job(out_dir=None):
     """Every runner on the tiny model, with the number of forward passes this rank made."""
-    torch.set_num_threads(1)
     m = steerlens.load_model("tiny-random", seed=0)
     calls = []
     h = m.hf_model.model.embed_tokens.register_forward_hook(lambda mod, a, o: calls.append(a[0].shape[0]))
@@ -71,7 +71,8 @@ def _same(a, b):
 
 
 def test_two_gloo_ranks_equal_one_process(tmp_path):
-    one = job(tmp_path / "one")
+    with parallel.torch_threads(1):  # as in each worker
+        one = job(tmp_path / "one")
     ranks = parallel.spawn(job, 2, tmp_path / "two", threads=1)
     assert [r["rank"] for r in ranks] == [(0, 2), (1, 2)]
     for r in ranks:  # every rank holds the complete results, equal to one process's bit for bit
@@ -97,38 +98,23 @@ def test_outside_a_run_nothing_is_split():
         parallel.run_command(lambda a: 0, None, workers=0)
 
 
-SPEC = """
-name = "tiny"
-[[steerer]]
-name = "a"
-selector = { kind = "fixed", modules = ["blocks.1.hook_resid_post"] }
-editor = "caa"
-alpha = 20.0
-fit = { task = "safety", n = 6 }
-[eval]
-tasks = ["safety"]
-limit = 3
-max_new_tokens = 3
-trace = true
-batch_size = 2
-"""
-
-
 @pytest.mark.slow
 def test_cli_run_with_two_workers_writes_what_one_process_writes(tmp_path, root):
     from steerlens.cli import main
 
     spec = tmp_path / "spec.toml"
-    spec.write_text(SPEC)
-    torch.set_num_threads(1)
-    assert main(["run", str(spec), "--out", str(tmp_path / "one"), "--model", "tiny-random", "--quiet"]) == 0
+    spec.write_text(SPEC.replace("limit = 2", "limit = 3\nbatch_size = 2"))  # a steerer and a baseline
+    with parallel.torch_threads(1):  # the workers' thread count, without changing it for later tests
+        assert main(["run", str(spec), "--out", str(tmp_path / "one"), "--model", "tiny-random", "--quiet"]) == 0
     assert main(["run", str(spec), "--out", str(tmp_path / "two"), "--model", "tiny-random", "--quiet",
                  "--workers", "2", "--threads", "1"]) == 0
 
-    def records(d):
-        recs = json.loads((d / "eval" / "results.json").read_text())["records"]
-        return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in recs]
+    def results(d):
+        res = json.loads((d / "eval" / "results.json").read_text())
+        return res["meta"]["workers"], [{k: v for k, v in r.items() if k != "wall_time_s"} for r in res["records"]]
 
-    assert records(tmp_path / "one") == records(tmp_path / "two")
+    (w1, one), (w2, two) = results(tmp_path / "one"), results(tmp_path / "two")
+    assert (w1, w2) == (1, 2)  # the second run really was split over two ranks
+    assert one == two
     for f in ("eval/samples.jsonl", "eval/trace.jsonl", "paired.json", "artifacts/a/tensors.safetensors"):
         assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes(), f

@@ -69,6 +69,21 @@ def is_main() -> bool:
 
 
 @contextlib.contextmanager
+def torch_threads(n: Optional[int]) -> Iterator[None]:
+    """Run the block on ``n`` intra-op CPU threads (``None``: leave the setting alone), restoring
+    the previous count after it."""
+    if n is None or int(n) == torch.get_num_threads():
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
 def data_parallel() -> Iterator[tuple[int, int]]:
     """Within the block, steerlens's batched runners split their batches over the ranks of the
     initialised process group and all-gather the results. Yields ``(rank, world size)``."""

@@ -222,6 +222,7 @@ def plot_pareto(records: Sequence[Record], path: str | os.PathLike,
 def _meta(model, tasks, configs, limit, split, seed, alpha, data_root, judge) -> dict:
     from .data import data_dir
     import steerlens
+    from .. import parallel
 
     try:
         fp = model.fingerprint()
@@ -230,7 +231,7 @@ def _meta(model, tasks, configs, limit, split, seed, alpha, data_root, judge) ->
     return {"model": fp, "tasks": list(tasks), "steering": list(configs), "limit": limit, "split": split,
             "seed": seed, "alpha": alpha, "data_dir": str(data_dir(data_root)), "judge": str(judge or "pattern"),
             "steerlens_version": steerlens.__version__, "python": platform.python_version(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "workers": parallel.world()[1], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def run_eval(model, tasks: Sequence[str] = ("safety", "truthfulness", "utility"),

@@ -50,7 +50,6 @@ It reports ``expert_weights`` (``[b, K]``) and ``s_norm`` (``‖s(q)‖``) for t
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import warnings
@@ -61,6 +60,7 @@ import torch
 from torch import nn
 
 from ...hooks import Edit, EditError, HookGate, Site
+from ...parallel import torch_threads
 from ...hooks.edits import TokenInfo, normalise_positions
 from ...hooks.sites import parse_site
 from ..base import (ContrastiveActs, Editor, PipelineError, Selection, Steerer, register_role, resid_module,
@@ -261,20 +261,6 @@ def lr_at(step: int, *, lr: float, warmup: int, total: int) -> float:
     span = max(1, total - warmup)
     prog = min(1.0, (step - warmup) / span)
     return lr * 0.5 * (1.0 + math.cos(math.pi * prog))
-
-
-@contextlib.contextmanager
-def torch_threads(n: Optional[int]):
-    """Run the block on ``n`` intra-op CPU threads (``None``: leave the setting alone)."""
-    if n is None or int(n) == torch.get_num_threads():
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def train_router(router: MoSERouter, q_tr: torch.Tensor, d_tr: torch.Tensor, q_va: torch.Tensor,
