@@ -117,8 +117,10 @@ def main() -> int:
     print(json.dumps(res, indent=1))
     if args.out:
         atomic_write_json(args.out, res, indent=1)
-    worst = max(e["max_abs_logprob_diff"] for e in res["edits"].values())
-    return 0 if worst == 0.0 and all(e["same_tokens"] == e["of"] for e in res["edits"].values()) else 1
+    ok = res["fingerprint_equal"] and all(
+        e["max_abs_logprob_diff"] == 0.0 and e["capture_max_abs_diff"] == 0.0 and e["same_tokens"] == e["of"]
+        and e["same_gates"] == e["of"] for e in res["edits"].values())
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

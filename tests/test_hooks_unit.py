@@ -357,3 +357,9 @@ def test_capture_cache_reads_repeated_captures_once(tiny):
     b[sites[0]].zero_()  # callers get copies
     with capture_cache():
         assert torch.equal(capture(tiny, PROMPTS, sites[:1], progress=False)[sites[0]], plain[sites[0]])
+    with capture_cache() as cache:
+        capture(tiny, PROMPTS, sites[:1], batch_size=2, progress=False)
+        capture(tiny, PROMPTS, sites[:1], batch_size=3, progress=False)  # other padding, other bits: a miss
+        ids = [(p, [5, 6, 7]) for p in PROMPTS[:2]]  # token-id responses are unhashable: read uncached
+        assert capture(tiny, ids, sites[:1], "response_mean", progress=False)[sites[0]].shape[0] == 2
+        assert cache["hits"] == 0 and cache["misses"] == 2

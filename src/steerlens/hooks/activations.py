@@ -210,7 +210,13 @@ def capture(
 
     cache_key = None
     if _CACHE is not None and not edit_list and out_dir is None and position != "all":
-        cache_key = (id(m.hf_model), tuple(items), position, chat, max_length, dtype)
+        # batch_size is part of the key: SDPA reduces rows padded to other lengths in another order
+        cache_key = (id(m.hf_model), tuple(items), position, batch_size, chat, max_length, dtype)
+        try:
+            hash(cache_key)
+        except TypeError:  # e.g. token-id lists as responses: read without the cache
+            cache_key = None
+    if cache_key is not None:
         have = {s: _CACHE.get((cache_key, s)) for s in site_list}
         missing = [s for s in site_list if have[s] is None]
         _CACHE["hits"] += len(site_list) - len(missing)

@@ -212,6 +212,7 @@ def fit_steerer(model, st: dict, *, data_root=None, progress: bool = True) -> St
             raise SpecError(f"steerer {st['name']!r}: task {fit['task']!r} has no gate data; set fit.gate_task")
     steerer.fit(model, data, gate_data=gdata, progress=progress)
     steerer.name = st["name"]
+    parallel.check_same(f"steerer {st['name']!r}", steerer.state_dict())  # data-parallel: every rank fitted alike
     return steerer
 
 
@@ -299,8 +300,6 @@ def run_spec(spec: dict, model, out_dir: str | os.PathLike, *, data_root=None, p
     atomic_write_json(out / "spec.json", spec, indent=2)
     t0 = time.perf_counter()
     fitted = fit_spec(spec, model, out, data_root=data_root, progress=progress)
-    for name, st in fitted.items():  # data-parallel runs: every rank fitted the same steerer
-        parallel.check_same(f"steerer {name!r}", st.state_dict())
     t_fit = time.perf_counter() - t0
     ev = _eval_settings(spec)
     if limit is not None:
@@ -445,8 +444,6 @@ def ablate(spec: dict, model, vary: Sequence[tuple[str, list[Any]]], out_dir: st
             sts.append(fitted)
         configs[name] = sts[0] if len(sts) == 1 else Composition(sts, name=name)
     t_fit = time.perf_counter() - t0
-    for key, st in cache.items():  # data-parallel runs: every rank fitted the same steerers
-        parallel.check_same(f"steerer {st.name!r}", st.state_dict())
     ev = _eval_settings(spec)
     if limit is not None:
         ev["limit"] = limit

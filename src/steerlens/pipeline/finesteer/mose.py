@@ -365,21 +365,20 @@ class MoSEEdit(Edit):
     def delta(self, act: torch.Tensor, info: TokenInfo) -> torch.Tensor:
         st = info.state
         b = act.shape[0]
-        if info.prompt_last is not None:
-            q = act[torch.arange(b, device=act.device), info.prompt_last.to(act.device)]
+        if info.prompt_last is not None or "s" not in st:
+            q = (act[torch.arange(b, device=act.device), info.prompt_last.to(act.device)]
+                 if info.prompt_last is not None else act[:, -1])
             s, a = self.route(q)
-            st["s"], st["a"] = s, a
-            st["routed"] = st.get("routed", 0) + 1
-        elif "s" not in st:
-            s, a = self.route(act[:, -1])
-            st["s"], st["a"] = s, a
+            # s(q) in float32 for the report, and once in the activation's device and dtype for
+            # every token that follows (not a copy per decode step)
+            st["s"], st["a"], st["s_act"] = s, a, s.to(device=act.device, dtype=act.dtype)[:, None, :]
             st["routed"] = st.get("routed", 0) + 1
         s, a = st["s"], st["a"]
         if s.shape[0] != b:
             raise EditError(f"{self.site}: MoSE state holds {s.shape[0]} rows but the call has {b}")
         info.report("expert_weights", a)
         info.report("s_norm", s.norm(dim=-1))
-        return s.to(device=act.device, dtype=act.dtype)[:, None, :]
+        return st["s_act"]
 
 
 # ----------------------------------------------------------------------------------------
