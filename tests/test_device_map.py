@@ -214,6 +214,9 @@ def test_a_local_checkpoint_loads_with_a_device_map_and_offload(tiny, tmp_path):
     tiny.hf_model.save_pretrained(tmp_path / "ckpt")
     tiny.tokenizer.save_pretrained(tmp_path / "ckpt")
     dm = {**MAP, "model.layers.1": "disk"}
+    for bad, match in (({}, "empty"), (dm, "offload_folder"), ("everywhere", "strategy|one of")):
+        with pytest.raises(ModelLoadError, match=match):  # the checkpoint path checks the map as dispatch() does
+            steerlens.load_model(tmp_path / "ckpt", device_map=bad, chat=tiny.chat)
     m = steerlens.load_model(tmp_path / "ckpt", device_map=dm, offload_folder=tmp_path / "off", chat=tiny.chat)
     assert m.device_map == dm and m.device == torch.device("cpu")
     assert any(p.device.type == "meta" for p in m.hf_model.model.layers[1].parameters())

@@ -511,18 +511,34 @@ def _check_map_values(device_map: dict) -> dict:
     return out
 
 
-def resolve_device_map(hf_model: torch.nn.Module, device_map: str | dict, *, max_memory: Optional[dict] = None,
-                       dtype: Optional[torch.dtype] = None) -> dict[str, Any]:
-    """An explicit ``{module name: device}`` map: a dict is checked and returned; a strategy name
-    (:data:`MAP_STRATEGIES`) is resolved by accelerate (``infer_auto_device_map``, with
-    ``get_balanced_memory`` for the balanced ones) under ``max_memory`` (e.g. ``{0: "20GiB", "cpu": "64GiB"}``).
-    Decoder layers are never split across devices (the model's ``_no_split_modules``)."""
+def check_device_map(device_map: str | dict) -> str | dict:
+    """A device map as given, checked: a non-empty dict's values, or a strategy name of
+    :data:`MAP_STRATEGIES` (``"disk"`` entries are checked against the offload folder by
+    :func:`_check_disk` once the map is explicit)."""
     if isinstance(device_map, dict):
         if not device_map:
             raise ModelLoadError("device_map is empty")
         return _check_map_values(device_map)
     if device_map not in MAP_STRATEGIES:
         raise ModelLoadError(f"device_map must be a dict or one of {MAP_STRATEGIES}, got {device_map!r}")
+    return device_map
+
+
+def _check_disk(device_map: dict, offload_folder) -> None:
+    if "disk" in device_map.values() and offload_folder is None:
+        raise ModelLoadError("device_map puts modules on 'disk': give offload_folder= (where accelerate keeps "
+                             "their weights)")
+
+
+def resolve_device_map(hf_model: torch.nn.Module, device_map: str | dict, *, max_memory: Optional[dict] = None,
+                       dtype: Optional[torch.dtype] = None) -> dict[str, Any]:
+    """An explicit ``{module name: device}`` map: a dict is checked and returned; a strategy name
+    (:data:`MAP_STRATEGIES`) is resolved by accelerate (``infer_auto_device_map``, with
+    ``get_balanced_memory`` for the balanced ones) under ``max_memory`` (e.g. ``{0: "20GiB", "cpu": "64GiB"}``).
+    Decoder layers are never split across devices (the model's ``_no_split_modules``)."""
+    device_map = check_device_map(device_map)
+    if isinstance(device_map, dict):
+        return device_map
     from accelerate import infer_auto_device_map
     from accelerate.utils import get_balanced_memory
 
@@ -547,9 +563,7 @@ def dispatch(hf_model: torch.nn.Module, device_map: str | dict, *, max_memory: O
     from accelerate import dispatch_model
 
     dm = resolve_device_map(hf_model, device_map, max_memory=max_memory, dtype=dtype)
-    if "disk" in dm.values() and offload_folder is None:
-        raise ModelLoadError("device_map puts modules on 'disk': give offload_folder= (where accelerate keeps "
-                             "their weights)")
+    _check_disk(dm, offload_folder)  # also where a strategy resolved to disk
     try:
         dispatch_model(hf_model, device_map=dm, offload_dir=None if offload_folder is None else str(offload_folder),
                        force_hooks=True)
@@ -600,6 +614,9 @@ def load_model(
     if device_map is not None:
         if device not in (None, "cpu", "auto") and str(device) != "cpu":
             raise ModelLoadError(f"give either device ({device!r}) or device_map, not both")
+        device_map = check_device_map(device_map)  # before any weights are read
+        if isinstance(device_map, dict):
+            _check_disk(device_map, offload_folder)
         placement: Optional[dict] = {"device_map": device_map, "max_memory": max_memory,
                                      "offload_folder": offload_folder}
     else:
@@ -636,14 +653,7 @@ def load_model(
             warnings.simplefilter("ignore")
             kw: dict = {}
             if placement is not None:
-                dm = placement["device_map"]
-                if isinstance(dm, dict):
-                    dm = _check_map_values(dm)
-                    if "disk" in dm.values() and offload_folder is None:
-                        raise ModelLoadError("device_map puts modules on 'disk': give offload_folder=")
-                elif dm not in MAP_STRATEGIES:
-                    raise ModelLoadError(f"device_map must be a dict or one of {MAP_STRATEGIES}, got {dm!r}")
-                kw = {"device_map": dm, "max_memory": max_memory,
+                kw = {"device_map": placement["device_map"], "max_memory": max_memory,
                       "offload_folder": None if offload_folder is None else str(offload_folder)}
             hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kw)
             tok = _load_tokenizer(path)
