@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import sys
+from .cliargs import add_model_args, model_from_args
 from typing import Optional, Sequence
 
 _PLUGINS = ("steerlens.evals.cli", "steerlens.pipeline.cli", "steerlens.interp.cli")
@@ -27,7 +28,6 @@ def _cmd_fetch_model(args: argparse.Namespace) -> int:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .hooks import generate
-    from .models import load_model
 
     prompts = list(args.prompt)
     if args.prompts_file:
@@ -36,10 +36,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if not prompts:
         print("steerlens generate: give --prompt or --prompts-file", file=sys.stderr)
         return 2
-    from .pipeline.cli import _device_map_arg
-
-    model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=_device_map_arg(args.device_map),
-                       offload_folder=args.offload_folder)
+    model = model_from_args(args)
     edits = None
     if args.steering:
         from .pipeline import load_steerer  # provided by the pipeline package
@@ -78,10 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate replies, optionally steered by a saved steerer")
     g.add_argument("--model", default=None, help="model name or directory (default: SmolLM2-135M-Instruct)")
     g.add_argument("--device", default="cpu")
-    g.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
-    g.add_argument("--device-map", default=None,
-                   help="spread the model over devices (accelerate): auto | balanced | sequential | JSON | @map.json")
-    g.add_argument("--offload-folder", default=None, help="where 'disk' modules of --device-map keep their weights")
+    add_model_args(g)
     g.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     g.add_argument("--prompts-file", default=None, help="one prompt per line")
     g.add_argument("--steering", default=None, help="a saved steerer artifact directory")

@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..cliargs import add_model_args, add_worker_args, distributed, model_from_args
+
 
 class SteeringLoadError(RuntimeError):
     """A --steering artifact could not be loaded."""
@@ -41,18 +43,10 @@ def _config_name(spec: str, taken: set[str]) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..parallel import ParallelError, run_command
-
-    try:  # --workers N / torchrun: batches split over the ranks, rank 0 writes (steerlens.parallel)
-        return run_command(_eval_body, args, workers=args.workers, threads=args.threads)
-    except ParallelError as e:
-        print(f"steerlens eval: {e}", file=sys.stderr)
-        return 2
+    return distributed(_eval_body, args)  # --workers N / torchrun: batches split over the ranks, rank 0 writes
 
 
 def _eval_body(args: argparse.Namespace) -> int:
-    from ..models import load_model
-    from ..pipeline.cli import _device_map_arg
     from .data import DataError, data_dir
     from .report import run_eval
     from .tasks import TASKS
@@ -67,8 +61,7 @@ def _eval_body(args: argparse.Namespace) -> int:
     except DataError as e:
         print(f"steerlens eval: {e}", file=sys.stderr)
         return 2
-    model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=_device_map_arg(args.device_map),
-                       offload_folder=args.offload_folder)
+    model = model_from_args(args)
     configs: dict = {}
     for spec in args.steering or ["none"]:
         try:
@@ -108,11 +101,6 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--trace", action="store_true",
                    help="record the per-token trace of every safety reply (trace.jsonl next to the results)")
     p.add_argument("--out", required=True, help="output directory (results.json, results.md, plots)")
-    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
-    p.add_argument("--device-map", default=None,
-                   help="spread the model over devices (accelerate): auto | balanced | sequential | JSON | @map.json")
-    p.add_argument("--offload-folder", default=None, help="where 'disk' modules of --device-map keep their weights")
-    p.add_argument("--workers", type=int, default=1,
-                   help="data-parallel processes (gloo on CPU, NCCL on GPU); rank 0 writes results equal to one process")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    add_model_args(p)
+    add_worker_args(p)
     p.set_defaults(func=cmd_eval)

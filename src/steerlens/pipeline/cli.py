@@ -19,6 +19,7 @@ import json
 import sys
 import time
 import warnings
+from ..cliargs import add_model_args, add_worker_args, distributed, model_from_args
 from typing import Any
 
 
@@ -169,42 +170,15 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _spec_and_model(args):
-    from ..models import load_model
     from .spec import read_spec
 
     spec = read_spec(args.spec)
-    model = load_model(args.model or spec.get("model"), device=args.device, dtype=args.dtype,
-                       device_map=_device_map_arg(args.device_map), offload_folder=args.offload_folder)
+    model = model_from_args(args, args.model or spec.get("model"))
     return spec, model
 
 
-def _device_map_arg(value):
-    """``--device-map auto|balanced|sequential``, a JSON object, or ``@map.json``."""
-    if value is None:
-        return None
-    if value.startswith("@"):
-        with open(value[1:]) as f:
-            return json.load(f)
-    if value.lstrip().startswith("{"):
-        return json.loads(value)
-    return value
-
-
-def _distributed(body):
-    """``body(args)`` over ``--workers`` processes, or the ranks torchrun started (steerlens.parallel)."""
-    def cmd(args: argparse.Namespace) -> int:
-        from ..parallel import ParallelError, run_command
-
-        try:
-            return run_command(body, args, workers=args.workers, threads=args.threads)
-        except ParallelError as e:
-            print(f"steerlens {args.command}: {e}", file=sys.stderr)
-            return 2
-    return cmd
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
-    return _distributed(_run_body)(args)
+    return distributed(_run_body, args)
 
 
 def _run_body(args: argparse.Namespace) -> int:
@@ -222,7 +196,7 @@ def _run_body(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    return _distributed(_ablate_body)(args)
+    return distributed(_ablate_body, args)
 
 
 def _ablate_body(args: argparse.Namespace) -> int:
@@ -248,16 +222,8 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="benchmark data directory (default: $STEERLENS_DATA or ../shared/data)")
     p.add_argument("--limit", type=int, default=None, help="override the spec's examples per eval set")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
-    p.add_argument("--device-map", default=None,
-                   help="spread the model over devices (accelerate): auto | balanced | sequential | a JSON "
-                        "object {module: device} | @map.json (instead of --device)")
-    p.add_argument("--offload-folder", default=None, help="where 'disk' modules of --device-map keep their weights")
-    p.add_argument("--workers", type=int, default=1,
-                   help="data-parallel processes (torch.distributed: gloo on CPU, NCCL on GPU); batches are split "
-                        "over them and rank 0 writes results identical to one process. Under torchrun leave it at 1")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per worker (default $OMP_NUM_THREADS, else cores / workers)")
+    add_model_args(p)
+    add_worker_args(p)
 
 
 def add_subcommands(sub) -> None:
