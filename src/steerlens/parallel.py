@@ -33,8 +33,10 @@ import tempfile
 from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
 import torch
+from tqdm.auto import tqdm
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 _ACTIVE = False
 
@@ -107,10 +109,11 @@ def my_batches(batches: Iterable[T]) -> Iterator[tuple[int, T]]:
 
 
 def gather(local: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
-    """All ranks' ``(batch index, result)`` lists, merged and sorted by batch index (on every rank)."""
+    """All ranks' ``(batch index, result)`` lists (each in ascending batch order), merged and sorted
+    by batch index (on every rank)."""
     rank, n = world()
     if n == 1:
-        return sorted(local, key=lambda x: x[0])
+        return local
     parts: list[Any] = [None] * n
     _dist().all_gather_object(parts, local)
     merged = [x for part in parts for x in part]
@@ -118,6 +121,23 @@ def gather(local: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
     if len(set(idx)) != len(idx):
         raise ParallelError(f"ranks returned overlapping batches {sorted(idx)}")
     return sorted(merged, key=lambda x: x[0])
+
+
+def map_batches(fn: Callable[[int, T], R], batches: Iterable[T], *, total: int, desc: str, unit: str,
+                progress: bool) -> list[R]:
+    """``fn(i, batch)`` over this rank's batches (:func:`my_batches`: all of them outside a run),
+    with a progress bar on rank 0; returns every batch's result, in batch order, on every rank.
+    What the batched runners (generation, scoring, in-memory capture) share."""
+    rank, n = world()
+    bar = tqdm(total=total, desc=desc, unit=unit, disable=not (progress and rank == 0), leave=False)
+    mine = []
+    try:
+        for i, b in my_batches(batches):
+            mine.append((i, fn(i, b)))
+            bar.update(min(getattr(b, "size", 1) * n, bar.total - bar.n))  # the ranks' shares are even
+    finally:
+        bar.close()
+    return [r for _, r in gather(mine)]
 
 
 def rounds(batches: Iterable[T]) -> Iterator[tuple[int, Optional[T]]]:

@@ -288,13 +288,13 @@ def capture(
         return state["out"]
 
     try:
-        bar = tqdm(total=len(items), desc="capture", unit="input", disable=not (progress and parallel.is_main()),
-                   leave=False)
         # Streaming keeps input order (shards concatenate to input order); in memory, batches
         # are grouped by length to save padding and put back in order at the end. In a
         # data-parallel run each rank runs every N-th batch (steerlens.parallel).
         batches = iter_batches(m, items, batch_size, chat=chat, max_length=max_length, sort_by_length=not streaming)
         if streaming:  # one round of N batches at a time: memory stays bounded
+            bar = tqdm(total=len(items), desc="capture", unit="input", disable=not (progress and parallel.is_main()),
+                       leave=False)
             for bi, batch in parallel.rounds(batches):
                 mine = [] if batch is None else [(bi, (run_batch(batch), batch.size))]
                 for _, (got, size) in parallel.gather(mine):
@@ -307,16 +307,13 @@ def capture(
                             pending, n_pending = {str(s): [] for s in site_list}, 0
                     n_done += size
                     bar.update(size)
+            bar.close()
         else:
-            done = []
-            for bi, batch in parallel.my_batches(batches):
-                done.append((bi, (run_batch(batch), batch.rows.cpu())))
-                bar.update(batch.size)
-            for _, (got, rows) in parallel.gather(done):
+            for got, rows in parallel.map_batches(lambda i, b: (run_batch(b), b.rows.cpu()), batches,
+                                                  total=len(items), desc="capture", unit="input", progress=progress):
                 for s in site_list:
                     results[s].append(got[s])
                 order.append(rows)
-        bar.close()
     except BaseException:
         if shard_dir is not None:
             shutil.rmtree(shard_dir, ignore_errors=True)

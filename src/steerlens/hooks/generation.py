@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import parallel
 from ..models import as_model
@@ -118,10 +117,8 @@ def generate(
     out: list[Optional[Generation]] = [None] * len(items)
     tr = Trace() if trace else None
     live = [e for e in edit_list if not e.is_identity]  # the edits a Run keeps, in its order
-    bar = tqdm(total=len(items), desc="generate", unit="prompt", disable=not (progress and parallel.is_main()),
-               leave=False)
-    done: list[tuple[int, tuple[list, list]]] = []  # per batch: (its Generations, its trace records)
-    for bi, batch in parallel.my_batches(iter_batches(m, items, batch_size, chat=chat)):
+
+    def run_batch(bi: int, batch) -> tuple[list, list]:  # its Generations, its trace records
         if do_sample:
             torch.manual_seed(seed * 1_000_003 + bi)
         with batch_run(m, edit_list, batch, trace=trace) as run:
@@ -156,10 +153,10 @@ def generate(
             bt = Trace()
             bt.add_run(run, [e.label for e in live], [str(e.site) for e in live], rows, kept, texts)
             recs = bt.records
-        done.append((bi, (gens_b, recs)))
-        bar.update(batch.size)
-    bar.close()
-    for _, (gens_b, recs) in parallel.gather(done):  # every rank's batches, in batch order
+        return gens_b, recs
+
+    for gens_b, recs in parallel.map_batches(run_batch, iter_batches(m, items, batch_size, chat=chat),
+                                             total=len(items), desc="generate", unit="prompt", progress=progress):
         for row, g in gens_b:
             out[row] = g
         if tr is not None:
@@ -202,20 +199,18 @@ def response_logprobs(
     tokens), under ``edits``. Returns one 1-D tensor per pair; ``.sum()`` is the log-likelihood."""
     m, items, edit_list = _prepare(model, pairs, edits, pairs=True, what="response_logprobs")
     out: list[Optional[torch.Tensor]] = [None] * len(items)
-    bar = tqdm(total=len(items), desc="score", unit="pair", disable=not (progress and parallel.is_main()), leave=False)
-    done: list[tuple[int, list]] = []
-    for bi, batch in parallel.my_batches(iter_batches(m, items, batch_size, chat=chat)):
+
+    def run_batch(bi: int, batch) -> list:
         # position t predicts token t+1: keep the positions whose next token is a response token
         mask = batch.response_mask[:, 1:]
         tgt = batch.input_ids[:, 1:][mask]
         with batch_run(m, edit_list, batch):
             logits = _logits_at(m, batch, mask)  # [n_response_tokens, vocab]
         tok_lp = torch.log_softmax(logits.float(), -1).gather(-1, tgt.to(logits.device).unsqueeze(-1)).squeeze(-1).cpu()
-        counts = mask.sum(1).tolist()
-        done.append((bi, list(zip(batch.rows.tolist(), torch.split(tok_lp, counts)))))
-        bar.update(batch.size)
-    bar.close()
-    for _, pairs_b in parallel.gather(done):
+        return list(zip(batch.rows.tolist(), torch.split(tok_lp, mask.sum(1).tolist())))
+
+    for pairs_b in parallel.map_batches(run_batch, iter_batches(m, items, batch_size, chat=chat), total=len(items),
+                                        desc="score", unit="pair", progress=progress):
         for row, chunk in pairs_b:
             out[row] = chunk
     return [t for t in out if t is not None]
@@ -234,18 +229,15 @@ def next_token_logprobs(
     """``[n, vocab]`` log-probabilities of the token after each prompt, under ``edits``."""
     m, items, edit_list = _prepare(model, prompts, edits, pairs=False, what="next_token_logprobs")
     out: list[Optional[torch.Tensor]] = [None] * len(items)
-    bar = tqdm(total=len(items), desc="next-token", unit="prompt", disable=not (progress and parallel.is_main()),
-               leave=False)
-    done: list[tuple[int, tuple[list, torch.Tensor]]] = []
-    for bi, batch in parallel.my_batches(iter_batches(m, items, batch_size, chat=chat)):
+
+    def run_batch(bi: int, batch) -> tuple[list, torch.Tensor]:
         with batch_run(m, edit_list, batch):
             logits = m.hf_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                 position_ids=batch.position_ids, use_cache=False, logits_to_keep=1).logits
-        lp = torch.log_softmax(logits[:, -1].float(), -1).cpu()
-        done.append((bi, (batch.rows.tolist(), lp)))
-        bar.update(batch.size)
-    bar.close()
-    for _, (rows, lp) in parallel.gather(done):
+        return batch.rows.tolist(), torch.log_softmax(logits[:, -1].float(), -1).cpu()
+
+    for rows, lp in parallel.map_batches(run_batch, iter_batches(m, items, batch_size, chat=chat), total=len(items),
+                                         desc="next-token", unit="prompt", progress=progress):
         for j, row in enumerate(rows):
             out[row] = lp[j]
     return torch.stack([t for t in out if t is not None])
