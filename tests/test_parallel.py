@@ -96,6 +96,13 @@ def test_outside_a_run_nothing_is_split():
             pass
     with pytest.raises(parallel.ParallelError, match="workers"):
         parallel.run_command(lambda a: 0, None, workers=0)
+    # the backend follows where the model goes, not what the machine has
+    from argparse import Namespace
+
+    assert parallel.backend_for(Namespace(device="cpu", device_map=None)) == "gloo"
+    assert parallel.backend_for(Namespace(device="cpu", device_map={"model.layers.0": "cpu"})) == "gloo"
+    assert parallel.backend_for(Namespace(device="cuda:0", device_map=None)) == "nccl"
+    assert parallel.backend_for(Namespace(device=None, device_map={"model.layers.0": 0, "lm_head": "cpu"})) == "nccl"
 
 
 @pytest.mark.slow

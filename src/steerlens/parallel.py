@@ -207,9 +207,8 @@ def init(backend: Optional[str] = None, timeout_s: float = 3600.0) -> tuple[int,
     for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         if k not in os.environ:
             raise ParallelError(f"${k} is not set: start with torchrun, or use --workers N")
-    use_cuda = torch.cuda.is_available()
-    backend = backend or ("nccl" if use_cuda else "gloo")
-    if use_cuda:
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
@@ -224,9 +223,26 @@ def _threads_for(workers: int, threads: Optional[int]) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def _spawned(rank: int, workers: int, port: int, threads: int, body: Callable, args: Any) -> None:
+def backend_for(args: Any) -> str:
+    """The process-group backend a command's options call for: NCCL when the model goes to CUDA
+    (``--device cuda...``, a device map naming a GPU, or a named strategy on a CUDA machine),
+    gloo otherwise: a CPU run on a GPU machine stays on gloo."""
+    dev = str(getattr(args, "device", None) or "")
+    dm = getattr(args, "device_map", None)
+    if isinstance(dm, dict):
+        gpu_map = any(isinstance(v, int) or str(v).startswith("cuda") for v in dm.values())
+    else:
+        gpu_map = dm is not None and torch.cuda.is_available()
+    return "nccl" if dev.startswith("cuda") or gpu_map else "gloo"
+
+
+def _rank_env(rank: int, workers: int, port: int) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(workers), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
+
+
+def _spawned(rank: int, workers: int, port: int, threads: int, body: Callable, args: Any) -> None:
+    _rank_env(rank, workers, port)
     rc = _as_rank(body, args, threads)
     if rc:
         sys.exit(rc)
@@ -235,7 +251,7 @@ def _spawned(rank: int, workers: int, port: int, threads: int, body: Callable, a
 def _as_rank(body: Callable, args: Any, threads: Optional[int]) -> int:
     if threads is not None:
         torch.set_num_threads(threads)
-    rank, n = init()
+    rank, n = init(backend_for(args))
     tmp = None
     try:
         if rank != 0:  # only rank 0 prints and writes
@@ -259,8 +275,7 @@ def _as_rank(body: Callable, args: Any, threads: Optional[int]) -> int:
 
 def _spawned_fn(rank: int, workers: int, port: int, threads: Optional[int], fn: Callable, args: tuple,
                 out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(workers), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    _rank_env(rank, workers, port)
     if threads is not None:
         torch.set_num_threads(threads)
     init()
@@ -302,7 +317,7 @@ def run_command(body: Callable[[Any], int], args: Any, workers: int = 1, threads
         return _as_rank(body, args, threads)
     if workers == 1:
         return int(body(args) or 0)
-    if torch.cuda.is_available() and torch.cuda.device_count() < workers:
+    if backend_for(args) == "nccl" and torch.cuda.device_count() < workers:
         raise ParallelError(f"--workers {workers} on GPU needs {workers} CUDA devices, "
                             f"this machine has {torch.cuda.device_count()}")
     import torch.multiprocessing as mp
