@@ -1,12 +1,22 @@
 """Shared fixtures: a tiny random model (unit tests) and the default model (integration tests)."""
 
+import importlib
+import pkgutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from jaxtyping import install_import_hook
 
-import steerlens
+# Shapes and types at steerlens's annotated boundaries are checked at run time in every test
+# (jaxtyping + beartype), so a wrong shape fails where it enters, not three calls later.
+with install_import_hook("steerlens", "shapecheck.check_shapes"):
+    import steerlens
+
+    for _m in pkgutil.walk_packages(steerlens.__path__, "steerlens."):  # every module, checked
+        if not _m.name.endswith("__main__"):
+            importlib.import_module(_m.name)
 from steerlens.evals import data as D
 
 # research experiments are scripts in <repo>/experiments that use steerlens as a user would

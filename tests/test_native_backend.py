@@ -123,7 +123,7 @@ def test_bridge_is_available_on_demand_and_separate(pair):
 
 
 def test_unknown_layouts_fall_back_to_the_bridge(monkeypatch):
-    import steerlens.hooks.native as nat
+    import steerlens.models.native as nat
 
     monkeypatch.setattr(nat, "NATIVE_MODEL_TYPES", ())
     with pytest.raises(steerlens.ModelLoadError, match="native backend cannot hook"):

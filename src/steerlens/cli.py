@@ -11,8 +11,9 @@ import argparse
 import importlib
 import json
 import sys
-from .cliargs import add_model_args, model_from_args
 from typing import Optional, Sequence
+
+from .cliargs import add_common_args, add_data_arg, model_from_args
 
 _PLUGINS = ("steerlens.evals.cli", "steerlens.pipeline.cli", "steerlens.interp.cli")
 
@@ -73,9 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=_cmd_fetch_model)
 
     g = sub.add_parser("generate", help="generate replies, optionally steered by a saved steerer")
-    g.add_argument("--model", default=None, help="model name or directory (default: SmolLM2-135M-Instruct)")
-    g.add_argument("--device", default="cpu")
-    add_model_args(g)
+    add_common_args(g, data=False)
     g.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     g.add_argument("--prompts-file", default=None, help="one prompt per line")
     g.add_argument("--steering", default=None, help="a saved steerer artifact directory")
@@ -87,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_cmd_generate)
 
     d = sub.add_parser("demo", help="the main job: REAL -> SCS -> MoSE / ODESteer vs unsteered and CAA on the default model")
-    d.add_argument("--data-dir", default=None, help="benchmark data directory (default: $STEERLENS_DATA or ../shared/data)")
+    add_data_arg(d)
     d.add_argument("--out", default="runs/demo", help="where to write the demo's results")
     d.add_argument("--quick", action="store_true", help="smaller sizes (for smoke tests)")
     d.add_argument("--limit", type=int, default=None,

@@ -20,6 +20,26 @@ def device_map_arg(value: str):
     return value
 
 
+MODEL_HELP = "model name or directory (default: SmolLM2-135M-Instruct)"
+DATA_HELP = "benchmark data directory (default: $STEERLENS_DATA or ../shared/data)"
+
+
+def add_data_arg(p: argparse.ArgumentParser) -> None:
+    """``--data-dir``: where the benchmark data are read from."""
+    p.add_argument("--data-dir", default=None, help=DATA_HELP)
+
+
+def add_common_args(p: argparse.ArgumentParser, *, model_help: str = MODEL_HELP, data: bool = True) -> None:
+    """The options of every subcommand that loads a model: ``--model``, ``--device``, ``--data-dir``
+    (unless ``data=False``) and the placement options of :func:`add_model_args`; the model they name
+    is :func:`model_from_args`."""
+    p.add_argument("--model", default=None, help=model_help)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    if data:
+        add_data_arg(p)
+    add_model_args(p)
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
     p.add_argument("--device-map", default=None, type=device_map_arg,

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cliargs import add_model_args, add_worker_args, distributed, model_from_args
+from ..cliargs import add_common_args, add_worker_args, distributed, model_from_args
 
 
 class SteeringLoadError(RuntimeError):
@@ -89,9 +89,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--steering", nargs="+", action="extend", default=None,
                    help="saved steerer artifact dir(s), or 'none' for unsteered (default: none)")
     p.add_argument("--alpha", type=float, default=None, help="override the steering strength")
-    p.add_argument("--model", default=None, help="model name or directory (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--data-dir", default=None, help="benchmark data directory (default: $STEERLENS_DATA or ../shared/data)")
+    add_common_args(p)
     p.add_argument("--split", default="test", choices=["fit", "val", "test", "all"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
@@ -101,6 +99,5 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--trace", action="store_true",
                    help="record the per-token trace of every safety reply (trace.jsonl next to the results)")
     p.add_argument("--out", required=True, help="output directory (results.json, results.md, plots)")
-    add_model_args(p)
     add_worker_args(p)
     p.set_defaults(func=cmd_eval)

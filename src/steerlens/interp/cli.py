@@ -16,10 +16,10 @@ import json
 
 
 def _cmd_patch(args: argparse.Namespace) -> int:
-    from ..models import load_model
+    from ..cliargs import model_from_args
     from .causal import run_causal_check
 
-    model = load_model(args.model, device=args.device)
+    model = model_from_args(args)
     kw = {}
     if args.task == "truthfulness":
         kw = {"max_true": args.max_answers or None, "max_false": args.max_answers or None}
@@ -40,6 +40,8 @@ def _cmd_patch(args: argparse.Namespace) -> int:
 
 
 def add_subcommands(sub) -> None:
+    from ..cliargs import add_common_args
+
     p = sub.add_parser("patch", help="head effect map (attribution + exact patching) and the causal check of REAL/ITI")
     p.add_argument("--task", choices=("safety", "truthfulness"), default="truthfulness",
                    help="safety: log-prob of a refusal opening after harmful requests; truthfulness: MC2")
@@ -67,9 +69,7 @@ def add_subcommands(sub) -> None:
                         "and settings) instead of training REAL's autoencoders again")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--model", default=None)
-    p.add_argument("--device", default="cpu")
+    add_common_args(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_patch)
 

@@ -19,7 +19,7 @@ import json
 import sys
 import time
 import warnings
-from ..cliargs import add_model_args, add_worker_args, distributed, model_from_args
+from ..cliargs import add_common_args, add_worker_args, distributed, model_from_args
 from typing import Any
 
 
@@ -63,9 +63,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "(harmful vs harmless prompts), truthfulness (true vs false answers)")
     p.add_argument("--n", type=int, default=None, help="fitting examples from the fit split (default: all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default=None, help="model name or directory (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--data-dir", default=None, help="benchmark data directory (default: $STEERLENS_DATA or ../shared/data)")
+    add_common_args(p)
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="extra method parameter (JSON value), repeatable, e.g. --param sigma_over=\"pos\"")
     p.add_argument("--gate", default=None,
@@ -89,7 +87,6 @@ def _gate_args(args: argparse.Namespace, params: dict) -> None:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from ..models import load_model
     from .base import PipelineError
     from .registry import available_methods, make_steerer
     from .fitdata import fit_data, gate_data
@@ -112,7 +109,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         print(f"steerlens fit: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    model = load_model(args.model, device=args.device)
+    model = model_from_args(args)
     data = fit_data(args.task, args.n, args.seed, args.data_dir)
     gdata = None
     if not st.gate.always_open:
@@ -131,14 +128,13 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from ..models import load_model
     from .sweep import sweep
 
     params = _params(args.param)
     _gate_args(args, params)
     if args.gate_n is not None or args.gate_xstest:
         raise SystemExit("steerlens sweep fits its gate on the whole fit split; --gate-n / --gate-xstest are for fit")
-    model = load_model(args.model, device=args.device)
+    model = model_from_args(args)
     res = sweep(model, args.method, args.task, alphas=args.alphas, layers=args.layers, heads=args.heads,
                 params=params, n_fit=args.n, seed=args.seed, eval_limit=args.eval_limit or None,
                 select_split=args.select_split, report_split=None if args.report_split == "none" else args.report_split,
@@ -217,12 +213,9 @@ def _ablate_body(args: argparse.Namespace) -> int:
 def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="pipeline spec (TOML; see examples/)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--model", default=None, help="override the spec's model")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--data-dir", default=None, help="benchmark data directory (default: $STEERLENS_DATA or ../shared/data)")
+    add_common_args(p, model_help="override the spec's model")
     p.add_argument("--limit", type=int, default=None, help="override the spec's examples per eval set")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_model_args(p)
     add_worker_args(p)
 
 

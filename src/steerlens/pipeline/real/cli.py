@@ -19,19 +19,21 @@ import sys
 import time
 from pathlib import Path
 
+from ...cliargs import add_common_args
+
 TASKS = ("truthfulness", "safety")
 DEFAULT_REPEATS = 10  # = steerlens.pipeline.real.selector.DEFAULT_REPEATS (not imported: keeps --help light)
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
-    from ...models import load_model
+    from ...cliargs import model_from_args
     from ..registry import make_steerer
     from ...fileio import atomic_write_json
     from .diagnostics import write_selection_report
     from ..fitdata import fit_data
     from .selector import default_heads
 
-    model = load_model(args.model, device=args.device)
+    model = model_from_args(args)
     heads = args.heads if args.heads is not None else default_heads(model.n_layers * model.n_heads)
     params: dict = {"seed": args.seed, "heads": heads}
     if args.method == "real":
@@ -76,9 +78,7 @@ def add_select_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
                    help=f"REAL: average the held-out AUC over this many runs (folds x seeds; default "
                         f"{DEFAULT_REPEATS}; 1 = a single 80/20 run)")
-    p.add_argument("--data-dir", default=None, help="benchmark data directory (default: $STEERLENS_DATA or ../shared/data)")
-    p.add_argument("--model", default=None)
-    p.add_argument("--device", default="cpu")
+    add_common_args(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_select)
     return p
