@@ -63,6 +63,7 @@ from ...hooks import Edit, EditError, HookGate, Site
 from ...parallel import torch_threads
 from ...hooks.edits import TokenInfo, normalise_positions
 from ...hooks.sites import parse_site
+from ...numerics import pca
 from ..base import (ContrastiveActs, Editor, PipelineError, Selection, Steerer, register_role, resid_module,
                     split_indices)
 from ..registry import register_method
@@ -146,28 +147,25 @@ def select_k(x: np.ndarray, *, k_min: int = 2, k_max: int = 10, rule: str = "ch"
 
 def pca_project(x: torch.Tensor, max_components: int) -> tuple[np.ndarray, float]:
     """``x`` (``[n, d]``) centred and projected on its top ``min(max_components, n − 1, d)``
-    principal components (float64 SVD); returns the scores and the explained variance fraction."""
-    xd = x.double()
-    xc = xd - xd.mean(0)
-    p = max(1, min(int(max_components), xd.shape[0] - 1, xd.shape[1]))
-    _, s, vh = torch.linalg.svd(xc, full_matrices=False)
-    tot = float((s ** 2).sum())
-    frac = float((s[:p] ** 2).sum() / tot) if tot > 0 else 1.0
-    return (xc @ vh[:p].T).numpy(), frac
+    principal components (float64 SVD, sign-fixed: see :func:`steerlens.numerics.pca`); returns the
+    scores and the explained variance fraction."""
+    p = max(1, min(int(max_components), x.shape[0] - 1, x.shape[1]))
+    r = pca(x, p)
+    tot = r.total_energy
+    frac = float((r.singular_values[:p] ** 2).sum() / tot) if tot > 0 else 1.0
+    return ((x.double() - r.center) @ r.components.T).numpy(), frac
 
 
 def residual_basis(delta: torch.Tensor, centroids: torch.Tensor, rank: int) -> torch.Tensor:
     """``U`` (``[d, r]``, orthonormal columns): the top-``rank`` principal components of the rows
     of ``delta`` after removing their projection onto the span of ``centroids``; ``r`` is cut to
-    the rank left (``[d, 0]`` if nothing is left)."""
+    the rank left (``[d, 0]`` if nothing is left); signs fixed as in :func:`steerlens.numerics.pca`."""
     d = delta.double()
     q, _ = torch.linalg.qr(centroids.double().T)  # [d, K] orthonormal basis of span(C)
-    res = d - (d @ q) @ q.T
-    res = res - res.mean(0)
-    _, s, vh = torch.linalg.svd(res, full_matrices=False)
+    r = pca(d - (d @ q) @ q.T)
     ref = torch.linalg.matrix_norm(d, ord=2).clamp_min(1e-30)  # the differences' own scale
-    keep = int(min(rank, int((s > ref * 1e-4).sum())))  # float32 inputs: anything smaller is noise
-    return vh[:keep].T.float().contiguous()
+    keep = int(min(rank, int((r.singular_values > ref * 1e-4).sum())))  # float32 inputs: anything smaller is noise
+    return r.components[:keep].T.float().contiguous()
 
 
 # ----------------------------------------------------------------------------------------

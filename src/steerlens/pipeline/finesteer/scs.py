@@ -54,6 +54,7 @@ import torch
 from jaxtyping import Float
 
 from ...hooks import FunctionGate, HookGate, Site
+from ...numerics import pca, roc_auc as _roc_auc
 from ..base import ContrastiveActs, Gate, PipelineError, Steerer, register_role, split_indices
 from ..registry import register_method
 
@@ -77,19 +78,9 @@ def principal_basis(x: Float[torch.Tensor, "n d"], rank: int,
         raise PipelineError(f"principal_basis needs [n, d] activations with n >= 1, got {tuple(x.shape)}")
     if rank < 1:
         raise PipelineError(f"subspace rank must be >= 1, got {rank}")
-    xd = x.double()
-    c = xd.mean(0) if center is None else center.double()
-    xc = xd - c
-    _, s, vh = torch.linalg.svd(xc, full_matrices=False)
-    k = min(int(rank), vh.shape[0])
-    u = vh[:k].T.contiguous()  # [d, k]
-    idx = u.abs().argmax(0)
-    sign = torch.sign(u[idx, torch.arange(k)])
-    sign[sign == 0] = 1
-    u = u * sign
-    energy = (s ** 2)
-    frac = energy[:k] / energy.sum().clamp_min(1e-30)
-    return u.float(), frac.float()
+    r = pca(x, rank, True if center is None else center)
+    frac = r.explained_variance_ratio[:r.components.shape[0]]
+    return r.components.T.float().contiguous(), frac.float()
 
 
 def projection_energy(x: Float[torch.Tensor, "... d"], basis: Float[torch.Tensor, "d k"]) -> Float[torch.Tensor, "..."]:
@@ -127,15 +118,12 @@ def conformal_threshold(benign_scores: torch.Tensor, fpr: float) -> tuple[float,
 
 
 def roc_auc(pos_scores, neg_scores) -> float:
-    """ROC-AUC of scores (positives should score higher): P(s⁺ > s⁻) + ½ P(s⁺ = s⁻)."""
-    from sklearn.metrics import roc_auc_score
-
-    p = torch.as_tensor(pos_scores, dtype=torch.float64).flatten()
-    n = torch.as_tensor(neg_scores, dtype=torch.float64).flatten()
-    if p.numel() == 0 or n.numel() == 0:
-        raise PipelineError(f"ROC-AUC needs both classes, got {p.numel()} positive and {n.numel()} negative scores")
-    y = torch.cat([torch.ones(p.numel()), torch.zeros(n.numel())]).numpy()
-    return float(roc_auc_score(y, torch.cat([p, n]).numpy()))
+    """ROC-AUC of scores (positives should score higher): P(s⁺ > s⁻) + ½ P(s⁺ = s⁻)
+    (:func:`steerlens.numerics.roc_auc`, raising :class:`PipelineError` when a class is empty)."""
+    try:
+        return _roc_auc(pos_scores, neg_scores)
+    except ValueError as e:
+        raise PipelineError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------------------
