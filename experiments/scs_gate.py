@@ -107,16 +107,13 @@ def get_acts(model, sets, out: Path) -> dict[str, dict[int, torch.Tensor]]:
 
 def auc_ci(pos, neg, n_boot: int = 1000, seed: int = 0) -> dict:
     pos, neg = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
-    from sklearn.metrics import roc_auc_score
-
-    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    point = float(roc_auc_score(y, np.r_[pos, neg]))
+    point = roc_auc(pos, neg)
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(n_boot):  # stratified: resample each class
         p = pos[rng.integers(0, len(pos), len(pos))]
         n = neg[rng.integers(0, len(neg), len(neg))]
-        boots.append(roc_auc_score(y, np.r_[p, n]))
+        boots.append(roc_auc(p, n))
     lo, hi = np.quantile(boots, [0.025, 0.975])
     return {"value": point, "ci_low": float(lo), "ci_high": float(hi), "n_pos": len(pos), "n_neg": len(neg)}
 

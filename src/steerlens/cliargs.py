@@ -7,7 +7,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable
+from typing import Any, Callable
+
+
+def parse_value(value: str) -> Any:
+    """A command-line / spec value (``--param KEY=VALUE``, ``--vary KEY=V1,V2``): JSON where it parses
+    (``3`` → int, ``0.5`` / ``1e-3`` → float, ``true`` / ``false`` → bool, ``null`` → None,
+    ``[1, 2]`` → list, ``{"a": 1}`` → dict, ``"x"`` → str), else the text itself (``scs`` → ``"scs"``)."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
 
 
 def device_map_arg(value: str):

@@ -8,10 +8,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from .base import Steerer, resid_module
 from .editors import ITIEditor, MeanDiffEditor, PCAEditor
+from .params import MethodParams, list_or_none
 from .registry import register_method
 from .selectors import FixedSelector, ITISelector
 
@@ -19,14 +21,56 @@ from .selectors import FixedSelector, ITISelector
 DEFAULT_LAYER = 10
 
 
+@dataclass(frozen=True)
+class ResidParams(MethodParams):
+    """The leading parameters of a method at one residual site ``blocks.{layer}.hook_resid_{where}``
+    (a subclass may give ``layer`` another default; the field keeps its place)."""
+    layer: int = DEFAULT_LAYER
+    alpha: float = 1.0
+    where: str = "post"
+    positions: str = "all"
+
+
+@dataclass(frozen=True)
+class CAAParams(ResidParams):
+    """:func:`make_caa`'s parameters."""
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class RepEParams(ResidParams):
+    """:func:`make_repe`'s parameters."""
+    center: bool = False
+    scale: str = "mean_proj"
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class ITIParams(MethodParams):
+    """:func:`make_iti`'s parameters (``layers`` recorded as a list)."""
+    heads: int = 16
+    alpha: float = 5.0
+    test_frac: float = 0.2
+    seed: int = 0
+    C: float = 1.0
+    layers: Optional[Sequence[int]] = None
+    positions: str = "all"
+    sigma_over: str = "all"
+    tiebreak: str = "separation"
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        self._set(layers=list_or_none(self.layers))
+
+
 @register_method("caa", help="CAA / ActAdd: mean difference at one residual layer", family="resid",
                  contract={"params": {"layer": 1, "alpha": 4.0}, "gen_alpha": 20.0})
 def make_caa(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, where: str = "post", positions: str = "all",
              batch_size: int = 16) -> Steerer:
     """CAA: ``v = mean(h⁺) − mean(h⁻)`` at ``blocks.{layer}.hook_resid_{where}``; ``h ← h + alpha·v``."""
-    params = dict(layer=layer, alpha=alpha, where=where, positions=positions, batch_size=batch_size)
-    return Steerer(FixedSelector([str(resid_module(layer, where))]), MeanDiffEditor(positions=positions),
-                   alpha=alpha, method="caa", method_params=params, batch_size=batch_size)
+    p = CAAParams.of(locals())
+    return Steerer(FixedSelector([str(resid_module(p.layer, p.where))]), MeanDiffEditor(positions=p.positions),
+                   alpha=p.alpha, method="caa", method_params=p.record(), batch_size=p.batch_size)
 
 
 @register_method("repe", help="RepE-PCA: first PC of paired differences at one residual layer", family="resid",
@@ -34,11 +78,10 @@ def make_caa(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, where: str = "po
 def make_repe(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, where: str = "post", positions: str = "all",
               center: bool = False, scale: str = "mean_proj", batch_size: int = 16) -> Steerer:
     """RepE-PCA at ``blocks.{layer}.hook_resid_{where}`` (see :class:`PCAEditor` for ``center``/``scale``)."""
-    params = dict(layer=layer, alpha=alpha, where=where, positions=positions, center=center, scale=scale,
-                  batch_size=batch_size)
-    return Steerer(FixedSelector([str(resid_module(layer, where))]),
-                   PCAEditor(positions=positions, center=center, scale=scale),
-                   alpha=alpha, method="repe", method_params=params, batch_size=batch_size)
+    p = RepEParams.of(locals())
+    return Steerer(FixedSelector([str(resid_module(p.layer, p.where))]),
+                   PCAEditor(**p.pick("positions", "center", "scale")),
+                   alpha=p.alpha, method="repe", method_params=p.record(), batch_size=p.batch_size)
 
 
 @register_method("iti", help="ITI: top-H heads by probe accuracy, alpha·sigma·theta shifts", family="heads",
@@ -47,12 +90,10 @@ def make_iti(*, heads: int = 16, alpha: float = 5.0, test_frac: float = 0.2, see
              layers: Optional[Sequence[int]] = None, positions: str = "all", sigma_over: str = "all",
              tiebreak: str = "separation", batch_size: int = 16) -> Steerer:
     """ITI with ``heads`` = H (see :class:`ITISelector` and :class:`ITIEditor` for the open choices)."""
-    params = dict(heads=heads, alpha=alpha, test_frac=test_frac, seed=seed, C=C,
-                  layers=None if layers is None else list(layers), positions=positions, sigma_over=sigma_over,
-                  tiebreak=tiebreak, batch_size=batch_size)
-    return Steerer(ITISelector(heads=heads, test_frac=test_frac, seed=seed, C=C, layers=layers, tiebreak=tiebreak),
-                   ITIEditor(positions=positions, sigma_over=sigma_over),
-                   alpha=alpha, method="iti", method_params=params, batch_size=batch_size)
+    p = ITIParams.of(locals())
+    return Steerer(ITISelector(**p.pick("heads", "test_frac", "seed", "C", "layers", "tiebreak")),
+                   ITIEditor(**p.pick("positions", "sigma_over")),
+                   alpha=p.alpha, method="iti", method_params=p.record(), batch_size=p.batch_size)
 
 
-__all__ = ["make_caa", "make_repe", "make_iti", "DEFAULT_LAYER"]
+__all__ = ["make_caa", "make_repe", "make_iti", "DEFAULT_LAYER", "ResidParams", "CAAParams", "RepEParams", "ITIParams"]

@@ -19,8 +19,7 @@ import json
 import sys
 import time
 import warnings
-from ..cliargs import add_common_args, add_worker_args, distributed, model_from_args
-from typing import Any
+from ..cliargs import add_common_args, add_worker_args, distributed, model_from_args, parse_value
 
 
 def _floats(s: str) -> list[float]:
@@ -37,20 +36,13 @@ def _ints(s: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
 
 
-def _value(v: str) -> Any:
-    try:
-        return json.loads(v)
-    except json.JSONDecodeError:
-        return v
-
-
 def _params(items: list[str]) -> dict:
     out = {}
     for it in items or []:
         if "=" not in it:
             raise SystemExit(f"--param expects KEY=VALUE, got {it!r}")
         k, v = it.split("=", 1)
-        out[k.strip()] = _value(v.strip())
+        out[k.strip()] = parse_value(v.strip())
     return out
 
 

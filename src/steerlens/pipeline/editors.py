@@ -15,6 +15,7 @@ from jaxtyping import Float
 from ..hooks import AddVector, Edit, EditError, HookGate, Site
 from ..hooks.edits import normalise_positions
 from ..hooks.sites import parse_site
+from ..numerics import pca
 from .base import ContrastiveActs, Editor, PipelineError, Selection, register_role
 
 
@@ -139,13 +140,12 @@ class PCAEditor(VectorEditor):
         d = paired_differences(pos, neg, paired).double()
         if d.shape[0] < 2:
             raise PipelineError("RepE-PCA needs at least 2 paired differences")
-        x = d - d.mean(0) if self.params["center"] else d
-        _, s, vh = torch.linalg.svd(x, full_matrices=False)
-        u = vh[0]
+        r = pca(d, 1, center=self.params["center"])
+        u = r.components[0]
         proj = d @ u
         if proj.mean() < 0:
             u, proj = -u, -proj
-        var = (s ** 2) / (s ** 2).sum()
+        var = r.explained_variance_ratio
         v = u * proj.mean() if self.params["scale"] == "mean_proj" else u
         return v.float(), {"explained_variance": float(var[0]), "mean_proj": float(proj.mean())}
 

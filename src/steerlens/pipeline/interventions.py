@@ -29,6 +29,7 @@ inputs' cached sequences needs those inputs, so it is a Python-level tool
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -38,6 +39,7 @@ from ..hooks.interventions import MeanAblation, Patch, Scale, ZeroAblation, dire
 from ..hooks.sites import parse_site
 from ..models import as_model
 from .base import ContrastiveActs, Editor, PipelineError, Selection, Selector, Steerer, register_role
+from .params import MethodParams, list_or_none
 from .registry import register_method
 
 OPS = ("zero", "mean", "scale", "set", "directional")
@@ -204,10 +206,68 @@ class InterventionEditor(Editor):
         self.values = [tensors[f"value.{i}"].float() if h else None for i, h in enumerate(has)]
 
 
-def _steerer(method: str, sites, op: str, alpha: float, params: dict, batch_size: int, **editor) -> Steerer:
+class _SitesParams(MethodParams):
+    """Parameters with ``sites``, recorded as site strings (:func:`_site_strings`)."""
+
+    def __post_init__(self) -> None:
+        self._set(sites=_site_strings(self.sites))
+
+
+@dataclass(frozen=True)
+class AblateParams(_SitesParams):
+    """:func:`make_ablate`'s parameters."""
+    sites: Optional[Sequence[str]] = None
+    mode: str = "mean"
+    mean_of: str = "all"
+    alpha: float = 1.0
+    positions: str = "all"
+    at: Optional[Sequence[int]] = None
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class ScaleParams(_SitesParams):
+    """:func:`make_scale`'s parameters."""
+    sites: Optional[Sequence[str]] = None
+    factor: float = 0.0
+    alpha: float = 1.0
+    positions: str = "all"
+    at: Optional[Sequence[int]] = None
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class SetParams(_SitesParams):
+    """:func:`make_set`'s parameters."""
+    sites: Optional[Sequence[str]] = None
+    source: str = "pos"
+    alpha: float = 1.0
+    positions: str = "all"
+    at: Optional[Sequence[int]] = None
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class DirAblateParams(MethodParams):
+    """:func:`make_dir_ablate`'s parameters (``layers`` recorded as a list)."""
+    layer: int = 10
+    where: str = "post"
+    layers: Optional[Sequence[int]] = None
+    alpha: float = 1.0
+    positions: str = "all"
+    at: Optional[Sequence[int]] = None
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        self._set(layers=list_or_none(self.layers))
+
+
+def _steerer(method: str, sites, op: str, p: MethodParams, *editor: str) -> Steerer:
+    """The steerer of intervention ``op`` on ``sites``; ``editor``: the fields of ``p`` the
+    :class:`InterventionEditor` takes besides ``op``."""
     read = op not in ("zero", "scale")
-    return Steerer(SiteSelector(sites, read=read), InterventionEditor(op=op, **editor), alpha=alpha,
-                   method=method, method_params=params, batch_size=batch_size)
+    return Steerer(SiteSelector(sites, read=read), InterventionEditor(op=op, **p.pick(*editor, "positions", "at")),
+                   alpha=p.alpha, method=method, method_params=p.record(), batch_size=p.batch_size)
 
 
 @register_method("ablate", help="zero- or mean-ablation of heads, KV heads, neurons, block outputs (patterns: zero)",
@@ -219,10 +279,8 @@ def make_ablate(*, sites: Optional[Sequence[str]] = None, mode: str = "mean", me
     """Ablate ``sites`` (``mode="zero"`` or ``"mean"``; the mean over the fitting data)."""
     if mode not in ("zero", "mean"):
         raise PipelineError(f"mode must be 'zero' or 'mean', got {mode!r}")
-    sites = _site_strings(sites)
-    params = dict(sites=sites, mode=mode, mean_of=mean_of, alpha=alpha, positions=positions, at=at,
-                  batch_size=batch_size)
-    return _steerer("ablate", sites, mode, alpha, params, batch_size, mean_of=mean_of, positions=positions, at=at)
+    p = AblateParams.of(locals())
+    return _steerer("ablate", p.sites, p.mode, p, "mean_of")
 
 
 @register_method("scale", help="multiply heads / neurons / block outputs by a factor", family="heads",
@@ -230,9 +288,8 @@ def make_ablate(*, sites: Optional[Sequence[str]] = None, mode: str = "mean", me
 def make_scale(*, sites: Optional[Sequence[str]] = None, factor: float = 0.0, alpha: float = 1.0,
                positions: str = "all", at: Optional[Sequence[int]] = None, batch_size: int = 16) -> Steerer:
     """Scale ``sites`` by ``factor`` (``act ← act + alpha·(factor − 1)·act``)."""
-    sites = _site_strings(sites)
-    params = dict(sites=sites, factor=factor, alpha=alpha, positions=positions, at=at, batch_size=batch_size)
-    return _steerer("scale", sites, "scale", alpha, params, batch_size, factor=factor, positions=positions, at=at)
+    p = ScaleParams.of(locals())
+    return _steerer("scale", p.sites, "scale", p, "factor")
 
 
 @register_method("set", help="set sites to the positive (or negative) class's mean activation (a patch)",
@@ -242,9 +299,8 @@ def make_scale(*, sites: Optional[Sequence[str]] = None, factor: float = 0.0, al
 def make_set(*, sites: Optional[Sequence[str]] = None, source: str = "pos", alpha: float = 1.0,
              positions: str = "all", at: Optional[Sequence[int]] = None, batch_size: int = 16) -> Steerer:
     """Patch ``sites`` with the mean activation of the ``source`` class of the fitting data."""
-    sites = _site_strings(sites)
-    params = dict(sites=sites, source=source, alpha=alpha, positions=positions, at=at, batch_size=batch_size)
-    return _steerer("set", sites, "set", alpha, params, batch_size, source=source, positions=positions, at=at)
+    p = SetParams.of(locals())
+    return _steerer("set", p.sites, "set", p, "source")
 
 
 @register_method("dir-ablate", help="directional ablation of the class mean difference (Arditi et al. 2024)",
@@ -254,11 +310,8 @@ def make_dir_ablate(*, layer: int = 10, where: str = "post", layers: Optional[Se
                     batch_size: int = 16) -> Steerer:
     """Project ``r = mean(h⁺) − mean(h⁻)`` (read at ``blocks.{layer}.hook_resid_{where}``) out of the
     residual stream at every layer (``layers=None``) or at the input of ``layers``."""
-    site = str(Site.resid(layer, where))
-    params = dict(layer=layer, where=where, layers=None if layers is None else list(layers), alpha=alpha,
-                  positions=positions, at=at, batch_size=batch_size)
-    return _steerer("dir-ablate", [site], "directional", alpha, params, batch_size, layers=layers,
-                    positions=positions, at=at)
+    p = DirAblateParams.of(locals())
+    return _steerer("dir-ablate", [str(Site.resid(p.layer, p.where))], "directional", p, "layers")
 
 
 # -- hidden presets: every site kind and the token offsets run through the contract suite -----------
@@ -297,4 +350,5 @@ def make_contract_dir_layers(*, alpha: float = 1.0, batch_size: int = 16) -> Ste
         layer=0, layers=[1], alpha=alpha, positions="from_prompt_last", batch_size=batch_size))
 
 
-__all__ = ["SiteSelector", "InterventionEditor", "make_ablate", "make_scale", "make_set", "make_dir_ablate", "OPS"]
+__all__ = ["SiteSelector", "InterventionEditor", "make_ablate", "make_scale", "make_set", "make_dir_ablate", "OPS",
+           "AblateParams", "ScaleParams", "SetParams", "DirAblateParams"]

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .. import parallel
+from ..cliargs import parse_value
 from ..fileio import atomic_write_json, atomic_write_text
 from .base import ROLE_TYPES, PipelineError, Role, Steerer
 from .compose import Composition
@@ -361,13 +362,6 @@ def write_paired(rows: Sequence[dict], stem: Path, title: str) -> None:
 # ablation grids
 # ------------------------------------------------------------------------------------------------
 
-def _parse_value(v: str) -> Any:
-    try:
-        return json.loads(v)
-    except json.JSONDecodeError:
-        return v
-
-
 def parse_vary(items: Sequence[str]) -> list[tuple[str, list[Any]]]:
     """``["gate=scs,none", "alpha=0.5,1"]`` → ``[("gate", ["scs", "none"]), ("alpha", [0.5, 1])]``."""
     out = []
@@ -375,7 +369,7 @@ def parse_vary(items: Sequence[str]) -> list[tuple[str, list[Any]]]:
         if "=" not in it:
             raise SpecError(f"--vary expects KEY=V1,V2,..., got {it!r}")
         k, vs = it.split("=", 1)
-        vals = [_parse_value(v.strip()) for v in vs.split(",") if v.strip()]
+        vals = [parse_value(v.strip()) for v in vs.split(",") if v.strip()]
         if not vals:
             raise SpecError(f"--vary {k}: no values")
         out.append((k.strip(), vals))

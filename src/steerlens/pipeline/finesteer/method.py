@@ -15,7 +15,7 @@ from ..base import PipelineError
 
 from ..registry import register_method
 from .mose import DEFAULT_LAYER, make_mose
-from .scs import SCSGate
+from .scs import SCS_GATE_PARAMS, SCSGatedParams
 
 
 @register_method("finesteer", help="FineSteer: SCS subspace gate per prompt (stage 1) in front of MoSE "
@@ -33,15 +33,12 @@ def make_finesteer(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, gate_layer
     bad = sorted(set(mose) - set(_MOSE_PARAMS))
     if bad:
         raise PipelineError(f"finesteer: unknown parameter(s) {bad}; accepted: {sorted(_params())}")
-    gl = layer if gate_layer is None else gate_layer
-    gate = SCSGate(gl, form=form, rank_benign=rank_benign, rank_target=rank_target, target_center=target_center,
-                   normalize=normalize, fpr=fpr, temperature=temperature, calib_frac=calib_frac, seed=seed)
-    base = make_mose(layer=layer, alpha=alpha, seed=seed, **mose)
+    p = SCSGatedParams.of(locals())
+    gate = p.gate()
+    base = make_mose(**p.pick("layer", "alpha", "seed"), **mose)
     st = base.with_gate(gate)
     st.method = "finesteer"
-    st.method_params = {**base.method_params, "gate_layer": gl, "form": form, "rank_benign": rank_benign,
-                        "rank_target": rank_target, "target_center": target_center, "normalize": normalize,
-                        "fpr": fpr, "temperature": temperature, "calib_frac": calib_frac}
+    st.method_params = {**base.method_params, **p.pick("gate_layer", *(k for k in SCS_GATE_PARAMS if k != "seed"))}
     return st
 
 

@@ -53,6 +53,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -63,8 +64,10 @@ from ...hooks import Edit, EditError, HookGate, Site
 from ...parallel import torch_threads
 from ...hooks.edits import TokenInfo, normalise_positions
 from ...hooks.sites import parse_site
+from ...numerics import pca
 from ..base import (ContrastiveActs, Editor, PipelineError, Selection, Steerer, register_role, resid_module,
                     split_indices)
+from ..baselines import ResidParams
 from ..registry import register_method
 from ..selectors import FixedSelector
 
@@ -146,28 +149,25 @@ def select_k(x: np.ndarray, *, k_min: int = 2, k_max: int = 10, rule: str = "ch"
 
 def pca_project(x: torch.Tensor, max_components: int) -> tuple[np.ndarray, float]:
     """``x`` (``[n, d]``) centred and projected on its top ``min(max_components, n − 1, d)``
-    principal components (float64 SVD); returns the scores and the explained variance fraction."""
-    xd = x.double()
-    xc = xd - xd.mean(0)
-    p = max(1, min(int(max_components), xd.shape[0] - 1, xd.shape[1]))
-    _, s, vh = torch.linalg.svd(xc, full_matrices=False)
-    tot = float((s ** 2).sum())
-    frac = float((s[:p] ** 2).sum() / tot) if tot > 0 else 1.0
-    return (xc @ vh[:p].T).numpy(), frac
+    principal components (float64 SVD, sign-fixed: see :func:`steerlens.numerics.pca`); returns the
+    scores and the explained variance fraction."""
+    p = max(1, min(int(max_components), x.shape[0] - 1, x.shape[1]))
+    r = pca(x, p)
+    tot = r.total_energy
+    frac = float((r.singular_values[:p] ** 2).sum() / tot) if tot > 0 else 1.0
+    return ((x.double() - r.center) @ r.components.T).numpy(), frac
 
 
 def residual_basis(delta: torch.Tensor, centroids: torch.Tensor, rank: int) -> torch.Tensor:
     """``U`` (``[d, r]``, orthonormal columns): the top-``rank`` principal components of the rows
     of ``delta`` after removing their projection onto the span of ``centroids``; ``r`` is cut to
-    the rank left (``[d, 0]`` if nothing is left)."""
+    the rank left (``[d, 0]`` if nothing is left); signs fixed as in :func:`steerlens.numerics.pca`."""
     d = delta.double()
     q, _ = torch.linalg.qr(centroids.double().T)  # [d, K] orthonormal basis of span(C)
-    res = d - (d @ q) @ q.T
-    res = res - res.mean(0)
-    _, s, vh = torch.linalg.svd(res, full_matrices=False)
+    r = pca(d - (d @ q) @ q.T)
     ref = torch.linalg.matrix_norm(d, ord=2).clamp_min(1e-30)  # the differences' own scale
-    keep = int(min(rank, int((s > ref * 1e-4).sum())))  # float32 inputs: anything smaller is noise
-    return vh[:keep].T.float().contiguous()
+    keep = int(min(rank, int((r.singular_values > ref * 1e-4).sum())))  # float32 inputs: anything smaller is noise
+    return r.components[:keep].T.float().contiguous()
 
 
 # ----------------------------------------------------------------------------------------
@@ -590,6 +590,32 @@ def mose_params(**kw) -> dict:
     return {k: v for k, v in kw.items() if k in names}
 
 
+@dataclass(frozen=True)
+class MoSEParams(ResidParams):
+    """:func:`make_mose`'s parameters."""
+    layer: int = DEFAULT_LAYER
+    k: Optional[int] = None
+    k_rule: str = "ch"
+    k_min: int = 2
+    k_max: int = 10
+    max_components: int = 256
+    rank: int = 8
+    d_attn: Optional[int] = None
+    hidden: Optional[int] = None
+    standardize: bool = True
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    train_batch_size: int = 32
+    max_epochs: int = 200
+    warmup_steps: int = 100
+    patience: int = 5
+    val_frac: float = 0.15
+    seed: int = 0
+    n_init: int = 10
+    threads: Optional[int] = 1
+    batch_size: int = 16
+
+
 @register_method("mose", help="MoSE: query-specific vector from a mixture of steering experts (no gate)",
                  family="resid", contract={"params": {"layer": 1, "alpha": 4.0, "max_epochs": 40, "warmup_steps": 5},
                                            "gen_alpha": 20.0})
@@ -601,14 +627,11 @@ def make_mose(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, where: str = "p
               threads: Optional[int] = 1, batch_size: int = 16) -> Steerer:
     """MoSE without a gate (the ablation of FineSteer) at ``blocks.{layer}.hook_resid_{where}``; fit on
     response-side pairs (``steerlens fit --method mose --task safety``)."""
-    params = dict(layer=layer, alpha=alpha, where=where, positions=positions, k=k, k_rule=k_rule, k_min=k_min,
-                  k_max=k_max, max_components=max_components, rank=rank, d_attn=d_attn, hidden=hidden,
-                  standardize=standardize, lr=lr, weight_decay=weight_decay, train_batch_size=train_batch_size,
-                  max_epochs=max_epochs, warmup_steps=warmup_steps, patience=patience, val_frac=val_frac, seed=seed,
-                  n_init=n_init, threads=threads, batch_size=batch_size)
-    return Steerer(FixedSelector([str(resid_module(layer, where))]), MoSEEditor(**mose_params(**params)),
-                   alpha=alpha, method="mose", method_params=params, batch_size=batch_size)
+    p = MoSEParams.of(locals())
+    params = p.record()
+    return Steerer(FixedSelector([str(resid_module(p.layer, p.where))]), MoSEEditor(**mose_params(**params)),
+                   alpha=p.alpha, method="mose", method_params=params, batch_size=p.batch_size)
 
 
 __all__ = ["MoSEEditor", "MoSEEdit", "MoSERouter", "select_k", "elbow_k", "pca_project", "residual_basis",
-           "train_router", "query_stats", "lr_at", "K_RULES", "make_mose", "mose_params", "DEFAULT_LAYER"]
+           "train_router", "query_stats", "lr_at", "K_RULES", "make_mose", "mose_params", "DEFAULT_LAYER", "MoSEParams"]

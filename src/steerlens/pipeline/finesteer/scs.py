@@ -48,13 +48,16 @@ in ``state_dict`` / ``extra_state``, so the gate round-trips through artifacts.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from jaxtyping import Float
 
 from ...hooks import FunctionGate, HookGate, Site
+from ...numerics import pca, roc_auc as _roc_auc
 from ..base import ContrastiveActs, Gate, PipelineError, Steerer, register_role, split_indices
+from ..params import MethodParams
 from ..registry import register_method
 
 SCORE_FORMS = ("contrast", "outside")
@@ -77,19 +80,9 @@ def principal_basis(x: Float[torch.Tensor, "n d"], rank: int,
         raise PipelineError(f"principal_basis needs [n, d] activations with n >= 1, got {tuple(x.shape)}")
     if rank < 1:
         raise PipelineError(f"subspace rank must be >= 1, got {rank}")
-    xd = x.double()
-    c = xd.mean(0) if center is None else center.double()
-    xc = xd - c
-    _, s, vh = torch.linalg.svd(xc, full_matrices=False)
-    k = min(int(rank), vh.shape[0])
-    u = vh[:k].T.contiguous()  # [d, k]
-    idx = u.abs().argmax(0)
-    sign = torch.sign(u[idx, torch.arange(k)])
-    sign[sign == 0] = 1
-    u = u * sign
-    energy = (s ** 2)
-    frac = energy[:k] / energy.sum().clamp_min(1e-30)
-    return u.float(), frac.float()
+    r = pca(x, rank, True if center is None else center)
+    frac = r.explained_variance_ratio[:r.components.shape[0]]
+    return r.components.T.float().contiguous(), frac.float()
 
 
 def projection_energy(x: Float[torch.Tensor, "... d"], basis: Float[torch.Tensor, "d k"]) -> Float[torch.Tensor, "..."]:
@@ -127,15 +120,12 @@ def conformal_threshold(benign_scores: torch.Tensor, fpr: float) -> tuple[float,
 
 
 def roc_auc(pos_scores, neg_scores) -> float:
-    """ROC-AUC of scores (positives should score higher): P(s⁺ > s⁻) + ½ P(s⁺ = s⁻)."""
-    from sklearn.metrics import roc_auc_score
-
-    p = torch.as_tensor(pos_scores, dtype=torch.float64).flatten()
-    n = torch.as_tensor(neg_scores, dtype=torch.float64).flatten()
-    if p.numel() == 0 or n.numel() == 0:
-        raise PipelineError(f"ROC-AUC needs both classes, got {p.numel()} positive and {n.numel()} negative scores")
-    y = torch.cat([torch.ones(p.numel()), torch.zeros(n.numel())]).numpy()
-    return float(roc_auc_score(y, torch.cat([p, n]).numpy()))
+    """ROC-AUC of scores (positives should score higher): P(s⁺ > s⁻) + ½ P(s⁺ = s⁻)
+    (:func:`steerlens.numerics.roc_auc`, raising :class:`PipelineError` when a class is empty)."""
+    try:
+        return _roc_auc(pos_scores, neg_scores)
+    except ValueError as e:
+        raise PipelineError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------------------
@@ -442,6 +432,45 @@ class ProbeGate(CalibratedGate):
 # a registered gated method (any other method is gated the same way with make_steerer(gate=...))
 # ----------------------------------------------------------------------------------------
 
+#: the :class:`SCSGate` keyword arguments a method takes as its own (besides the gate's layer)
+SCS_GATE_PARAMS = ("form", "rank_benign", "rank_target", "target_center", "normalize", "fpr", "temperature",
+                   "calib_frac", "seed")
+
+
+@dataclass(frozen=True)
+class SCSGatedParams(MethodParams):
+    """The parameters of a method gated by SCS (FineSteer's own; ``gate_layer`` recorded resolved:
+    ``layer`` when ``None``)."""
+    layer: int = 14
+    alpha: float = 1.0
+    gate_layer: Optional[int] = None
+    form: str = "contrast"
+    rank_benign: int = 16
+    rank_target: int = 4
+    target_center: str = "benign"
+    normalize: bool = False
+    fpr: float = 0.05
+    temperature: Optional[float] = None
+    calib_frac: float = 0.25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.gate_layer is None:
+            self._set(gate_layer=self.layer)
+
+    def gate(self) -> "SCSGate":
+        """The (unfitted) SCS gate these parameters describe."""
+        return SCSGate(self.gate_layer, **self.pick(*SCS_GATE_PARAMS))
+
+
+@dataclass(frozen=True)
+class CAASCSParams(SCSGatedParams):
+    """:func:`make_caa_scs`'s parameters."""
+    where: str = "post"
+    positions: str = "all"
+    batch_size: int = 16
+
+
 @register_method("caa-scs", help="CAA at one residual layer, gated per prompt by the SCS subspace gate "
                                  "(FineSteer stage 1); fit with gate_data = harmful vs harmless prompts",
                  family="resid",
@@ -456,16 +485,11 @@ def make_caa_scs(*, layer: int = 14, alpha: float = 1.0, gate_layer: Optional[in
     ``layer``, SCS gate at ``gate_layer`` (default: the same layer)."""
     from ..baselines import make_caa
 
-    gl = layer if gate_layer is None else gate_layer
-    params = dict(layer=layer, alpha=alpha, gate_layer=gl, form=form, rank_benign=rank_benign, rank_target=rank_target,
-                  target_center=target_center, normalize=normalize, fpr=fpr, temperature=temperature,
-                  calib_frac=calib_frac, seed=seed, where=where, positions=positions, batch_size=batch_size)
-    gate = SCSGate(gl, form=form, rank_benign=rank_benign, rank_target=rank_target, target_center=target_center,
-                   normalize=normalize, fpr=fpr, temperature=temperature, calib_frac=calib_frac, seed=seed)
-    st = make_caa(layer=layer, alpha=alpha, where=where, positions=positions, batch_size=batch_size).with_gate(gate)
-    st.method, st.method_params = "caa-scs", params
+    p = CAASCSParams.of(locals())
+    st = make_caa(**p.pick("layer", "alpha", "where", "positions", "batch_size")).with_gate(p.gate())
+    st.method, st.method_params = "caa-scs", p.record()
     return st
 
 
-__all__ = ["make_caa_scs", "SCSGate", "ProbeGate", "CalibratedGate", "SCORE_FORMS", "principal_basis", "projection_energy",
+__all__ = ["make_caa_scs", "CAASCSParams", "SCSGatedParams", "SCS_GATE_PARAMS", "SCSGate", "ProbeGate", "CalibratedGate", "SCORE_FORMS", "principal_basis", "projection_energy",
            "outside_energy", "conformal_threshold", "roc_auc"]

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
+from ...numerics import roc_auc
 from ..base import PipelineError
 from .features import FeatureMap
 
@@ -164,13 +165,11 @@ def fit_barrier(pos: Float[torch.Tensor, "n_pos d"], neg: Float[torch.Tensor, "n
 
 
 def auc_score(scores_pos: np.ndarray, scores_neg: np.ndarray) -> float:
-    """ROC AUC of positives vs negatives (ties count one half)."""
-    sp, sn = np.asarray(scores_pos, dtype=float), np.asarray(scores_neg, dtype=float)
-    if sp.size == 0 or sn.size == 0:
+    """ROC AUC of positives vs negatives (ties count one half; :func:`steerlens.numerics.roc_auc`),
+    NaN when a class is empty."""
+    if np.size(scores_pos) == 0 or np.size(scores_neg) == 0:
         return float("nan")
-    greater = (sp[:, None] > sn[None, :]).sum()
-    ties = (sp[:, None] == sn[None, :]).sum()
-    return float((greater + 0.5 * ties) / (sp.size * sn.size))
+    return roc_auc(scores_pos, scores_neg)
 
 
 def evaluate_barrier(barrier: Barrier, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, float]:

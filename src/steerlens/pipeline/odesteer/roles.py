@@ -36,7 +36,9 @@ Open choices (parameters of ``make_steerer("odesteer", ...)``):
 from __future__ import annotations
 
 import copy
+import inspect
 import time
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
@@ -58,6 +60,7 @@ from ..base import (
     register_role,
     resid_module,
 )
+from ..params import MethodParams
 from ..registry import register_method
 from .barrier import GRADIENTS, Barrier, evaluate_barrier, fit_barrier, heldout_metrics
 from .features import FeatureError, make_features
@@ -269,6 +272,52 @@ class ODESteerer(Steerer):
         return self
 
 
+#: the barrier's parameters (:func:`barrier_params`), in the order they are recorded
+BARRIER_PARAMS = tuple(inspect.signature(barrier_params).parameters)
+
+
+@dataclass(frozen=True)
+class ODESteerParams(MethodParams):
+    """:func:`make_odesteer`'s parameters (not the ``gate`` role). The barrier's are validated and
+    typed by :func:`barrier_params`; ``layers`` is recorded as a list of ints."""
+    layer: int = DEFAULT_LAYER
+    layers: Optional[Sequence[int]] = None
+    alpha: float = DEFAULT_T
+    where: str = "post"
+    positions: str = "current_last"
+    read: str = "response_mean"
+    features: str = "poly_sketch"
+    n_features: int = 8000
+    degree: int = 2
+    gamma: float = 0.1
+    coef0: float = 1.0
+    rff_gamma: float = 1.0
+    seed: int = 0
+    C: float = 1000.0
+    max_iter: int = 3000
+    tol: float = 1e-6
+    steps: int = 10
+    solver: str = "euler"
+    backend: str = DEFAULT_BACKEND
+    gradient: str = "closed_form"
+    test_frac: float = 0.2
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        self._set(**barrier_params(**self.pick(*BARRIER_PARAMS)),
+                  layers=None if self.layers is None else [int(x) for x in self.layers])
+
+    @property
+    def barrier(self) -> dict:
+        """The barrier's parameters (shared by the selector and the editor)."""
+        return self.pick(*BARRIER_PARAMS)
+
+    @property
+    def candidates(self) -> list[int]:
+        """The candidate layers: ``layers``, else ``[layer]``."""
+        return [int(self.layer)] if self.layers is None else list(self.layers)
+
+
 @register_method("odesteer", help="ODESteer: multi-step flow along a learned barrier's unit gradient (alpha = T)",
                  family="resid",
                  contract={"params": {"layer": 1, "alpha": 0.1, "n_features": 512, "C": 1.0, "tol": 1e-8},
@@ -284,15 +333,12 @@ def make_odesteer(*, layer: int = DEFAULT_LAYER, layers: Optional[Sequence[int]]
     """ODESteer at ``blocks.{layer}.hook_resid_{where}`` (or the best of ``layers`` by held-out
     barrier AUC); ``alpha`` is the integration time ``T``. ``gate``: any :class:`Gate` role
     (default: always open). See :mod:`steerlens.pipeline.odesteer.roles` for the open choices."""
-    bp = barrier_params(features, n_features, degree, gamma, coef0, rff_gamma, seed, C, max_iter, tol)
-    cands = [int(layer)] if layers is None else [int(x) for x in layers]
-    params = dict(layer=layer, layers=None if layers is None else cands, alpha=alpha, where=where, positions=positions,
-                  read=read, **bp, steps=steps, solver=solver, backend=backend, gradient=gradient,
-                  test_frac=test_frac, batch_size=batch_size)
-    return ODESteerer(BarrierSelector(cands, where, test_frac, seed, bp),
-                      ODEEditor(positions, steps, solver, backend, gradient, bp), gate,
-                      alpha=alpha, method="odesteer", method_params=params, batch_size=batch_size, read=read)
+    p = ODESteerParams.of(locals())
+    return ODESteerer(BarrierSelector(p.candidates, p.where, p.test_frac, p.seed, p.barrier),
+                      ODEEditor(p.positions, p.steps, p.solver, p.backend, p.gradient, p.barrier), gate,
+                      alpha=p.alpha, method="odesteer", method_params=p.record(), batch_size=p.batch_size,
+                      read=p.read)
 
 
 __all__ = ["BarrierSelector", "ODEEditor", "ODESteerer", "make_odesteer", "barrier_params", "DEFAULT_LAYER",
-           "DEFAULT_T", "READS"]
+           "DEFAULT_T", "READS", "ODESteerParams", "BARRIER_PARAMS"]

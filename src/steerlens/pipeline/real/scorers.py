@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
+from ...numerics import batched_roc_auc
+
 
 class ScorerError(ValueError):
     """Bad codes / labels for a scorer."""
@@ -49,10 +51,7 @@ def batched_auc(scores: Float[torch.Tensor, "M n"], labels: Int[torch.Tensor, "n
     y = torch.as_tensor(labels).bool()
     if not (y.any() and (~y).any()):
         raise ScorerError("AUC needs examples of both classes")
-    sp, sn = scores[:, y].double(), scores[:, ~y].double()
-    gt = (sp.unsqueeze(2) > sn.unsqueeze(1)).double().mean((1, 2))
-    eq = (sp.unsqueeze(2) == sn.unsqueeze(1)).double().mean((1, 2))
-    return (gt + 0.5 * eq).float()
+    return batched_roc_auc(scores[:, y], scores[:, ~y]).float()
 
 
 def batched_separation(scores: Float[torch.Tensor, "M n"], labels: Int[torch.Tensor, "n"]) -> Float[torch.Tensor, "M"]:

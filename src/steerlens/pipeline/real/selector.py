@@ -29,6 +29,7 @@ from ...hooks import Site
 from ...models import as_model
 from ..base import ContrastiveActs, PipelineError, Selection, Selector, Steerer, all_head_modules, register_role, resid_module
 from ..editors import ITIEditor
+from ..params import MethodParams, list_or_none
 from ..registry import register_method
 from ..selectors import class_split, top_h_selection
 from .scorers import batched_auc, batched_separation, make_scorer, ranking_agreement
@@ -364,6 +365,31 @@ class REALSelector(Selector):
         self.tensors = dict(tensors)
 
 
+@dataclass(frozen=True)
+class REALParams(MethodParams):
+    """:func:`make_real`'s parameters (``layers`` recorded as a list, ``vqae`` as a dict)."""
+    heads: Optional[int] = None
+    alpha: float = 5.0
+    target: str = "heads"
+    scorer: str = "markov"
+    compare: Optional[str] = "logreg"
+    markov_order: int = 1
+    smoothing: float = 0.5
+    test_frac: float = 0.2
+    seed: int = 0
+    layers: Optional[Sequence[int]] = None
+    module_chunk: Optional[int] = None
+    vqae: Optional[dict] = None
+    tiebreak: str = "separation"
+    positions: str = "all"
+    sigma_over: str = "all"
+    batch_size: int = 16
+    repeats: int = DEFAULT_REPEATS
+
+    def __post_init__(self) -> None:
+        self._set(layers=list_or_none(self.layers), vqae=dict(self.vqae or {}))
+
+
 @register_method("real", help="REAL: top-H heads by VQ-AE code AUC, ITI-style alpha·w·sigma·theta shifts",
                  family="heads", contract={"params": {"heads": 3, "alpha": 50.0, "vqae": {"epochs": 3}},
                                            "gen_alpha": 1000.0})
@@ -374,17 +400,12 @@ def make_real(*, heads: Optional[int] = None, alpha: float = 5.0, target: str = 
               positions: str = "all", sigma_over: str = "all", batch_size: int = 16,
               repeats: int = DEFAULT_REPEATS) -> Steerer:
     """REAL selection (see :class:`REALSelector`) + :class:`~steerlens.pipeline.ITIEditor`."""
-    params = dict(heads=heads, alpha=alpha, target=target, scorer=scorer, compare=compare,
-                  markov_order=markov_order, smoothing=smoothing, test_frac=test_frac, seed=seed,
-                  layers=None if layers is None else list(layers), module_chunk=module_chunk,
-                  vqae=dict(vqae or {}), tiebreak=tiebreak, positions=positions, sigma_over=sigma_over,
-                  batch_size=batch_size, repeats=repeats)
-    sel = REALSelector(heads=heads, target=target, scorer=scorer, compare=compare, markov_order=markov_order,
-                       smoothing=smoothing, test_frac=test_frac, seed=seed, layers=layers,
-                       module_chunk=module_chunk, vqae=vqae, tiebreak=tiebreak, repeats=repeats)
-    return Steerer(sel, ITIEditor(positions=positions, sigma_over=sigma_over), alpha=alpha, method="real",
-                   method_params=params, batch_size=batch_size)
+    p = REALParams.of(locals())
+    sel = REALSelector(**p.pick("heads", "target", "scorer", "compare", "markov_order", "smoothing", "test_frac",
+                                "seed", "layers", "module_chunk", "vqae", "tiebreak", "repeats"))
+    return Steerer(sel, ITIEditor(**p.pick("positions", "sigma_over")), alpha=p.alpha, method="real",
+                   method_params=p.record(), batch_size=p.batch_size)
 
 
 __all__ = ["REALSelector", "RelevanceResult", "real_relevance", "code_usage", "make_real", "default_heads",
-           "top_h_by_auc", "class_folds", "repeat_plan", "DEFAULT_REPEATS"]
+           "top_h_by_auc", "class_folds", "repeat_plan", "DEFAULT_REPEATS", "REALParams"]
