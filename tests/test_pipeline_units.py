@@ -21,7 +21,7 @@ from steerlens.pipeline import (
     make_steerer,
     register_method,
 )
-from steerlens.pipeline.base import group_modules, head_module
+from steerlens.pipeline.selection import group_modules, head_module
 from steerlens.pipeline.registry import METHODS
 from steerlens.pipeline.selectors import FixedSelector, class_split, top_h_selection
 
