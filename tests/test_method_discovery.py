@@ -121,9 +121,14 @@ def test_toy_method_runs_through_the_contract_suite(toy_env):
     r = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_contract.py", "-k", "toy-unit",
               "-o", "addopts="], toy_env, timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    # every per-method contract test ran for the toy (none was deselected or skipped)
+    # every per-method contract test ran for the toy; only the closed-gate checks skip (it has no gate)
     collect = _run(["-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider", "tests/test_contract.py",
                     "-k", "toy-unit", "-o", "addopts="], toy_env)
     n = sum("toy-unit" in line for line in collect.stdout.splitlines())
     assert n >= 6, collect.stdout
-    assert f"{n} passed" in r.stdout, r.stdout[-2000:]
+    import re
+
+    m = re.search(r"(\d+) passed(?:, (\d+) skipped)?", r.stdout)
+    assert m, r.stdout[-2000:]
+    passed, skipped = int(m.group(1)), int(m.group(2) or 0)
+    assert passed + skipped == n and passed >= 6 and skipped <= 2, r.stdout[-2000:]
