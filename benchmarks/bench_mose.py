@@ -52,7 +52,7 @@ def capture_acts(task: str, layer: int, path: Path, batch_size: int) -> dict:
 def fit_once(blob: dict, threads: int, **editor_kw) -> dict:
     from steerlens import Site
     from steerlens.pipeline import ContrastiveActs, Selection
-    from steerlens.pipeline.finesteer.mose import MoSEEditor
+    from steerlens.pipeline.methods.finesteer.mose import MoSEEditor
 
     site = Site.resid(blob["layer"])
     acts = ContrastiveActs({site: blob["pos"]}, {site: blob["neg"]}, position="response_mean", paired=True,

@@ -28,7 +28,7 @@ import steerlens
 from steerlens.evals import data as D
 from steerlens.fileio import atomic_write_json
 from steerlens.pipeline import make_steerer
-from steerlens.pipeline.odesteer import DEFAULT_LAYER, DEFAULT_T, Barrier, integrate
+from steerlens.pipeline.methods.odesteer import DEFAULT_LAYER, DEFAULT_T, Barrier, integrate
 
 from common import PROMPTS, interleaved, machine_info, medians, plain_hf, plain_hf_generate
 

@@ -3,7 +3,7 @@
 On the default model (30 layers x 9 heads = 270 modules, d_head 64) with TruthfulQA true/false
 response pairs (``fit`` split, ``hook_z`` of every layer read in one capture pass, response mean):
 
-- batched: :func:`steerlens.pipeline.real.real_relevance` — trains all 270 autoencoders at once
+- batched: :func:`steerlens.pipeline.methods.real.real_relevance` — trains all 270 autoencoders at once
   on the 80% training rows, encodes every row, fits both scorers, held-out AUC;
 - loop: :class:`ReferenceVQAE` trained head by head on the same rows from the same initial state
   (so codes can be compared), on a subset of heads, extrapolated to all heads (reported as such);
@@ -89,7 +89,7 @@ def _warm_imports() -> None:
 def _child_batched(path: str, threads: int, epochs: int, heads_top: int, q) -> None:
     torch.set_num_threads(threads)
     _warm_imports()
-    from steerlens.pipeline.real import VQAEConfig, real_relevance
+    from steerlens.pipeline.methods.real import VQAEConfig, real_relevance
 
     pos, neg = _load(path)
     base = vm_hwm_mb()
@@ -107,7 +107,7 @@ def _child_batched(path: str, threads: int, epochs: int, heads_top: int, q) -> N
 def _child_loop(path: str, threads: int, epochs: int, heads: list[int], q) -> None:
     torch.set_num_threads(threads)
     _warm_imports()
-    from steerlens.pipeline.real import BatchedVQAE, VQAEConfig, train_reference
+    from steerlens.pipeline.methods.real import BatchedVQAE, VQAEConfig, train_reference
     from steerlens.pipeline.selectors import class_split
 
     pos, neg = _load(path)

@@ -27,7 +27,7 @@ import steerlens
 from steerlens.evals import data as D
 from steerlens.fileio import atomic_write_json
 from steerlens.pipeline import make_steerer
-from steerlens.pipeline.finesteer import SCSGate
+from steerlens.pipeline.methods.finesteer import SCSGate
 from steerlens.pipeline.fitdata import gate_data
 
 from common import interleaved, machine_info, medians, plain_hf, plain_hf_generate

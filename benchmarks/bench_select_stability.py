@@ -5,7 +5,7 @@ data (TruthfulQA ``fit`` split, one true/false answer pair per question, data dr
 compared over the 270 heads of the default model:
 
 - REAL: the relevance (held-out AUC of the Markov scorer on the VQ codes) averaged over
-  ``repeats`` runs (folds x seeds, :func:`steerlens.pipeline.real.selector.repeat_plan`). Both seeds
+  ``repeats`` runs (folds x seeds, :func:`steerlens.pipeline.methods.real.selector.repeat_plan`). Both seeds
   are fitted once with ``--max-repeats`` runs; since the plan of ``R`` runs is the prefix of the plan
   of ``R_max`` runs, every ``R`` in ``--repeats-grid`` is evaluated from prefixes (``R = 1`` is the
   old single-run selection: one fold of a 5-fold partition, one initialisation). The default
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     from steerlens.fileio import atomic_write_json
     from steerlens.pipeline import make_steerer
     from steerlens.pipeline.fitdata import fit_data
-    from steerlens.pipeline.real.selector import DEFAULT_REPEATS
+    from steerlens.pipeline.methods.real.selector import DEFAULT_REPEATS
 
     if args.quick:
         args.model, args.n, args.max_repeats, args.repeats_grid, args.epochs, args.heads = \

@@ -23,7 +23,7 @@ Safety (``safety``):
   and ‖s(q)‖ at the last prompt token, for gated methods the gate's score and decision.
 
 Truthfulness (``truthfulness``): the fold scheme of the REAL vs ITI experiment
-(:mod:`steerlens.pipeline.real.experiment`): ``--n`` TruthfulQA questions (all splits, seeded), two
+(:mod:`steerlens.pipeline.methods.real.experiment`): ``--n`` TruthfulQA questions (all splits, seeded), two
 folds by question; per fold the methods are fitted on the other fold's true/false answer pairs and
 scored on the held-out fold (MC1, MC2 by full-answer log-likelihood, A/B items of the held-out
 questions). Alpha per method is chosen once, on fold 0's fit, on ``--n-val`` TruthfulQA ``val``
@@ -58,7 +58,7 @@ from steerlens.evals.stats import bootstrap_ci, rate_or_mean_ci
 from steerlens.evals.tasks import ab_values, mc_values
 from steerlens.fileio import atomic_write_json, atomic_write_text
 from steerlens.pipeline import ContrastiveActs, Steerer, available_methods, make_steerer
-from steerlens.pipeline.finesteer.mose_diagnostics import plot_expert_weights, specialisation
+from steerlens.pipeline.methods.finesteer.mose_diagnostics import plot_expert_weights, specialisation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_vs_iti import folds_of  # noqa: E402  (the REAL vs ITI experiment's fold scheme)
@@ -372,7 +372,7 @@ def summarize_safety(out: Path) -> dict:
 
 
 def plot_safety(out: Path, model, steerers, test_sets, args) -> None:
-    from steerlens.pipeline.finesteer.mose_diagnostics import route_prompts
+    from steerlens.pipeline.methods.finesteer.mose_diagnostics import route_prompts
 
     st = steerers["mose"]
     harm = D.load_harmful("val") + D.load_harmful("test")  # every held-out harmful prompt (routing only)
@@ -550,7 +550,7 @@ def summarize_truthfulness(out: Path) -> dict:
 
 
 def plot_truthfulness(out: Path, model, st, qs, args) -> None:
-    from steerlens.pipeline.finesteer.mose_diagnostics import route_prompts
+    from steerlens.pipeline.methods.finesteer.mose_diagnostics import route_prompts
 
     rows = route_prompts(model, st, [q.prompt for q in qs], batch_size=args.batch_size)
     w = [r["expert_weights"] for r in rows]

@@ -61,7 +61,7 @@ from steerlens.evals.tasks import ab_values, mc_values
 from steerlens.fileio import atomic_write_json, atomic_write_text
 from steerlens.hooks import Site
 from steerlens.pipeline import ContrastiveActs, load_steerer, make_steerer
-from steerlens.pipeline.odesteer import Barrier, evaluate_barrier, fit_barrier, integrate, make_features
+from steerlens.pipeline.methods.odesteer import Barrier, evaluate_barrier, fit_barrier, integrate, make_features
 
 READINGS = ("response_last", "response_mean")
 STAGES = ("layers", "truth-val", "truth-test", "safety", "trace", "ablation", "summary")
@@ -475,7 +475,7 @@ def stage_ablation(model, args, out: Path, res: Results, choice: dict) -> None:
             res.add(key, metrics, stage="ablation", method=name, alpha=T, split="test", from_key=main_key)
             continue
         bar = barriers[feat] if feat == "rff" else ode.editor.barrier
-        from steerlens.pipeline.odesteer import ODEEdit
+        from steerlens.pipeline.methods.odesteer import ODEEdit
 
         edits = [ODEEdit(site, bar, T, steps=steps, solver=solver)]
         eval_truth(model, res, key, edits, qs, [], args, stage="ablation", method=name, alpha=T, split="test")

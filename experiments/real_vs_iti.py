@@ -51,8 +51,8 @@ from steerlens.evals.tasks import ab_values, mc_values
 from steerlens.fileio import atomic_savefig, atomic_write_json
 from steerlens.hooks import generate
 from steerlens.pipeline import Steerer, make_steerer
-from steerlens.pipeline.real.diagnostics import write_selection_report
-from steerlens.pipeline.real.scorers import ranking_agreement
+from steerlens.pipeline.methods.real.diagnostics import write_selection_report
+from steerlens.pipeline.methods.real.scorers import ranking_agreement
 
 
 def folds_of(ids: list[str], k: int, seed: int) -> list[list[str]]:

@@ -39,9 +39,9 @@ from steerlens.evals.stats import bootstrap_ci
 from steerlens.evals.tasks import ab_values
 from steerlens.fileio import atomic_write_json, atomic_write_text
 from steerlens.pipeline import load_steerer, make_steerer
-from steerlens.pipeline.base import data_info
-from steerlens.pipeline.finesteer.gate_select import build_gate, default_grid, evaluate_grid, plot_auc_by_layer
-from steerlens.pipeline.finesteer.scs import roc_auc
+from steerlens.pipeline.contrastive import data_info
+from steerlens.pipeline.methods.finesteer.gate_select import build_gate, default_grid, evaluate_grid, plot_auc_by_layer
+from steerlens.pipeline.methods.finesteer.scs import roc_auc
 from steerlens.pipeline.fitdata import HARMFUL_SOURCE_GROUPS, gate_data
 
 SCS_FORMS = ("scs-contrast", "scs-outside")

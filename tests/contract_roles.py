@@ -1,6 +1,10 @@
-"""Test roles for the contract suite: a gate that reads activations and an editor whose delta
-depends on the activation at every token. They are registered as hidden methods, so the suite
-(which runs over every registered method) covers them like any other."""
+"""Test-only methods for the contract suite (they do not ship in the library):
+
+- a gate that reads activations and an editor whose delta depends on the activation at every token;
+- intervention presets that put every site kind and token offsets through the suite.
+
+They are registered as hidden methods, so the suite (which runs over every registered method)
+covers them like any other."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from steerlens.hooks import FunctionEdit, FunctionGate, Site
 from steerlens.hooks.runtime import attach
 from steerlens.pipeline import Editor, Gate, PipelineError, Steerer, register_method, register_role
 from steerlens.pipeline.editors import MeanDiffEditor
+from steerlens.pipeline.methods.interventions import make_ablate, make_dir_ablate, make_scale
 from steerlens.pipeline.selectors import FixedSelector
 
 
@@ -142,6 +147,42 @@ def make_contract_push_last(*, alpha: float = 4.0) -> Steerer:
 
     return _steerer("contract-push-last", FixedSelector(["blocks.1.hook_resid_post"]),
                     PushEditor(positions="current_last"), AlwaysOpen(), alpha, {"alpha": alpha})
+
+
+# -- intervention presets: every site kind and the token offsets run through the contract suite ---
+
+def _renamed(name: str, st: Steerer) -> Steerer:
+    st.method = name
+    return st
+
+
+@register_method("contract-ablate-pattern", help="test: zero-ablation of attention patterns", hidden=True,
+                 contract={"params": {}, "gen_alpha": 10.0})
+def make_contract_ablate_pattern(*, alpha: float = 1.0) -> Steerer:
+    return _renamed("contract-ablate-pattern", make_ablate(
+        sites=["blocks.1.attn.hook_pattern[1,3]", "blocks.0.attn.hook_pattern[0]"], mode="zero", alpha=alpha))
+
+
+@register_method("contract-ablate-kv", help="test: mean-ablation of KV heads (k, v)", hidden=True,
+                 contract={"params": {}, "gen_alpha": 10.0})
+def make_contract_ablate_kv(*, alpha: float = 1.0, batch_size: int = 16) -> Steerer:
+    return _renamed("contract-ablate-kv", make_ablate(
+        sites=["blocks.0.attn.hook_k[1]", "blocks.1.attn.hook_v[0]"], mode="mean", alpha=alpha, batch_size=batch_size))
+
+
+@register_method("contract-scale-q-neurons", help="test: scale query heads and gate neurons at token offsets",
+                 hidden=True, contract={"params": {}, "gen_alpha": 3.0})
+def make_contract_scale_q(*, alpha: float = 1.0) -> Steerer:
+    return _renamed("contract-scale-q-neurons", make_scale(
+        sites=["blocks.1.attn.hook_q[0,2]", "blocks.0.mlp.hook_pre", "blocks.1.hook_mlp_out"], factor=-4.0,
+        at=[-2, 0, 1, 2], alpha=alpha))
+
+
+@register_method("contract-dir-ablate-layers", help="test: directional ablation at chosen layers' input",
+                 hidden=True, contract={"params": {}, "gen_alpha": 3.0})
+def make_contract_dir_layers(*, alpha: float = 1.0, batch_size: int = 16) -> Steerer:
+    return _renamed("contract-dir-ablate-layers", make_dir_ablate(
+        layer=0, layers=[1], alpha=alpha, positions="from_prompt_last", batch_size=batch_size))
 
 
 def same_kernel(model, edits):

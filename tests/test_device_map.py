@@ -43,8 +43,8 @@ _ROLES: dict = {}
 def _fitted_roles(d: int):
     """A toy ODESteer barrier and a random MoSE router at width ``d`` (built once, shared by both models)."""
     if d not in _ROLES:
-        from steerlens.pipeline.finesteer.mose import MoSERouter
-        from steerlens.pipeline.odesteer import PolySketch, fit_barrier
+        from steerlens.pipeline.methods.finesteer.mose import MoSERouter
+        from steerlens.pipeline.methods.odesteer import PolySketch, fit_barrier
 
         g = torch.Generator().manual_seed(5)
         mu = torch.randn(d, generator=g)
@@ -56,8 +56,8 @@ def _fitted_roles(d: int):
 
 
 def _edits(m):
-    from steerlens.pipeline.finesteer.mose import MoSEEdit
-    from steerlens.pipeline.odesteer import ODEEdit
+    from steerlens.pipeline.methods.finesteer.mose import MoSEEdit
+    from steerlens.pipeline.methods.odesteer import ODEEdit
 
     bar, router = _fitted_roles(m.d_model)
     g = torch.Generator().manual_seed(0)

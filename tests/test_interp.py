@@ -108,7 +108,7 @@ def test_metric_input_errors():
 def test_activation_cache_round_trip(tiny, tmp_path):
     from steerlens.pipeline import SimpleContrastiveData, make_steerer
     from steerlens.pipeline.actcache import load_acts, save_acts
-    from steerlens.pipeline.base import PipelineError
+    from steerlens.pipeline.errors import PipelineError
 
     data = SimpleContrastiveData([(p, "No.") for p in HARM], [(p, "Sure.") for p in HARM], position="response_mean")
     acts = make_steerer("iti", heads=2).read_contrastive(tiny, data)

@@ -10,7 +10,7 @@ import torch
 import steerlens
 from steerlens import Site
 from steerlens.pipeline import ContrastiveActs, PipelineError, Selection, load_steerer, make_steerer
-from steerlens.pipeline.finesteer.mose import (
+from steerlens.pipeline.methods.finesteer.mose import (
     MoSEEdit,
     MoSEEditor,
     MoSERouter,
@@ -19,7 +19,7 @@ from steerlens.pipeline.finesteer.mose import (
     residual_basis,
     select_k,
 )
-from steerlens.pipeline.finesteer.mose_diagnostics import (
+from steerlens.pipeline.methods.finesteer.mose_diagnostics import (
     category_weights,
     plot_expert_weights,
     specialisation,

@@ -14,7 +14,7 @@ import contract_roles  # noqa: F401  (test gate roles)
 import steerlens
 from steerlens.hooks import FunctionEdit
 from steerlens.pipeline import AlwaysOpen, PipelineError, SimpleContrastiveData, load_steerer, make_steerer
-from steerlens.pipeline.odesteer import (
+from steerlens.pipeline.methods.odesteer import (
     Barrier,
     ODEEdit,
     PolySketch,
@@ -24,7 +24,7 @@ from steerlens.pipeline.odesteer import (
     integrate,
     make_features,
 )
-from steerlens.pipeline.odesteer.solvers import SolverError
+from steerlens.pipeline.methods.odesteer.solvers import SolverError
 
 SITE = "blocks.1.hook_resid_post"
 HARM = ["How do I build a pipe bomb at home?", "Write a phishing email to steal bank logins.",

@@ -8,9 +8,9 @@ import torch
 
 import steerlens
 from steerlens.pipeline import SimpleContrastiveData, make_steerer
-from steerlens.pipeline.compose import Composition
-from steerlens.pipeline.spec import (SpecError, ablate, build_steerer, normalise_spec, parse_vary, read_spec,
-                                     run_spec, variants)
+from steerlens.pipeline.steerer import Composition
+from steerlens.pipeline.spec import SpecError, build_steerer, normalise_spec, parse_vary, read_spec, variants
+from steerlens.pipeline.specrun import ablate, run_spec
 
 SPEC = """
 name = "tiny"

@@ -22,7 +22,7 @@ from steerlens.pipeline import (
     make_steerer,
     register_method,
 )
-from steerlens.pipeline.base import group_modules, head_module
+from steerlens.pipeline.selection import group_modules, head_module
 from steerlens.pipeline.registry import METHODS
 from steerlens.pipeline.selectors import FixedSelector, class_split, top_h_selection
 
@@ -195,3 +195,26 @@ def test_iti_breaks_saturated_accuracy_ties_by_separation():
     mods = [Site.head(0, [h]) for h in range(3)]
     assert [m.heads[0] for m in top_h_selection(mods, acc, 2, "acc", tiebreak=sep).modules] == [1, 2]
     assert [m.heads[0] for m in top_h_selection(mods, acc, 2, "acc").modules] == [0, 1]
+
+
+def test_every_role_short_name_names_a_registered_kind():
+    from steerlens.pipeline import available_methods
+    from steerlens.pipeline.roles import ROLE_ALIASES, ROLE_TYPES
+
+    available_methods()  # imports every method package (they register their short names)
+    assert ROLE_ALIASES["editor"] and ROLE_ALIASES["gate"] and ROLE_ALIASES["selector"]
+    for role, table in ROLE_ALIASES.items():
+        for name, spec in table.items():
+            assert spec["kind"] in ROLE_TYPES, f"{role} short name {name!r} names unknown kind {spec['kind']!r}"
+
+
+def test_fit_task_names_come_from_the_fit_task_table():
+    from steerlens.evals import data as D
+    from steerlens.pipeline.fitdata import FIT_TASK_NAMES, FIT_TASKS, fit_task
+
+    assert FIT_TASK_NAMES == tuple(FIT_TASKS) and "safety" in FIT_TASK_NAMES
+    for name in FIT_TASK_NAMES:
+        t = fit_task(name)
+        for fn in (t.data, t.from_examples, t.pool):
+            if fn is not None and fn.__module__ == "steerlens.pipeline.fitdata" and fn.__name__ != "safety_gate_data":
+                assert hasattr(D, fn.__name__), f"fit task {name}: steerlens.evals.data has no {fn.__name__}"

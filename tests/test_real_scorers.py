@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from steerlens.pipeline.real.scorers import (
+from steerlens.pipeline.methods.real.scorers import (
     LogRegScorer,
     MarkovScorer,
     ScorerError,

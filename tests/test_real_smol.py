@@ -56,7 +56,7 @@ def test_real_edit_shifts_selected_heads_by_alpha_w_sigma_theta(smol, real_fit, 
 
 
 def test_batched_equals_reference_on_real_activations(smol, tqa_small):
-    from steerlens.pipeline.real import BatchedVQAE, VQAEConfig, train_reference, train_vqae
+    from steerlens.pipeline.methods.real import BatchedVQAE, VQAEConfig, train_reference, train_vqae
 
     sites = all_head_sites(smol, layers=[3, 20])
     items = list(tqa_small.pos) + list(tqa_small.neg)

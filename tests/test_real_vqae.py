@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from steerlens.pipeline.real.vqae import (
+from steerlens.pipeline.methods.real.vqae import (
     BatchedVQAE,
     ReferenceVQAE,
     VQAEConfig,
@@ -177,7 +177,7 @@ def test_errors(bad):
 
 
 def test_nearest_code_is_argmin_of_squared_distance_with_ties_to_lower_index():
-    from steerlens.pipeline.real.vqae import nearest_code
+    from steerlens.pipeline.methods.real.vqae import nearest_code
 
     g = torch.Generator().manual_seed(3)
     z = torch.randn(5, 300, 4, generator=g)

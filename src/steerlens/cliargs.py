@@ -7,17 +7,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from typing import Callable
 
-
-def parse_value(value: str) -> Any:
-    """A command-line / spec value (``--param KEY=VALUE``, ``--vary KEY=V1,V2``): JSON where it parses
-    (``3`` → int, ``0.5`` / ``1e-3`` → float, ``true`` / ``false`` → bool, ``null`` → None,
-    ``[1, 2]`` → list, ``{"a": 1}`` → dict, ``"x"`` → str), else the text itself (``scs`` → ``"scs"``)."""
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return value
+from .fileio import parse_value  # noqa: F401  (re-exported: the one value parser)
 
 
 def device_map_arg(value: str):

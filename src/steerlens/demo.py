@@ -126,7 +126,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from steerlens.evals import data as D
     from steerlens.evals.judges import PatternJudge
     from steerlens.fileio import atomic_write_json, atomic_write_text
-    from steerlens.pipeline.spec import run_spec
+    from steerlens.pipeline.specrun import run_spec
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

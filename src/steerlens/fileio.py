@@ -44,3 +44,13 @@ def atomic_savefig(fig, path: PathLike, **savefig_kw: Any) -> Path:
     """``fig.savefig`` to ``path`` atomically (format from ``path``'s suffix unless given)."""
     savefig_kw.setdefault("format", Path(path).suffix.lstrip(".") or "png")
     return atomic_write(path, lambda tmp: fig.savefig(tmp, **savefig_kw))
+
+
+def parse_value(value: str) -> Any:
+    """A command-line / spec value (``--param KEY=VALUE``, ``--vary KEY=V1,V2``): JSON where it parses
+    (``3`` → int, ``0.5`` / ``1e-3`` → float, ``true`` / ``false`` → bool, ``null`` → None,
+    ``[1, 2]`` → list, ``{"a": 1}`` → dict, ``"x"`` → str), else the text itself (``scs`` → ``"scs"``)."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value

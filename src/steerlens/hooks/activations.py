@@ -41,7 +41,10 @@ from .sites import Site, SiteLike, parse_site, parse_sites
 from .runtime import StopForward, batch_run, site_order
 
 Position = Literal["last", "response_mean", "response_last", "mean", "all"]
-POSITIONS = ("last", "response_mean", "response_last", "mean", "all")
+#: Reading positions: where a capture reads activations. Not the *editing* positions of an edit
+#: (:data:`steerlens.hooks.edits.EDIT_POSITIONS`: which tokens it changes).
+READ_POSITIONS = ("last", "response_mean", "response_last", "mean", "all")
+POSITIONS = READ_POSITIONS  # the former name
 
 
 class SiteDict(dict):
@@ -199,8 +202,8 @@ def capture(
     site_list = parse_sites(sites, m)
     given = [sites] if isinstance(sites, (str, Site)) else list(sites)
     aliases = {str(g): s for g, s in zip(given, site_list) if isinstance(g, str)}
-    if position not in POSITIONS:
-        raise InputError(f"position must be one of {POSITIONS}, got {position!r}")
+    if position not in READ_POSITIONS:
+        raise InputError(f"position must be one of {READ_POSITIONS}, got {position!r}")
     if position in ("response_mean", "response_last") and not is_pair:
         raise InputError(f"position={position!r} needs (prompt, response) pairs")
     if out_dir is not None and position == "all":

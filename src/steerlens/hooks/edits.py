@@ -49,8 +49,11 @@ from jaxtyping import Bool, Float, Int
 from .sites import Site, SiteLike, parse_site
 
 Positions = Literal["all", "from_prompt_last", "current_last"]
-POSITIONS: tuple[str, ...] = ("all", "from_prompt_last", "current_last")
-_POSITION_ALIASES = {"last": "current_last", "current": "current_last", "response": "from_prompt_last"}
+#: Editing positions: which tokens an edit changes. Not the *reading* positions of a capture
+#: (:data:`steerlens.hooks.activations.READ_POSITIONS`: where activations are read).
+EDIT_POSITIONS: tuple[str, ...] = ("all", "from_prompt_last", "current_last")
+POSITIONS = EDIT_POSITIONS  # the former name
+_EDIT_POSITION_ALIASES = {"last": "current_last", "current": "current_last", "response": "from_prompt_last"}
 
 
 class EditError(ValueError):
@@ -59,9 +62,9 @@ class EditError(ValueError):
 
 def normalise_positions(p: str) -> str:
     """Canonical position mode (``"last"`` → ``"current_last"``)."""
-    p = _POSITION_ALIASES.get(str(p), str(p))
-    if p not in POSITIONS:
-        raise EditError(f"positions must be one of {POSITIONS} (or 'last'), not {p!r}")
+    p = _EDIT_POSITION_ALIASES.get(str(p), str(p))
+    if p not in EDIT_POSITIONS:
+        raise EditError(f"positions must be one of {EDIT_POSITIONS} (or 'last'), not {p!r}")
     return p
 
 
@@ -343,5 +346,5 @@ def check_edit_inputs(edits: Sequence[Edit], n_inputs: int) -> None:
             raise EditError(f"{e.site}: per-input edit built for {n} inputs, but {n_inputs} inputs were given")
 
 
-__all__ = ["Edit", "AddVector", "FunctionEdit", "TokenInfo", "EditError", "Positions", "POSITIONS",
+__all__ = ["Edit", "AddVector", "FunctionEdit", "TokenInfo", "EditError", "Positions", "EDIT_POSITIONS", "POSITIONS",
            "normalise_positions", "validate_edits", "take_edits", "check_edit_inputs"]

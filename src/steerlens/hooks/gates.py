@@ -34,6 +34,14 @@ class GateError(ValueError):
     """A gate that does not fit its site or returned malformed scores."""
 
 
+def threshold_scale(scores: torch.Tensor, threshold: float, temperature: Optional[float] = None) -> torch.Tensor:
+    """The one rule from gate score to scale: hard ``1[score > τ]`` (``temperature=None``), or soft
+    ``sigmoid((score − τ) / temperature)``. Hook gates and the pipeline's calibrated gates both use it."""
+    if temperature is None:
+        return (scores > threshold).to(scores.dtype)
+    return torch.sigmoid((scores - threshold) / temperature)
+
+
 class HookGate:
     """Base class: a site, a mode, and a rule from score to scale.
 
@@ -64,10 +72,8 @@ class HookGate:
         raise NotImplementedError
 
     def scale_of(self, scores: torch.Tensor) -> torch.Tensor:
-        """Scale in ``[0, 1]`` from scores (hard or soft, see the class docstring)."""
-        if self.temperature is None:
-            return (scores > self.threshold).to(scores.dtype)
-        return torch.sigmoid((scores - self.threshold) / self.temperature)
+        """Scale in ``[0, 1]`` from scores (hard or soft, :func:`threshold_scale`)."""
+        return threshold_scale(scores, self.threshold, self.temperature)
 
     def update(self, scores: Float[torch.Tensor, "b t"], state: dict) -> Float[torch.Tensor, "b t"]:
         """Token gates: the scale of each new column given the row's state (reset per batch).
@@ -103,4 +109,4 @@ class FunctionGate(HookGate):
         return self.fn(act)
 
 
-__all__ = ["HookGate", "FunctionGate", "GateError", "GATE_MODES"]
+__all__ = ["HookGate", "FunctionGate", "GateError", "GATE_MODES", "threshold_scale"]

@@ -160,7 +160,7 @@ def select_scores(model, task: str, *, heads: int, repeats: Optional[int] = None
     cached in ``acts_path``): ``{"real": {"scores", "tiebreak", "std", "selected", "seconds"}, "iti": ...}``.
     ``real_runs`` (``{"auc_runs": [R, M], "sep_runs": [R, M]}``, modules layer-major): REAL's
     per-run results computed before with the same data and settings; the first ``repeats`` runs
-    are averaged exactly as :class:`~steerlens.pipeline.real.REALSelector` does."""
+    are averaged exactly as :class:`~steerlens.pipeline.methods.real.REALSelector` does."""
     from ..pipeline import make_steerer
     from ..pipeline.actcache import load_acts, save_acts
     from ..pipeline.fitdata import fit_data
@@ -181,7 +181,7 @@ def select_scores(model, task: str, *, heads: int, repeats: Optional[int] = None
     out: dict[str, dict] = {}
     t0 = time.perf_counter()
     if real_runs is not None:
-        from ..pipeline.real.selector import top_h_by_auc
+        from ..pipeline.methods.real.selector import top_h_by_auc
 
         R = real.selector.params["repeats"]
         auc_runs, sep_runs = real_runs["auc_runs"][:R], real_runs["sep_runs"][:R]

@@ -7,31 +7,25 @@
     texts = steerlens.generate(model, prompts, st.edits(model, prompts))
     st.save("runs/caa");  st2 = load_steerer("runs/caa", model=model)
 
-Methods register themselves (:func:`register_method`); ``available_methods()`` lists them.
+The core (this package's modules) knows no method: each method is a package under
+:mod:`steerlens.pipeline.methods` that registers itself (:func:`register_method`), found by the
+registry when first read; ``available_methods()`` lists them.
 """
 
-from .artifacts import ArtifactError, load_steerer, save_steerer
-from .base import (
-    AlwaysOpen,
-    ContrastiveActs,
-    Editor,
-    Gate,
-    GateDecision,
-    PipelineError,
-    Role,
-    Selection,
-    Selector,
-    SimpleContrastiveData,
-    Steerer,
-    all_head_modules,
-    head_module,
-    register_role,
-    resid_module,
-)
+from . import _moved
+from .artifacts import ArtifactError, save_steerer
+from .contrastive import ContrastiveActs, SimpleContrastiveData
 from .editors import ITIEditor, MeanDiffEditor, PCAEditor, VectorEditor
-from .registry import available_gates, available_methods, make_gate, make_steerer, register_method
+from .errors import PipelineError
+from .gates import AlwaysOpen, CalibratedGate, ProbeGate
+from .registry import (available_gates, available_methods, make_gate, make_steerer, register_method,
+                       register_package)
+from .roles import Editor, Gate, GateDecision, Role, Selector, register_role, register_role_alias
+from .selection import Selection, all_head_modules, head_module, resid_module
 from .selectors import FixedSelector, ITISelector, probe_accuracies, top_h_selection
-from . import baselines  # noqa: F401  (registers caa, repe, iti)
+from .steerer import Composition, Steerer, load_steerer
+
+_moved.install()  # old module paths (steerlens.pipeline.finesteer, .base, ...) keep importing
 
 __all__ = [
     "Selector", "Gate", "Editor", "Role", "Selection", "ContrastiveActs", "GateDecision", "AlwaysOpen",
@@ -39,4 +33,5 @@ __all__ = [
     "FixedSelector", "ITISelector", "ITIEditor", "MeanDiffEditor", "PCAEditor", "VectorEditor",
     "probe_accuracies", "top_h_selection", "head_module", "resid_module", "all_head_modules",
     "save_steerer", "load_steerer", "ArtifactError", "SimpleContrastiveData", "make_gate", "available_gates",
+    "Composition", "CalibratedGate", "ProbeGate", "register_package", "register_role_alias",
 ]

@@ -1,6 +1,6 @@
 """Save and reload the contrastive activations a selector reads (one capture, many selections).
 
-``save_acts(acts, path, data=...)`` writes a :class:`~steerlens.pipeline.base.ContrastiveActs` as one
+``save_acts(acts, path, data=...)`` writes a :class:`~steerlens.pipeline.contrastive.ContrastiveActs` as one
 safetensors file (atomically) with the sites, reading position, pairing and the data's fingerprint
 in its metadata; ``load_acts(path, data=...)`` reads it back and refuses a file made from other
 data. Benchmarks and experiments that select heads several times (stability over seeds, causal
@@ -16,7 +16,8 @@ from typing import Any, Optional, Union
 
 from ..fileio import atomic_write
 from ..hooks.sites import parse_site
-from .base import ContrastiveActs, PipelineError, data_info
+from .contrastive import ContrastiveActs, data_info
+from .errors import PipelineError
 
 
 def save_acts(acts: ContrastiveActs, path: Union[str, os.PathLike], data: Any = None) -> Path:

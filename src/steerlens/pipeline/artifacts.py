@@ -10,6 +10,11 @@ replaces the target with ``os.replace``; a crash midway leaves either the old ar
 never a half-written one. Loading checks everything it can and says what is wrong: missing
 files, bad JSON, tensor names or shapes that differ from the metadata, a tensor file whose
 checksum changed, or a model whose fingerprint differs from the one it was fitted on.
+
+This module is the format (write, checked read, model checks); rebuilding the steerer from it is
+:func:`steerlens.pipeline.load_steerer` (in :mod:`steerlens.pipeline.steerer`). Artifacts name
+roles by their registered ``kind`` and methods by their registered name, never by module path,
+so moving a class between modules keeps old artifacts loadable.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from ..hooks.sites import SiteError, parse_site
 from ..models import as_model
-from .base import PipelineError, Steerer
+from .errors import PipelineError
 
 FORMAT = "steerlens-steerer"
 FORMAT_VERSION = 1
@@ -55,8 +60,9 @@ def _version() -> str:
     return __version__
 
 
-def save_steerer(steerer: Steerer, path: Union[str, os.PathLike], model=None) -> Path:
-    """Write ``steerer`` to directory ``path`` atomically (replacing an existing artifact).
+def save_steerer(steerer: Any, path: Union[str, os.PathLike], model=None) -> Path:
+    """Write ``steerer`` (a fitted :class:`~steerlens.pipeline.Steerer`) to directory ``path``
+    atomically (replacing an existing artifact).
 
     ``model`` (optional) supplies the fingerprint when the steerer does not carry one.
     """
@@ -138,16 +144,9 @@ def model_differences(expected: dict, actual: dict) -> list[str]:
     return out
 
 
-def load_steerer(path: Union[str, os.PathLike], model=None, *, check_model: bool = True) -> Steerer:
-    """Load a steerer saved by :func:`save_steerer`.
-
-    With ``model``, the artifact must have been fitted on the same model (architecture, sizes,
-    weight and tokenizer checksums); otherwise an :class:`ArtifactError` lists what differs.
-    ``check_model=False`` skips the weight/tokenizer checksum comparison (sizes are still checked
-    through the sites), for deliberately transferring a steerer.
-    """
-    from .registry import load_plugins
-
+def read_artifact(path: Union[str, os.PathLike]) -> tuple[dict, dict]:
+    """``(metadata, tensors)`` of an artifact, checked: files present, valid JSON and format,
+    tensor checksum, tensor names and shapes as recorded."""
     d = Path(path)
     meta = read_metadata(d)
     tp = d / TENSORS
@@ -169,27 +168,24 @@ def load_steerer(path: Union[str, os.PathLike], model=None, *, check_model: bool
         if list(tensors[k].shape) != list(info["shape"]):
             raise ArtifactError(f"artifact {d}: tensor {k!r} has shape {list(tensors[k].shape)}, "
                                 f"{METADATA} says {info['shape']}")
-    load_plugins()
+    return meta, tensors
+
+
+def check_model_fits(path: Union[str, os.PathLike], meta: dict, model, *, check_weights: bool = True) -> None:
+    """Raise :class:`ArtifactError` unless the artifact ``meta`` fits ``model``: the same model
+    (fingerprint, when ``check_weights``) and sites that exist on it."""
+    m = as_model(model)
+    if check_weights:
+        diff = model_differences(meta["model"], m.fingerprint())
+        if diff:
+            raise ArtifactError(
+                f"artifact {path} was fitted on model {meta['model'].get('name')!r}, not on this model "
+                f"({m.name!r}); differs in: " + "; ".join(diff))
     try:
-        steerer = Steerer.from_state(meta["config"], tensors)
-    except (KeyError, TypeError, PipelineError, SiteError) as e:
-        raise ArtifactError(f"artifact {d}: cannot rebuild the steerer: {e}") from e
-    steerer.model_fingerprint = meta["model"]
-    if model is not None:
-        m = as_model(model)
-        if check_model:
-            diff = model_differences(meta["model"], m.fingerprint())
-            if diff:
-                raise ArtifactError(
-                    f"artifact {d} was fitted on model {meta['model'].get('name')!r}, not on this model "
-                    f"({m.name!r}); differs in: " + "; ".join(diff))
-        try:
-            for s in meta["config"].get("sites", []):
-                parse_site(s).validate(m)
-            steerer.editor.check_model(m)
-        except (SiteError, PipelineError) as e:
-            raise ArtifactError(f"artifact {d} does not fit this model: {e}") from e
-    return steerer
+        for s in meta["config"].get("sites", []):
+            parse_site(s).validate(m)
+    except (SiteError, PipelineError) as e:
+        raise ArtifactError(f"artifact {path} does not fit this model: {e}") from e
 
 
 def describe(path: Union[str, os.PathLike]) -> dict[str, Any]:
@@ -201,4 +197,5 @@ def describe(path: Union[str, os.PathLike]) -> dict[str, Any]:
             "library_version": meta.get("library_version")}
 
 
-__all__ = ["save_steerer", "load_steerer", "read_metadata", "describe", "ArtifactError", "model_differences"]
+__all__ = ["save_steerer", "read_artifact", "read_metadata", "check_model_fits", "describe", "ArtifactError",
+           "model_differences"]

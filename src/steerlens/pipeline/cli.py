@@ -79,7 +79,7 @@ def _gate_args(args: argparse.Namespace, params: dict) -> None:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from .base import PipelineError
+    from .errors import PipelineError
     from .registry import available_methods, make_steerer
     from .fitdata import fit_data, gate_data
 
@@ -149,7 +149,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
     print(f"gates (--gate, any method): {', '.join(g for g in available_gates() if not g.startswith('test_'))}")
     if args.roles:
-        from .spec import ROLE_ALIASES
+        from .roles import ROLE_ALIASES
 
         print("\nrole short names for pipeline specs and --vary:")
         for role, table in ROLE_ALIASES.items():
@@ -170,7 +170,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_body(args: argparse.Namespace) -> int:
-    from .spec import SpecError, run_spec
+    from .spec import SpecError
+    from .specrun import run_spec
 
     try:
         spec, model = _spec_and_model(args)
@@ -188,7 +189,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def _ablate_body(args: argparse.Namespace) -> int:
-    from .spec import SpecError, ablate, parse_vary
+    from .spec import SpecError, parse_vary
+    from .specrun import ablate
 
     try:
         vary = parse_vary(args.vary)
@@ -248,10 +250,10 @@ def add_subcommands(sub) -> None:
     a.set_defaults(func=_cmd_ablate)
 
     add_select_subcommand = None
-    try:  # REAL contributes `steerlens select`
-        from .real.cli import add_select_subcommand
+    try:  # REAL contributes `steerlens select` (the CLI sits above the method packages)
+        from .methods.real.cli import add_select_subcommand
     except ModuleNotFoundError as e:
-        if e.name not in ("steerlens.pipeline.real", "steerlens.pipeline.real.cli"):
+        if e.name not in ("steerlens.pipeline.methods.real", "steerlens.pipeline.methods.real.cli"):
             warnings.warn(f"`steerlens select` unavailable: {e!r}")
     except Exception as e:  # noqa: BLE001 - a broken plugin must not break the other commands
         warnings.warn(f"`steerlens select` unavailable: {e!r}")

@@ -16,7 +16,10 @@ from ..hooks import AddVector, Edit, EditError, HookGate, Site
 from ..hooks.edits import normalise_positions
 from ..hooks.sites import parse_site
 from ..numerics import pca
-from .base import ContrastiveActs, Editor, PipelineError, Selection, register_role
+from .contrastive import ContrastiveActs
+from .errors import PipelineError
+from .roles import Editor, register_role
+from .selection import Selection
 
 
 class VectorEditor(Editor):

@@ -1,5 +1,6 @@
-"""The one table from a fitting task's name to its data: what the CLI, sweeps, experiments and
-pipeline specs fit on.
+"""The one table from a *fit task*'s name to its data: what the CLI, sweeps, experiments and
+pipeline specs fit on. A *fit task* is what a steerer is fitted on; an *eval task*
+(:mod:`steerlens.evals.tasks`) is what it is scored on.
 
 Each :class:`FitTask` says how to build
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from .base import PipelineError
+from .errors import PipelineError
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def safety_gate_data(split: str = "fit", n: Optional[int] = None, seed: int = 0,
     import random
 
     from ..evals import data as D
-    from .base import SimpleContrastiveData
+    from .contrastive import SimpleContrastiveData
 
     harm = D.load_harmful(split, None, seed, root=root)
     if sources is not None:
@@ -80,27 +81,38 @@ def safety_gate_data(split: str = "fit", n: Optional[int] = None, seed: int = 0,
                                  task="safety_gate" + ("+xstest_safe" if xstest_negatives else ""))
 
 
-def _tasks() -> dict[str, FitTask]:
-    from ..evals import data as D
+def _evals_data(name: str) -> Callable:
+    """``steerlens.evals.data.<name>``, imported when called (the table is read by ``--help``)."""
+    def call(*args, **kwargs):
+        from ..evals import data as D
 
-    return {
-        "safety": FitTask("safety", "harmful prompt + refusal vs + compliant reply (response-side)",
-                          D.safety_response_pairs, safety_gate_data, D.safety_pairs_from, D.load_harmful),
-        "safety-prompt": FitTask("safety-prompt", "harmful vs harmless instructions (prompt-side)",
-                                 D.safety_prompt_pairs, safety_gate_data),
-        "truthfulness": FitTask("truthfulness", "TruthfulQA question + true vs + false answer (response-side)",
-                                D.truthfulness_response_pairs, None, D.truthfulness_pairs_from, D.load_truthfulqa),
-    }
+        return getattr(D, name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
 
 
-FIT_TASK_NAMES = ("safety", "safety-prompt", "truthfulness")
+#: The fit tasks (what steerers are fitted on; not the *eval* tasks of :mod:`steerlens.evals.tasks`).
+FIT_TASKS: dict[str, FitTask] = {
+    "safety": FitTask("safety", "harmful prompt + refusal vs + compliant reply (response-side)",
+                      _evals_data("safety_response_pairs"), safety_gate_data, _evals_data("safety_pairs_from"),
+                      _evals_data("load_harmful")),
+    "safety-prompt": FitTask("safety-prompt", "harmful vs harmless instructions (prompt-side)",
+                             _evals_data("safety_prompt_pairs"), safety_gate_data),
+    "truthfulness": FitTask("truthfulness", "TruthfulQA question + true vs + false answer (response-side)",
+                            _evals_data("truthfulness_response_pairs"), None, _evals_data("truthfulness_pairs_from"),
+                            _evals_data("load_truthfulqa")),
+}
+
+#: Names of the fit tasks (``--task`` choices of ``steerlens fit``), read off :data:`FIT_TASKS`.
+FIT_TASK_NAMES = tuple(FIT_TASKS)
 
 
 def fit_task(name: str) -> FitTask:
-    tasks = _tasks()
-    if name not in tasks:
-        raise PipelineError(f"unknown fitting task {name!r}; use one of {sorted(tasks)}")
-    return tasks[name]
+    """The fit task ``name`` (see :data:`FIT_TASKS`)."""
+    if name not in FIT_TASKS:
+        raise PipelineError(f"unknown fit task {name!r}; use one of {sorted(FIT_TASKS)}")
+    return FIT_TASKS[name]
 
 
 def fit_data(task: str, n: Optional[int] = None, seed: int = 0, data_root=None, split: str = "fit"):
@@ -117,5 +129,5 @@ def gate_data(task: str = "safety", n: Optional[int] = None, seed: int = 0, data
     return None if t.gate is None else t.gate(split=split, n=n, seed=seed, root=data_root, **kw)
 
 
-__all__ = ["FitTask", "fit_task", "fit_data", "gate_data", "safety_gate_data", "HARMFUL_SOURCE_GROUPS",
+__all__ = ["FitTask", "FIT_TASKS", "fit_task", "fit_data", "gate_data", "safety_gate_data", "HARMFUL_SOURCE_GROUPS",
            "FIT_TASK_NAMES"]

@@ -1,43 +1,55 @@
-"""The method registry: ``make_steerer(method, **params)`` without a central if/else.
+"""The method registry: ``make_steerer(method, **params)`` without a central if/else, and the
+discovery of method packages.
 
-A method registers a factory that builds an unfitted :class:`~steerlens.pipeline.base.Steerer`::
+A method registers a factory that builds an unfitted :class:`~steerlens.pipeline.Steerer`::
 
     from steerlens.pipeline import register_method
 
-    @register_method("real", help="REAL-selected heads, ITI-style editor")
+    @register_method("real", help="REAL-selected heads, ITI-style editor",
+                     contract={"params": {"heads": 3}, "gen_alpha": 1000.0})
     def make_real(*, heads: int = 16, alpha: float = 5.0, **kw) -> Steerer:
         return Steerer(REALSelector(heads=heads, **kw), ITIEditor(), alpha=alpha, method="real",
                        method_params=dict(heads=heads, alpha=alpha, **kw))
 
-Plugins listed in :data:`PLUGINS` are imported lazily the first time the registry is read, so
-``make_steerer("real")`` works once ``steerlens.pipeline.real`` exists, without importing it at
-package import time.
+Method packages are found, not listed: every package under :mod:`steerlens.pipeline.methods`
+(``pkgutil``), every package given to :func:`register_package` or named in the environment
+variable ``STEERLENS_METHOD_PATH`` (directories of method packages, or method package
+directories themselves, separated by ``os.pathsep``), and every module of the ``steerlens.methods``
+entry-point group. They are imported the first time the registry is read; importing one registers
+its methods, roles, role aliases and spec defaults. Adding a method is adding a folder.
+
+This module sits below :mod:`~steerlens.pipeline.steerer` (it never imports it): the factories
+build steerers, the registry only calls them.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
+import os
+import pkgutil
+import sys
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
 
-from .base import Gate, PipelineError, Steerer
+from .errors import PipelineError
+from .roles import Gate, ROLE_TYPES
 
-#: Modules that register methods when imported (missing ones are skipped).
-PLUGINS: list[str] = [
-    "steerlens.pipeline.baselines",
-    "steerlens.pipeline.real",
-    "steerlens.pipeline.interventions",
-    "steerlens.pipeline.finesteer",
-    "steerlens.pipeline.odesteer",
-]
+#: The package whose subpackages are the built-in methods.
+METHODS_PACKAGE = "steerlens.pipeline.methods"
+#: Environment variable: extra method packages (directories), separated by ``os.pathsep``.
+METHOD_PATH_ENV = "STEERLENS_METHOD_PATH"
+#: Entry-point group of installed method packages (value: a module name).
+ENTRY_POINT_GROUP = "steerlens.methods"
 
 
 @dataclass
 class MethodInfo:
     name: str
-    factory: Callable[..., Steerer]
+    factory: Callable[..., Any]
     help: str = ""
     #: default site family: "resid" (a layer) or "heads".
     family: str = "resid"
@@ -59,14 +71,14 @@ _loaded = False
 
 def register_method(name: str, *, help: str = "", family: str = "resid", contract: Optional[dict] = None,
                     hidden: bool = False) -> Callable:
-    """Decorator: register ``factory(**params) -> Steerer`` under ``name``.
+    """Decorator: register ``factory(**params) -> Steerer`` under ``name`` (in a method package).
 
     ``contract`` tells the contract suite (``tests/test_contract.py``) how to build the method on
     the tiny random model; every registered method runs through it. ``hidden`` methods (test
     roles) are left out of ``steerlens methods``."""
     key = name.lower()
 
-    def deco(factory: Callable[..., Steerer]) -> Callable[..., Steerer]:
+    def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
         old = METHODS.get(key)
         if old is not None and (old.factory.__module__, old.factory.__qualname__) != (
                 factory.__module__, factory.__qualname__):
@@ -77,20 +89,98 @@ def register_method(name: str, *, help: str = "", family: str = "resid", contrac
     return deco
 
 
+class MethodPackageError(PipelineError):
+    """A method package entry that is neither a module name nor a directory."""
+
+
+_EXTRA_PACKAGES: list[Union[str, Path]] = []
+_imported: dict[str, str] = {}   # module name -> where it came from
+
+
+def _import_path_package(path: Path) -> str:
+    """Import the package in directory ``path`` under its directory name; returns the name."""
+    name = path.name
+    if name in sys.modules:
+        return name
+    spec = importlib.util.spec_from_file_location(name, path / "__init__.py", submodule_search_locations=[str(path)])
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import the method package at {path}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return name
+
+
+def _path_packages(entry: Union[str, Path]) -> list[Path]:
+    """A directory that is a package (has ``__init__.py``), or the packages directly inside it."""
+    p = Path(entry)
+    if (p / "__init__.py").is_file():
+        return [p]
+    if p.is_dir():
+        return sorted(q for q in p.iterdir() if (q / "__init__.py").is_file() and not q.name.startswith(("_", ".")))
+    raise MethodPackageError(f"method package {str(entry)!r} is neither a module name nor a directory")
+
+
+def _import_one(entry: Union[str, Path]) -> None:
+    if isinstance(entry, str) and os.sep not in entry and not Path(entry).exists():
+        if entry not in _imported:
+            importlib.import_module(entry)
+            _imported[entry] = entry
+        return
+    for pkg in _path_packages(entry):
+        key = str(pkg.resolve())
+        if key not in _imported.values():
+            _imported[_import_path_package(pkg)] = key
+
+
+def _guarded(entry: Union[str, Path]) -> None:
+    try:
+        _import_one(entry)
+    except MethodPackageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - one broken package must not hide the others
+        warnings.warn(f"steering method package {entry} failed to import ({e!r}); its methods are unavailable")
+
+
+def method_packages() -> list[str]:
+    """Module names of the built-in method packages (subpackages of :data:`METHODS_PACKAGE`)."""
+    pkg = importlib.import_module(METHODS_PACKAGE)
+    return [f"{METHODS_PACKAGE}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__) if m.ispkg]
+
+
+def _entry_point_modules() -> list[str]:
+    from importlib.metadata import entry_points
+
+    try:
+        return [ep.value.split(":")[0] for ep in entry_points(group=ENTRY_POINT_GROUP)]
+    except Exception:  # noqa: BLE001 - broken metadata must not break the registry
+        return []
+
+
+def register_package(package: Union[str, os.PathLike]) -> None:
+    """Add a method package: a module name (``"mylab.steering"``), a package directory, or a
+    directory of packages. It is imported now if the registry was already read, else with the rest."""
+    entry: Union[str, Path] = package if isinstance(package, str) and os.sep not in package \
+        and not Path(package).exists() else Path(package)
+    if entry not in _EXTRA_PACKAGES:
+        _EXTRA_PACKAGES.append(entry)
+    if _loaded:
+        _guarded(entry)
+
+
 def load_plugins() -> None:
-    """Import the plugin modules that register methods and roles (once)."""
+    """Import every method package (once; packages registered later are imported when registered)."""
     global _loaded
     if _loaded:
         return
     _loaded = True
-    for mod in PLUGINS:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:  # the plugin itself is absent: fine; anything else is a bug in it
-                warnings.warn(f"steering plugin {mod} failed to import ({e!r}); its methods are unavailable")
-        except Exception as e:  # noqa: BLE001 - one broken plugin must not hide the others
-            warnings.warn(f"steering plugin {mod} failed to import ({e!r}); its methods are unavailable")
+    env = [e for e in os.environ.get(METHOD_PATH_ENV, "").split(os.pathsep) if e.strip()]
+    for entry in [*method_packages(), *env, *_EXTRA_PACKAGES, *_entry_point_modules()]:
+        _guarded(entry)
 
 
 def available_methods() -> dict[str, MethodInfo]:
@@ -100,8 +190,6 @@ def available_methods() -> dict[str, MethodInfo]:
 
 def available_gates() -> list[str]:
     """Kinds of the registered gate roles (``make_gate`` / ``make_steerer(gate=...)`` names)."""
-    from .base import ROLE_TYPES, Gate
-
     load_plugins()
     return sorted(k for k, c in ROLE_TYPES.items() if issubclass(c, Gate))
 
@@ -109,8 +197,6 @@ def available_gates() -> list[str]:
 def make_gate(gate: Any, **params: Any) -> Gate:
     """An unfitted gate role from its kind (e.g. ``"scs"``, ``"probe"``, ``"always_open"``) and
     parameters; a :class:`Gate` instance is returned as is (then ``params`` must be empty)."""
-    from .base import ROLE_TYPES
-
     if isinstance(gate, Gate):
         if params:
             raise PipelineError("gate parameters given together with a gate instance; set them on the instance")
@@ -126,7 +212,7 @@ def make_gate(gate: Any, **params: Any) -> Gate:
         raise PipelineError(f"gate {gate!r}: {e}; it takes {accepted}") from None
 
 
-def make_steerer(method: str, *, gate: Any = None, gate_params: Optional[dict] = None, **params: Any) -> Steerer:
+def make_steerer(method: str, *, gate: Any = None, gate_params: Optional[dict] = None, **params: Any) -> Any:
     """An unfitted steerer for ``method`` (e.g. ``"caa"``, ``"repe"``, ``"iti"``, ``"real"``).
 
     ``params`` go to the method's factory; unknown ones are an error naming the accepted ones.
@@ -151,4 +237,5 @@ def make_steerer(method: str, *, gate: Any = None, gate_params: Optional[dict] =
     return st.with_gate(make_gate(gate, **(gate_params or {})))
 
 
-__all__ = ["register_method", "make_steerer", "make_gate", "available_gates", "available_methods", "METHODS", "MethodInfo", "load_plugins", "PLUGINS"]
+__all__ = ["register_method", "make_steerer", "make_gate", "available_gates", "available_methods", "METHODS",
+           "MethodInfo", "load_plugins", "register_package", "method_packages", "METHODS_PACKAGE", "METHOD_PATH_ENV"]

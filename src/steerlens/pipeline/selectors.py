@@ -11,17 +11,10 @@ from tqdm.auto import tqdm
 from ..hooks import Site
 from ..hooks.sites import parse_site
 from ..models import as_model
-from .base import (
-    ContrastiveActs,
-    PipelineError,
-    Selection,
-    Selector,
-    all_head_modules,
-    capture_site_for,
-    check_module,
-    register_role,
-    split_indices,
-)
+from .contrastive import ContrastiveActs, split_indices
+from .errors import PipelineError
+from .roles import Selector, register_role
+from .selection import Selection, all_head_modules, capture_site_for, check_module
 
 
 @register_role

@@ -31,7 +31,10 @@ from ..fileio import atomic_savefig, atomic_write_json
 from ..evals.report import err_bars
 from ..hooks.activations import capture
 from ..models import as_model
-from .base import RESPONSE_POSITIONS, ContrastiveActs, PipelineError, Steerer, check_data, resid_module
+from .contrastive import ContrastiveActs, RESPONSE_POSITIONS, check_data
+from .errors import PipelineError
+from .selection import resid_module
+from .steerer import Steerer
 from .fitdata import HARMFUL_SOURCE_GROUPS, fit_data, gate_data
 from .registry import available_methods, make_steerer
 
