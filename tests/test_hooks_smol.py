@@ -55,11 +55,11 @@ def test_greedy_generation_batched_equals_sequential_and_steering_acts(smol):
 
 def test_hooks_gone_after_exception_on_real_model(smol):
     n0 = count_hooks(smol)
+    base = next_token_logprobs(smol, PROMPTS[:2])  # before: a hook left behind would change what follows
     with pytest.raises(KeyError):
         with steer(smol, [AddVector("blocks.10.hook_resid_post", torch.ones(576), 1.0)]):
             raise KeyError("x")
     assert count_hooks(smol) == n0
-    base = next_token_logprobs(smol, PROMPTS[:2])
     assert torch.equal(base, next_token_logprobs(smol, PROMPTS[:2]))
 
 

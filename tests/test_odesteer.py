@@ -362,8 +362,10 @@ def test_save_load_round_trip(tiny, fitted, tmp_path):
             assert torch.equal(v, b.features.state_dict()[k]), k
         torch.testing.assert_close(steerlens.next_token_logprobs(tiny, PROMPTS, st.edits(tiny)),
                                    steerlens.next_token_logprobs(tiny, PROMPTS, again.edits(tiny)), atol=1e-6, rtol=1e-6)
-        meta = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else None
-        assert meta is None or "odesteer" in json.dumps(meta)
+        cfg = json.loads((path / "metadata.json").read_text())["config"]  # what save_steerer writes
+        assert cfg["method"] == "odesteer" and cfg["alpha"] == st.alpha
+        assert json.loads(json.dumps(cfg["editor"]["params"]["barrier"])) == json.loads(
+            json.dumps(st.editor.params["barrier"], default=str))
 
 
 def test_solver_and_feature_variants_steer(tiny, fitted):
