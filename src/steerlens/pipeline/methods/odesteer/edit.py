@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
+from einops import rearrange
 
 from ....hooks import Edit, EditError, TokenInfo
 from ....hooks.sites import SiteLike
@@ -89,7 +90,7 @@ class ODEEdit(Edit):
     def delta(self, act: torch.Tensor, info: TokenInfo) -> torch.Tensor:
         b, t, d = act.shape
         sel = info.mask
-        x = (act[sel] if sel is not None else act.reshape(b * t, d)).float()
+        x = (act[sel] if sel is not None else rearrange(act, "b t d -> (b t) d")).float()
         out = torch.zeros_like(act)
         if x.shape[0] == 0:
             return out
@@ -97,7 +98,7 @@ class ODEEdit(Edit):
         if sel is not None:
             out[sel] = vel.to(act.dtype)
         else:
-            out = vel.to(act.dtype).view(b, t, d)
+            out = rearrange(vel.to(act.dtype), "(b t) d -> b t d", b=b)
         if info.tracing:
             for key, pts in (("barrier_before", x), ("barrier_after", xt)):
                 vals = torch.full((b, t), float("nan"), dtype=torch.float32, device=act.device)
@@ -105,7 +106,7 @@ class ODEEdit(Edit):
                 if sel is not None:
                     vals[sel] = h
                 else:
-                    vals = h.view(b, t)
+                    vals = rearrange(h, "(b t) -> b t", b=b)
                 info.report(key, vals, per_token=True)
         return out
 

@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
+from einops import rearrange
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
@@ -184,10 +185,10 @@ class BatchedVQAE(torch.nn.Module):
         """Pre-quantisation latent of standardised inputs, split into groups."""
         h = F.leaky_relu(self._lin("enc1", xn), self.cfg.negative_slope)
         z = self._lin("enc2", h)
-        return z.view(self.M, xn.shape[1], self.cfg.n_groups, self.d_code)
+        return rearrange(z, "M B (G c) -> M B G c", G=self.cfg.n_groups)
 
     def decode(self, zq: Float[torch.Tensor, "M B G c"]) -> Float[torch.Tensor, "M B d"]:
-        h = F.leaky_relu(self._lin("dec1", zq.reshape(self.M, zq.shape[1], self.latent)), self.cfg.negative_slope)
+        h = F.leaky_relu(self._lin("dec1", rearrange(zq, "M B G c -> M B (G c)")), self.cfg.negative_slope)
         return self._lin("dec2", h)
 
     def nearest(self, ze: Float[torch.Tensor, "M B G c"]) -> Int[torch.Tensor, "M B G"]:
@@ -311,7 +312,7 @@ class ReferenceVQAE(torch.nn.Module):
 
     def encode(self, xn: torch.Tensor) -> torch.Tensor:
         h = F.leaky_relu(self._lin("enc1", xn), self.cfg.negative_slope)
-        return self._lin("enc2", h).view(xn.shape[0], self.cfg.n_groups, self.d_code)
+        return rearrange(self._lin("enc2", h), "B (G c) -> B G c", G=self.cfg.n_groups)
 
     def nearest(self, ze: torch.Tensor) -> torch.Tensor:
         flat = ze.reshape(-1, self.d_code)
@@ -337,7 +338,7 @@ class ReferenceVQAE(torch.nn.Module):
                 _ema_step(self.ema_size, self.ema_sum, self.codebook, counts, sums, cfg)
         commit = (ze - zq.detach()).pow(2).mean()
         zst = ze + (zq - ze).detach()
-        h = F.leaky_relu(self._lin("dec1", zst.reshape(x.shape[0], self.latent)), cfg.negative_slope)
+        h = F.leaky_relu(self._lin("dec1", rearrange(zst, "B G c -> B (G c)")), cfg.negative_slope)
         recon = (self._lin("dec2", h) - xn).pow(2).mean()
         loss = recon + cfg.beta * commit
         if labels is not None and cfg.lam:
