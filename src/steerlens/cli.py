@@ -104,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _user_error(e: BaseException) -> bool:
+    """An error the user can fix (bad model, data, artifact, spec or input), said in one line."""
+    from .evals.data import DataError
+    from .hooks.batching import InputError
+    from .hooks.edits import EditError
+    from .hooks.sites import SiteError
+    from .models import ModelLoadError
+    from .pipeline.errors import PipelineError
+
+    return isinstance(e, (DataError, InputError, EditError, SiteError, ModelLoadError, PipelineError))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -111,6 +123,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - user errors in one line; anything else keeps its traceback
+        if not _user_error(e):
+            raise
+        print(f"steerlens {args.command}: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

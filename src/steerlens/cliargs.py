@@ -19,6 +19,11 @@ def device_map_arg(value: str):
             return json.load(f)
     if value.lstrip().startswith("{"):
         return json.loads(value)
+    from .models import MAP_STRATEGIES
+
+    if value not in MAP_STRATEGIES:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device map: use one of {', '.join(MAP_STRATEGIES)}, "
+                                         "a JSON object {module: device} or @map.json")
     return value
 
 

@@ -157,10 +157,13 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spec_and_model(args):
-    from .spec import read_spec
+def _spec_and_model(args, vary=None):
+    """The spec, checked (with every ``--vary`` variant) before the model loads; then the model."""
+    from .spec import check_variants, read_spec
 
     spec = read_spec(args.spec)
+    if vary:
+        check_variants(spec, vary)
     model = model_from_args(args, args.model or spec.get("model"))
     return spec, model
 
@@ -194,7 +197,7 @@ def _ablate_body(args: argparse.Namespace) -> int:
 
     try:
         vary = parse_vary(args.vary)
-        spec, model = _spec_and_model(args)
+        spec, model = _spec_and_model(args, vary)
         summary = ablate(spec, model, vary, args.out, data_root=args.data_dir, limit=args.limit,
                          progress=not args.quiet)
     except SpecError as e:

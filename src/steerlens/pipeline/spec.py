@@ -46,6 +46,7 @@ several) and all steerers together under the spec's ``name``.
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 import json
 import os
@@ -56,7 +57,7 @@ from typing import Any, Optional, Sequence
 from .. import parallel
 from ..fileio import parse_value
 from .errors import PipelineError
-from .fitdata import fit_data, gate_data
+from .fitdata import FIT_TASKS, fit_data, gate_data
 from .registry import available_methods, load_plugins, make_steerer
 from .roles import ROLE_ALIASES, ROLE_TYPES, ROLES, SPEC_DEFAULTS, Role, register_role_alias
 from .steerer import Steerer
@@ -68,6 +69,39 @@ class SpecError(PipelineError):
 # ------------------------------------------------------------------------------------------------
 # reading
 # ------------------------------------------------------------------------------------------------
+
+#: the keys of a steerer's ``fit`` table (what :func:`fit_steerer` reads)
+FIT_KEYS = frozenset({"task", "n", "seed", "gate_task", "gate_n"})
+#: parameters every method takes besides its factory's own (``make_steerer`` gates any method)
+GATE_KEYS = frozenset({"gate", "gate_params"})
+
+
+def _check_method_params(st: dict, where: str) -> None:
+    """A named method must exist and its ``params`` must be its factory's (listed when not)."""
+    method = st.get("method")
+    if not method:
+        return
+    methods = available_methods()
+    if method not in methods:
+        raise SpecError(f"{where}: unknown method {method!r}; available: {sorted(methods)}")
+    factory = methods[method].factory
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(factory).parameters.values()):
+        return  # a factory that takes any keyword checks its own
+    known = set(methods[method].parameters()) | GATE_KEYS
+    bad = sorted(set(st.get("params") or {}) - known)
+    if bad:
+        raise SpecError(f"{where}: unknown params {bad} for method {method!r}; known: {sorted(known)}")
+
+
+def check_variants(spec: dict, vary: Sequence[tuple[str, list[Any]]]) -> None:
+    """Every variant of an ablation grid is a valid spec (unknown keys, params and methods are
+    refused with the known ones listed) — called before any model is loaded."""
+    for name, v in variants(spec, vary).items():
+        try:
+            normalise_spec(v, source=f"--vary {name}")
+        except SpecError as e:
+            raise SpecError(f"{e} (a --vary key sets a steerer key, params.KEY, fit.KEY or NAME.KEY)") from None
+
 
 def read_spec(path: str | os.PathLike) -> dict:
     """The spec as a dict (``tomllib``), checked for its top-level shape."""
@@ -105,8 +139,15 @@ def normalise_spec(spec: dict, source: str = "spec") -> dict:
                 raise SpecError(f"{source}: {kind} {st['name']!r} has unknown keys {extra}; known: {sorted(keys)}")
             if not st.get("method") and not (st.get("selector") and st.get("editor")):
                 raise SpecError(f"{source}: {kind} {st['name']!r} needs a method, or a selector and an editor")
+            _check_method_params(st, f"{source}: {kind} {st['name']!r}")
             if "task" not in st.get("fit", {}):
                 raise SpecError(f"{source}: {kind} {st['name']!r} needs fit = {{ task = ... }}")
+            bad = sorted(set(st["fit"]) - FIT_KEYS)
+            if bad:
+                raise SpecError(f"{source}: {kind} {st['name']!r} has unknown fit keys {bad}; known: {sorted(FIT_KEYS)}")
+            if st["fit"]["task"] not in FIT_TASKS:
+                raise SpecError(f"{source}: {kind} {st['name']!r}: unknown fit task {st['fit']['task']!r}; "
+                                f"fit tasks: {sorted(FIT_TASKS)}")
     ev_keys = {"tasks", "limit", "split", "seed", "max_new_tokens", "batch_size", "trace", "judge", "options"}
     bad = sorted(set(spec["eval"]) - ev_keys)
     if bad:
@@ -243,5 +284,5 @@ def variants(spec: dict, vary: Sequence[tuple[str, list[Any]]]) -> dict[str, dic
     return out
 
 
-__all__ = ["read_spec", "normalise_spec", "build_role", "build_steerer", "fit_steerer", "variants", "parse_vary",
+__all__ = ["read_spec", "normalise_spec", "check_variants", "FIT_KEYS", "build_role", "build_steerer", "fit_steerer", "variants", "parse_vary",
            "register_role_alias", "ROLE_ALIASES", "SpecError"]
