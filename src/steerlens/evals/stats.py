@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
-from jaxtyping import Float
+from jaxtyping import Shaped
 
 
 def _as_values(values) -> np.ndarray:
@@ -29,7 +29,7 @@ def _as_values(values) -> np.ndarray:
     return v
 
 
-def bootstrap_ci(values: Sequence[float] | Float[np.ndarray, "n"], *, n_boot: int = 2000, seed: int = 0,
+def bootstrap_ci(values: Sequence[float | int | bool] | Shaped[np.ndarray, "n"], *, n_boot: int = 2000, seed: int = 0,
                  level: float = 0.95, stat=np.mean) -> tuple[float, float, float]:
     """``(statistic, ci_low, ci_high)``: the statistic of ``values`` and its percentile bootstrap
     interval at ``level`` (``n_boot`` resamples with replacement, ``numpy`` generator seeded by
