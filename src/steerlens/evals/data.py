@@ -72,6 +72,14 @@ FILES = {
     "truthfulqa": "truthfulness/TruthfulQA.csv",
     "truthfulqa_ab": "truthfulness/truthfulqa_ab.json",
     "mmlu_ab": "utility/mmlu_ab.json",
+    "simplesafetytests": "safety/simplesafetytests.json",
+    "harmfulqa": "safety/harmfulqa.json",
+    "catqa_en": "safety/catqa_en.json",
+    "harmfulq": "safety/harmfulq.json",
+    "donotanswer_harmful": "safety/donotanswer_harmful.json",
+    "orbench_toxic": "safety/orbench_toxic.json",
+    "orbench_hard_1k": "safety/orbench_hard_1k.json",
+    "jailbreak_templates": "safety/jailbreak_templates.json",
 }
 
 
@@ -516,7 +524,18 @@ def truthfulness_response_pairs(split: str = "fit", n: Optional[int] = None, see
     return truthfulness_pairs_from(exs, seed, split, pairs_per_question=pairs_per_question)
 
 
+from .safety_sources import (  # noqa: E402  (loaders of the extra safety files; they use the helpers above)
+    BENIGN_EXTRA_SOURCES, EXTRA_HARMFUL_SOURCES, HARM_SOURCE_GROUPS, JailbreakTemplate, load_benign_source,
+    load_catqa_en, load_donotanswer_harmful, load_harmful_all, load_harmfulq, load_harmfulqa,
+    load_jailbreak_templates, load_orbench_hard, load_orbench_toxic, load_safety_source,
+    load_simplesafetytests, split_families, wrap_prompt,
+)
+
 __all__ = [
+    "BENIGN_EXTRA_SOURCES", "EXTRA_HARMFUL_SOURCES", "HARM_SOURCE_GROUPS", "JailbreakTemplate", "load_benign_source",
+    "load_catqa_en", "load_donotanswer_harmful", "load_harmful_all", "load_harmfulq", "load_harmfulqa",
+    "load_jailbreak_templates", "load_orbench_hard", "load_orbench_toxic", "load_safety_source",
+    "load_simplesafetytests", "split_families", "wrap_prompt",
     "DataError", "Example", "ContrastiveData", "data_dir", "data_file", "read_rows", "split_assignment",
     "normalize_text", "load_harmful", "load_harmless", "load_xstest", "load_truthfulqa",
     "load_truthfulqa_ab", "load_mmlu_ab", "safety_response_pairs", "safety_prompt_pairs",
