@@ -14,7 +14,7 @@ import sys
 from .cliargs import add_model_args, model_from_args
 from typing import Optional, Sequence
 
-_PLUGINS = ("steerlens.evals.cli", "steerlens.pipeline.cli", "steerlens.interp.cli")
+_PLUGINS = ("steerlens.evals.cli", "steerlens.pipeline.cli", "steerlens.interp.cli", "steerlens.evals.gate_eval")
 
 
 def _cmd_fetch_model(args: argparse.Namespace) -> int:

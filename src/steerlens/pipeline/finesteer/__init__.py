@@ -9,6 +9,7 @@ and the methods ``caa-scs`` (CAA under the SCS gate), ``mose`` (MoSE, no gate: t
 from .mose import MoSEEdit, MoSEEditor, MoSERouter, make_mose, select_k
 from .scs import ProbeGate, SCSGate  # noqa: F401  (registers the gate roles and caa-scs)
 from .method import make_finesteer  # noqa: F401  (registers finesteer)
+from .harm_gate import HarmDirectionGate  # noqa: F401  (registers the harm_dir gate and caa-harmdir)
 
 __all__ = ["MoSEEditor", "MoSEEdit", "MoSERouter", "make_mose", "select_k", "SCSGate", "ProbeGate",
-           "make_finesteer"]
+           "make_finesteer", "HarmDirectionGate"]
