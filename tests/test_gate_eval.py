@@ -209,3 +209,19 @@ def test_gate_eval_on_tiny(tiny, root, tmp_path, monkeypatch):
     assert list((tmp_path / "cache").glob("reads_*.safetensors"))
     with pytest.raises(ValueError, match="outside the model"):
         G.gate_eval(tiny, tmp_path / "o2", {"x": {"kind": "probe", "params": {"layer": 7}}}, data_root=root, caps=CAPS)
+
+
+def test_harm_gate_data_is_the_protocol_full_fold(root):
+    from steerlens.evals import data as D
+    from steerlens.pipeline.finesteer.harm_gate import harm_gate_data
+
+    gd = harm_gate_data(root=root, caps=CAPS, max_template_chars=300)
+    assert gd.position == "last" and len(gd.ids) == len(gd.pos) + len(gd.neg)
+    sets = G.build_eval_sets(root, caps=CAPS, max_template_chars=300)
+    assert set(sets.xstest["safe_fit"]) <= set(gd.neg) and set(sets.orbench["hard_fit"]) <= set(gd.neg)
+    for g in sets.groups:
+        assert set(sets.harm_fit[g]) <= set(gd.pos)
+    tests = {e.prompt for e in D.load_harmful_all("test", root=root)} | {e.prompt for e in D.load_xstest("test", root=root)}
+    assert not tests & (set(gd.pos) | set(gd.neg))
+    with pytest.raises(PipelineError, match="fit split only"):
+        harm_gate_data("test", root=root)

@@ -376,24 +376,24 @@ def targets_met(res: dict) -> dict[str, bool]:
 
 
 def best_auc_any_layer(sets: EvalSets, reads: SetReads, readings: Optional[Sequence[str]] = None,
-                       C: float = 0.1) -> dict:
+                       kind: str = "probe", params: Optional[dict] = None) -> dict:
     """For the splits behind the targets, the best ROC-AUC any single layer and reading reaches
     with a logistic probe fitted on every harmful group (+ hard negatives): an upper reference of
     what this model's representations separate (an i.i.d. probe, not a selection rule)."""
-    spec_base = {"kind": "probe", "params": {"C": C}, "hard_negatives": True}
+    params = {"C": 0.1} if params is None and kind == "probe" else dict(params or {})
     readings = list(reads.acts) if readings is None else list(readings)
     best: dict[str, dict] = {}
     for rd in readings:
         for layer in reads.layers:
-            spec = normalise_spec("ref", {**spec_base, "reading": rd, "layers": [layer],
-                                          "params": {"C": C, "layer": layer}})
+            spec = normalise_spec("ref", {"kind": kind, "hard_negatives": True, "reading": rd, "layers": [layer],
+                                          "params": {**params, "layer": layer}})
             _, score = fit_fold(spec, sets, reads, None)
             xu, xs = score(sets.xstest["unsafe_test"]), score(sets.xstest["safe_test"])
             oh, ot = score(sets.orbench["hard_test"]), score(sets.orbench["toxic_test"])
             aucs = {"xstest_unsafe_vs_safe": _auc(xu, xs), "orbench_toxic_vs_hard": _auc(ot, oh)}
             for k, a in aucs.items():
                 if k not in best or a > best[k]["auc"]:
-                    best[k] = {"auc": a, "layer": layer, "reading": rd}
+                    best[k] = {"auc": a, "layer": layer, "reading": rd, "gate": kind}
     return best
 
 
@@ -482,12 +482,13 @@ def gate_eval(model, out: str | os.PathLike, gates: Optional[dict[str, dict]] = 
               caps: Optional[dict] = None, groups: Optional[Sequence[str]] = None,
               max_template_chars: Optional[int] = None, cache_dir: Optional[str | os.PathLike] = None,
               chosen: Optional[str] = None, best_auc: bool = False, batch_size: int = 16,
-              progress: bool = False) -> dict:
+              read_upto: Optional[int] = None, progress: bool = False) -> dict:
     """Run the protocol for ``gates`` (``{name: spec}``, default :data:`DEFAULT_GATES` plus the
     chosen gate) and write ``generalisation.json`` / ``.md`` / ``.png`` under ``out``.
 
     ``best_auc`` adds, for the look-alike splits, the best AUC any layer and reading reaches
-    (reads every layer and reading: slower)."""
+    (reads every layer and reading: slower). Every read takes layers ``0..max(read_upto, deepest
+    gate layer)`` and all three readings, so runs with other gates reuse the same cache."""
     from ..fileio import atomic_write_json, atomic_write_text
     from ..models import as_model
 
@@ -507,8 +508,9 @@ def gate_eval(model, out: str | os.PathLike, gates: Optional[dict[str, dict]] = 
     if best_auc:
         layers, readings = list(range(m.n_layers)), ["last", "post", "mean"]
     else:
-        layers = sorted({l for s in specs.values() for l in s["layers"]})
-        readings = sorted({s["reading"] for s in specs.values()})
+        deepest = max(l for s in specs.values() for l in s["layers"])
+        upto = deepest if read_upto is None else max(int(read_upto), deepest)
+        layers, readings = list(range(min(upto, m.n_layers - 1) + 1)), ["last", "post", "mean"]
     reads = read_sets(m, sets, layers=layers, readings=readings, cache_dir=cache_dir, batch_size=batch_size,
                       progress=progress)
     result = {"model": m.name, "fpr": float(fpr), "seed": seed, "sets": sets.info, "families": sets.families,
@@ -563,7 +565,7 @@ def _cmd_gate_eval(args) -> int:
     m = load_model(args.model) if args.model else load_model()
     res = gate_eval(m, args.out, gates, data_root=args.data_dir, fpr=args.fpr, seed=args.seed,
                     max_template_chars=args.max_template_chars, cache_dir=args.cache_dir, best_auc=args.best_auc,
-                    batch_size=args.batch_size, progress=not args.no_progress)
+                    batch_size=args.batch_size, read_upto=args.read_upto, progress=not args.no_progress)
     print(write_table(res))
     print(f"wrote {Path(args.out) / 'generalisation.json'}, .md, .png")
     return 0
@@ -587,6 +589,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--best-auc", action="store_true",
                    help="also report the best AUC any layer and reading reaches on the look-alike splits (reads all layers)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--read-upto", type=int, default=None,
+                   help="read layers 0..N (default: the deepest gate layer); the same N reuses one cache")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_gate_eval)
 

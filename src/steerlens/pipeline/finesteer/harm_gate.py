@@ -123,4 +123,30 @@ def make_caa_harmdir(*, layer: int = 14, alpha: float = 1.0, gate_layer: Optiona
     return st
 
 
-__all__ = ["HarmDirectionGate", "make_caa_harmdir"]
+__all__ = ["HarmDirectionGate", "make_caa_harmdir", "harm_gate_data"]
+
+
+def harm_gate_data(split: str = "fit", n: Optional[int] = None, seed: int = 0, *, root=None,
+                   caps: Optional[dict] = None, max_template_chars: Optional[int] = 1000,
+                   hard_negatives: bool = True, augment_wrapped: bool = True, balance: bool = True):
+    """Prompt-side gate data of the generalisation protocol's full fold (every harmful source group):
+    harmful fit prompts of all groups (balanced: each group repeated up to the largest one) plus
+    fit prompts wrapped in the *fit* jailbreak families (pos) vs Alpaca fit prompts, the benign
+    look-alikes' fit splits (XSTest safe, OR-Bench-Hard) and wrapped Alpaca fit prompts (neg).
+
+    Exactly the data :func:`steerlens.evals.gate_eval.fold_data` fits the protocol's final gate
+    on, so the protocol's figures describe the gate FineSteer fits. Only ``split="fit"`` exists
+    (the other splits are the protocol's evaluation data); ``n`` is not supported (use ``caps``)."""
+    from ...evals import gate_eval as G
+    from ..base import SimpleContrastiveData
+
+    if split != "fit":
+        raise PipelineError(f"harm gate data exists for the fit split only, got {split!r}")
+    if n is not None:
+        raise PipelineError("harm_gate_data sizes come from caps= (per source), not n=")
+    sets = G.build_eval_sets(root, caps=caps, seed=seed, max_template_chars=max_template_chars)
+    spec = G.normalise_spec("harm", {"kind": "harm_dir", "hard_negatives": hard_negatives,
+                                     "augment_wrapped": augment_wrapped, "balance": balance})
+    pos, neg = G.fold_data(spec, sets, None, seed)
+    return SimpleContrastiveData(pos, neg, position="last", ids=[f"h{i}" for i in range(len(pos))]
+                                 + [f"b{i}" for i in range(len(neg))], split="fit", task="safety_gate_harm")
