@@ -18,7 +18,7 @@ CAPS = {"harm_fit": 4, "harm_test": 3, "alpaca_fit": 12, "alpaca_val": 20, "alpa
 
 
 def _synthetic_sets(d=6, seed=0):
-    """EvalSets of made-up prompts and SetReads whose feature 0 is the prompt's row (so a fitted
+    """EvalSets of made-up prompts and SetReads whose feature 0 is 1e-3 x the prompt's row (so a fitted
     gate's inputs can be traced back to prompts) and features 1.. separate harmful from benign."""
     groups = ["a", "b", "c"]
     hf = {g: [f"{g} harmful fit {i}" for i in range(5)] for g in groups}
@@ -37,9 +37,9 @@ def _synthetic_sets(d=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(len(prompts), 1, d, generator=g)
     for i, p in enumerate(prompts):
-        x[i, 0, 0] = i
+        x[i, 0, 0] = i * 1e-3  # small, so it does not drive the gates
         harmful = "harmful" in p or "unsafe" in p or "toxic" in p
-        x[i, 0, 1] += 3.0 if harmful else 0.0
+        x[i, 0, 1] += 6.0 if harmful else 0.0
     reads = G.SetReads({"last": x}, {p: i for i, p in enumerate(prompts)}, [0])
     return sets, reads, prompts
 
@@ -80,7 +80,7 @@ def test_threshold_from_benign_val_only_and_fits_trace(monkeypatch):
     orig_fit, orig_cal = CalibratedGate.fit_tensors, CalibratedGate.calibrate
 
     def fit_spy(self, pos, neg):
-        seen["fit"].append(({prompts[int(i)] for i in pos[:, 0]}, {prompts[int(i)] for i in neg[:, 0]}))
+        seen["fit"].append(({prompts[round(float(i) * 1e3)] for i in pos[:, 0]}, {prompts[round(float(i) * 1e3)] for i in neg[:, 0]}))
         return orig_fit(self, pos, neg)
 
     def cal_spy(self, scores, fpr=None):
@@ -119,7 +119,7 @@ def test_result_keys_and_worst():
     assert res["loso_worst"] == min(v["tpr"] for v in res["loso"].values())
     for v in res["loso"].values():
         assert v["ci"][0] <= v["tpr"] <= v["ci"][1] and v["n"] == 4 and 0 <= v["auc"] <= 1
-    # feature 1 separates the classes by 3 sd: the direction gate finds it
+    # feature 1 separates the classes by 6 sd: the direction gate finds it
     assert res["loso_worst"] >= 0.75 and res["alpaca_fpr_auc"] > 0.95
     assert {"tpr", "n", "ci", "auc", "benign_fpr", "per_source"} <= set(res["wrapped"])
 
@@ -225,3 +225,11 @@ def test_harm_gate_data_is_the_protocol_full_fold(root):
     assert not tests & (set(gd.pos) | set(gd.neg))
     with pytest.raises(PipelineError, match="fit split only"):
         harm_gate_data("test", root=root)
+
+
+def test_best_auc_any_layer_reports_each_lookalike_split():
+    sets, reads, _ = _synthetic_sets()
+    best = G.best_auc_any_layer(sets, reads, kind="harm_dir", params={"shrinkage": 1.0})
+    assert set(best) == {"xstest_unsafe_vs_safe", "orbench_toxic_vs_hard"}
+    for v in best.values():
+        assert 0.9 < v["auc"] <= 1.0 and v["layer"] == 0 and v["reading"] == "last"

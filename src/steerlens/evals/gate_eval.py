@@ -431,7 +431,9 @@ def write_table(result: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(
             f"{_fmt_rate(r['loso'][g]['tpr'], r['loso'][g]['ci'])} ({r['loso'][g]['auc']:.3f})" for g in groups) + " |")
     if result.get("best_auc_any_layer"):
-        lines += ["", "## Best AUC any layer / reading reaches (logistic probe, all groups + hard negatives)", ""]
+        ls = result.get("best_auc_layers_searched") or []
+        lines += ["", "## Best AUC any layer / reading reaches (logistic probe, all groups + hard negatives; "
+                  f"layers {min(ls) if ls else '?'}..{max(ls) if ls else '?'}, readings last/post/mean)", ""]
         for k, v in result["best_auc_any_layer"].items():
             lines.append(f"- {k}: {v['auc']:.3f} (layer {v['layer']}, reading {v['reading']})")
     return "\n".join(lines) + "\n"
@@ -486,8 +488,8 @@ def gate_eval(model, out: str | os.PathLike, gates: Optional[dict[str, dict]] = 
     """Run the protocol for ``gates`` (``{name: spec}``, default :data:`DEFAULT_GATES` plus the
     chosen gate) and write ``generalisation.json`` / ``.md`` / ``.png`` under ``out``.
 
-    ``best_auc`` adds, for the look-alike splits, the best AUC any layer and reading reaches
-    (reads every layer and reading: slower). Every read takes layers ``0..max(read_upto, deepest
+    ``best_auc`` adds, for the look-alike splits, the best AUC any read layer (every layer unless
+    ``read_upto`` limits them) and reading reaches. Every read takes layers ``0..max(read_upto, deepest
     gate layer)`` and all three readings, so runs with other gates reuse the same cache."""
     from ..fileio import atomic_write_json, atomic_write_text
     from ..models import as_model
@@ -505,12 +507,9 @@ def gate_eval(model, out: str | os.PathLike, gates: Optional[dict[str, dict]] = 
             raise ValueError(f"gate {s['name']!r}: layers {bad} outside the model's {m.n_layers} layers")
     chosen = CHOSEN_GATE if chosen is None else chosen
     sets = build_eval_sets(data_root, groups=groups, caps=caps, seed=seed, max_template_chars=max_template_chars)
-    if best_auc:
-        layers, readings = list(range(m.n_layers)), ["last", "post", "mean"]
-    else:
-        deepest = max(l for s in specs.values() for l in s["layers"])
-        upto = deepest if read_upto is None else max(int(read_upto), deepest)
-        layers, readings = list(range(min(upto, m.n_layers - 1) + 1)), ["last", "post", "mean"]
+    deepest = max(l for s in specs.values() for l in s["layers"])
+    upto = (m.n_layers - 1 if best_auc else deepest) if read_upto is None else max(int(read_upto), deepest)
+    layers, readings = list(range(min(upto, m.n_layers - 1) + 1)), ["last", "post", "mean"]
     reads = read_sets(m, sets, layers=layers, readings=readings, cache_dir=cache_dir, batch_size=batch_size,
                       progress=progress)
     result = {"model": m.name, "fpr": float(fpr), "seed": seed, "sets": sets.info, "families": sets.families,
@@ -521,6 +520,7 @@ def gate_eval(model, out: str | os.PathLike, gates: Optional[dict[str, dict]] = 
     result["chosen"] = chosen if chosen in result["gates"] else None
     if best_auc:
         result["best_auc_any_layer"] = best_auc_any_layer(sets, reads)
+        result["best_auc_layers_searched"] = layers
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
     atomic_write_json(outp / "generalisation.json", result)
