@@ -160,10 +160,13 @@ class SetReads:
         missing = [l for l in layers if l not in self.layers]
         if missing:
             raise ValueError(f"layers {missing} were not read; have {self.layers}")
+        key = (reading, tuple(int(l) for l in layers))
+        cache = self.__dict__.setdefault("_flat", {})
+        if key not in cache:  # [N, len(layers) * d], contiguous, built once per reading and layer set
+            cols = [self.layers.index(l) for l in layers]
+            cache[key] = self.acts[reading][:, cols].reshape(self.acts[reading].shape[0], -1).contiguous()
         idx = torch.tensor([self.index[p] for p in prompts], dtype=torch.long)
-        cols = [self.layers.index(l) for l in layers]
-        x = self.acts[reading][idx][:, cols]
-        return x.reshape(x.shape[0], -1)
+        return cache[key][idx]
 
 
 def read_sets(model, sets: EvalSets, *, layers: Optional[Sequence[int]] = None,
@@ -202,8 +205,9 @@ def read_sets(model, sets: EvalSets, *, layers: Optional[Sequence[int]] = None,
 
 #: the gates run when none are named: the seed (SCS), the probe, and the generalising gate.
 DEFAULT_GATES: dict[str, dict] = {
-    "scs": {"kind": "scs", "params": {"layer": 14}},
-    "probe": {"kind": "probe", "params": {"layer": 14}},
+    # the main job's SCS gate (specs/main.toml): layer 14, contrast, ranks 4/4
+    "scs": {"kind": "scs", "params": {"layer": 14, "form": "contrast", "rank_benign": 4, "rank_target": 4}},
+    "probe": {"kind": "probe", "params": {"layer": 14, "C": 0.1}},
 }
 #: the gate the main job uses (see :data:`CHOSEN_GATE`); set by the research in
 #: ``experiments/gate_generalisation.py``.
