@@ -233,3 +233,16 @@ def test_best_auc_any_layer_reports_each_lookalike_split():
     assert set(best) == {"xstest_unsafe_vs_safe", "orbench_toxic_vs_hard"}
     for v in best.values():
         assert 0.9 < v["auc"] <= 1.0 and v["layer"] == 0 and v["reading"] == "last"
+
+
+def test_cli_registered_and_rejects_unknown_gate(tmp_path, capsys):
+    from steerlens.cli import main
+
+    assert main(["gate-eval", "--gate", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown gate 'nope'" in capsys.readouterr().err
+    bad = tmp_path / "spec.json"
+    bad.write_text("[1, 2]")
+    assert main(["gate-eval", "--gate-spec", str(bad), "--out", str(tmp_path)]) == 2
+    assert G.CHOSEN_GATE in G.default_gates()
+    for name, spec in G.default_gates().items():
+        G.normalise_spec(name, spec)  # every default spec is valid

@@ -208,10 +208,18 @@ DEFAULT_GATES: dict[str, dict] = {
     # the main job's SCS gate (specs/main.toml): layer 14, contrast, ranks 4/4
     "scs": {"kind": "scs", "params": {"layer": 14, "form": "contrast", "rank_benign": 4, "rank_target": 4}},
     "probe": {"kind": "probe", "params": {"layer": 14, "C": 0.1}},
+    # the generalising gate: one shrunk Fisher direction, fitted on every source (balanced) with
+    # benign look-alikes as hard negatives and fit-family wrappers on both sides (the best harm_dir
+    # setting of experiments/gate_generalisation.py by LOSO worst on held-out fit splits)
+    "harm": {"kind": "harm_dir", "params": {"layer": 16, "shrinkage": 0.5}, "hard_negatives": True,
+             "augment_wrapped": True, "balance": True},
+    # SCS fitted on source-balanced data: the best last-token setting by the selection rule
+    "scs_bal": {"kind": "scs", "params": {"layer": 14, "form": "contrast", "rank_benign": 16, "rank_target": 4},
+                "balance": True},
 }
 #: the gate the main job uses (see :data:`CHOSEN_GATE`); set by the research in
 #: ``experiments/gate_generalisation.py``.
-CHOSEN_GATE = "scs"
+CHOSEN_GATE = "scs_bal"
 SPEC_KEYS = ("name", "kind", "params", "reading", "layers", "hard_negatives", "augment_wrapped", "balance")
 
 
