@@ -213,7 +213,7 @@ DEFAULT_GATES: dict[str, dict] = {
     # setting of experiments/gate_generalisation.py by LOSO worst on held-out fit splits)
     "harm": {"kind": "harm_dir", "params": {"layer": 16, "shrinkage": 0.5}, "hard_negatives": True,
              "augment_wrapped": True, "balance": True},
-    # SCS fitted on source-balanced data: the best last-token setting by the selection rule
+    # SCS fitted on source-balanced data: the best last-token SCS setting by the selection rule
     "scs_bal": {"kind": "scs", "params": {"layer": 14, "form": "contrast", "rank_benign": 16, "rank_target": 4},
                 "balance": True},
 }
