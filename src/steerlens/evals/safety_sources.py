@@ -24,9 +24,8 @@ Deduplication
 Texts are compared after :func:`~steerlens.evals.data.normalize_text`. The order of precedence is
 the existing harmful pool (AdvBench, HarmBench val/test, JailbreakBench), XSTest, then
 :data:`EXTRA_HARMFUL_SOURCES` in order, then ``orbench_hard_1k``: a row whose text occurs in an
-earlier source (or earlier in its own file) is dropped, and its id is recorded in
-``meta["duplicates"]`` of nothing -- it is simply absent; :func:`dedup_report` lists what was
-dropped and why. So no prompt is in two sources and a held-out source never shares a prompt with
+earlier source (or earlier in its own file) is dropped; :func:`dedup_report` lists what was
+dropped and which id it repeats. So no prompt is in two sources and a held-out source never shares a prompt with
 the others.
 
 Splits
