@@ -72,6 +72,14 @@ FILES = {
     "truthfulqa": "truthfulness/TruthfulQA.csv",
     "truthfulqa_ab": "truthfulness/truthfulqa_ab.json",
     "mmlu_ab": "utility/mmlu_ab.json",
+    "simplesafetytests": "safety/simplesafetytests.json",
+    "harmfulqa": "safety/harmfulqa.json",
+    "catqa_en": "safety/catqa_en.json",
+    "harmfulq": "safety/harmfulq.json",
+    "donotanswer_harmful": "safety/donotanswer_harmful.json",
+    "orbench_toxic": "safety/orbench_toxic.json",
+    "orbench_hard_1k": "safety/orbench_hard_1k.json",
+    "jailbreak_templates": "safety/jailbreak_templates.json",
 }
 
 

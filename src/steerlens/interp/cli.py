@@ -72,6 +72,69 @@ def add_subcommands(sub) -> None:
     add_common_args(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_patch)
+    add_gate_eval_subcommand(sub)
 
+
+
+def _cmd_gate_eval(args) -> int:
+    from pathlib import Path
+
+    from .gate_eval import default_gates, gate_eval, write_table
+    import json as _json
+
+    from ..cliargs import model_from_args
+
+    gates: dict[str, dict] = {}
+    names = args.gate or list(default_gates())
+    known = default_gates()
+    for n in names:
+        if n not in known:
+            print(f"gate-eval: unknown gate {n!r}; known: {', '.join(known)} (or give --gate-spec FILE.json)",
+                  file=__import__("sys").stderr)
+            return 2
+        gates[n] = known[n]
+    for path in args.gate_spec or []:
+        try:
+            extra = _json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            print(f"gate-eval: cannot read gate spec {path}: {e}", file=__import__("sys").stderr)
+            return 2
+        if not isinstance(extra, dict) or not all(isinstance(v, dict) for v in extra.values()):
+            print(f"gate-eval: {path} must hold {{name: spec}} objects", file=__import__("sys").stderr)
+            return 2
+        gates.update(extra)
+    m = model_from_args(args)
+    res = gate_eval(m, args.out, gates, data_root=args.data_dir, fpr=args.fpr, seed=args.seed,
+                    max_template_chars=args.max_template_chars, cache_dir=args.cache_dir, best_auc=args.best_auc,
+                    batch_size=args.batch_size, read_upto=args.read_upto, progress=not args.no_progress)
+    print(write_table(res))
+    print(f"wrote {Path(args.out) / 'generalisation.json'}, .md, .png")
+    return 0
+
+
+def add_gate_eval_subcommand(subparsers) -> None:
+    from ..cliargs import add_common_args
+    from .gate_eval import default_gates
+
+    p = subparsers.add_parser("gate-eval", help="gate generalisation protocol: leave-one-source-out TPR, look-alike "
+                                                "FPRs, held-out jailbreak families (JSON, table, plot)")
+    p.add_argument("--gate", nargs="+", action="extend", default=None,
+                   help=f"gates to run (default: all of {', '.join(default_gates())})")
+    p.add_argument("--gate-spec", nargs="+", action="extend", default=None,
+                   help="JSON file(s) of {name: {kind, params, reading, layers, hard_negatives, augment_wrapped, balance}}")
+    p.add_argument("--out", required=True, help="output directory")
+    add_common_args(p)
+    p.add_argument("--cache-dir", default=None, help="cache of prompt reads (reused across runs)")
+    p.add_argument("--fpr", type=float, default=0.05, help="target false-positive rate on Alpaca val (default 0.05)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-template-chars", type=int, default=None,
+                   help="leave out jailbreak wrappers longer than this (CPU cost)")
+    p.add_argument("--best-auc", action="store_true",
+                   help="also report the best AUC any layer and reading reaches on the look-alike splits (reads all layers)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--read-upto", type=int, default=None,
+                   help="read layers 0..N (default: the deepest gate layer); the same N reuses one cache")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_gate_eval)
 
 __all__ = ["add_subcommands"]

@@ -10,6 +10,7 @@ gate, :mod:`steerlens.pipeline.gates`, re-exported here), the editor role ``mose
 from .mose import MoSEEdit, MoSEEditor, MoSERouter, make_mose, select_k
 from .scs import ProbeGate, SCSGate  # noqa: F401  (registers the gate roles and caa-scs)
 from .method import make_finesteer  # noqa: F401  (registers finesteer)
+from .harm_gate import HarmDirectionGate  # noqa: F401  (registers the harm_dir gate and caa-harmdir)
 
 from ...roles import register_role_alias
 
@@ -19,4 +20,4 @@ register_role_alias("gate", "scs-outside", {"kind": "scs", "form": "outside"})
 register_role_alias("editor", "mose", {"kind": "mose"})
 
 __all__ = ["MoSEEditor", "MoSEEdit", "MoSERouter", "make_mose", "select_k", "SCSGate", "ProbeGate",
-           "make_finesteer"]
+           "make_finesteer", "HarmDirectionGate"]
