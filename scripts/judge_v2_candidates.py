@@ -113,6 +113,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=12,
                     help="prompts are sorted by length first, so batches pad little")
     ap.add_argument("--only", default=None, help="comma-separated methods to run (default: all)")
+    ap.add_argument("--settings", default=None, help="comma-separated settings (e.g. caa@4,set@1) to run (default: all)")
     ap.add_argument("--quota-scale", type=float, default=1.0)
     ap.add_argument("--max-template-chars", type=int, default=700,
                     help="jailbreak templates longer than this are skipped (CPU cost)")
@@ -131,6 +132,9 @@ def main() -> None:
         if only and method not in only:
             continue
         todo = [s for s in strengths if (method if s is None else f"{method}@{s:g}") not in done]
+        if args.settings:
+            want = set(args.settings.split(","))
+            todo = [s for s in todo if (method if s is None else f"{method}@{s:g}") in want]
         if not todo:
             continue
         t0 = time.perf_counter()

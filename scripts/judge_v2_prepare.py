@@ -48,11 +48,13 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=300)
     ap.add_argument("--seed", type=int, default=2026)
     args = ap.parse_args()
-    rows = []
+    rows, owner = [], {}
     for g in args.gen:
         for line in open(g, encoding="utf-8"):
             if line.strip():
                 r = json.loads(line)
+                if owner.setdefault(r["setting"], g) != g:  # a setting run by two processes: keep the first
+                    continue
                 r["batch"] = "v2"
                 r["origin"] = os.path.basename(g)
                 rows.append(r)

@@ -86,10 +86,12 @@ def main() -> None:
     print(JT.fmt_report(rep))
     rows = JT.load_labelled(args.fixture)
     cfg = rep["selection"]["chosen"]
-    judge = JT.fit(rows, **cfg)
+    syn = JT.load_synthetic()
+    judge = JT.fit(rows + syn, **cfg)
     sha = hashlib.sha256(open(args.fixture, "rb").read()).hexdigest()
     prov = {"labels_file": os.path.relpath(args.fixture, ROOT), "labels_sha256": sha, "n_rows": len(rows),
-            "labels": dict(Counter(r["label"] for r in rows)), "fitted_on": "all labelled rows (train + held out)",
+            "labels": dict(Counter(r["label"] for r in rows)), "fitted_on": "all labelled rows (train + held out) + tests/fixtures/judge_synthetic.jsonl",
+            "n_synthetic": len(syn),
             "config_chosen_by": "accuracy on an inner held-out design inside the training part (judge_train.select_config)",
             "heldout_report": {"file": os.path.relpath(os.path.join(args.report_dir, "judge_report.json"), ROOT),
                                "accuracy": rep["judge"]["accuracy"], "accuracy_ci": rep["judge"]["accuracy_ci"],

@@ -43,6 +43,17 @@ def default_labels_path() -> Path:
     return Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "judge_labels_v2.jsonl"
 
 
+def default_synthetic_path() -> Path:
+    """``tests/fixtures/judge_synthetic.jsonl``: hand-written edge cases (terse and non-English
+    refusals, deflections, "sorry to hear" compliance ...) added to every *training* set, never scored."""
+    return Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "judge_synthetic.jsonl"
+
+
+def load_synthetic(path=None) -> list[dict]:
+    p = Path(path) if path is not None else default_synthetic_path()
+    return load_labelled(p) if p.exists() else []
+
+
 def load_labelled(path=None) -> list[dict]:
     p = Path(path) if path is not None else default_labels_path()
     if not p.exists():
@@ -137,7 +148,8 @@ def predict(judge, rows: Sequence[dict]) -> list[str]:
     return [v.label for v in judge.judge([r.get("prompt", "") for r in rows], [r["reply"] for r in rows])]
 
 
-def select_config(train_rows: Sequence[dict], grid: Sequence[dict] = GRID) -> tuple[dict, list[dict]]:
+def select_config(train_rows: Sequence[dict], grid: Sequence[dict] = GRID,
+                  extra: Sequence[dict] = ()) -> tuple[dict, list[dict]]:
     """Choose the configuration by accuracy on an inner held-out design inside ``train_rows``
     (two of the training sources and a third of the training settings held out, by hash).
     Ties go to the higher mean recall over classes, then the smaller ``C``."""
@@ -148,7 +160,7 @@ def select_config(train_rows: Sequence[dict], grid: Sequence[dict] = GRID) -> tu
     te = [r for r, p in zip(train_rows, part) if p != "train"]
     results = []
     for cfg in grid:
-        j = fit(tr, **cfg)
+        j = fit(list(tr) + list(extra), **cfg)
         pred = predict(j, te)
         gold = [r["label"] for r in te]
         acc = sum(p == g for p, g in zip(pred, gold)) / len(te)
@@ -243,7 +255,8 @@ def time_per_reply(judge, rows: Sequence[dict], reps: int = 1) -> float:
     return float(np.median(ts))
 
 
-def judge_report(labels_path=None, *, model_judge=None, model_judge_cache=None) -> dict:
+def judge_report(labels_path=None, *, model_judge=None, model_judge_cache=None, synthetic_path=None,
+                 grid: Sequence[dict] = GRID) -> dict:
     """The out-of-sample report: fit on the training part (settings and sources of
     :func:`heldout_design`) with the configuration chosen inside it, score on the held-out part,
     and score the pattern judge (and optionally a model judge) on the same held-out replies."""
@@ -255,14 +268,16 @@ def judge_report(labels_path=None, *, model_judge=None, model_judge_cache=None) 
         r["part"] = p
     train = [r for r in rows if r["part"] == "train"]
     test = [r for r in rows if r["part"] != "train"]
-    cfg, grid = select_config(train)
-    judge = fit(train, **cfg)
+    extra = load_synthetic(synthetic_path)
+    cfg, grid = select_config(train, grid, extra)
+    judge = fit(train + extra, **cfg)
     gold = [r["label"] for r in test]
     pred = predict(judge, test)
     rep = {"labels_file": str(labels_path or default_labels_path()), "n_labelled": len(rows),
            "design": {"heldout_sources": list(HELDOUT_SOURCES),
                       "heldout_settings": sorted(heldout_settings(rows)),
                       "n_train": len(train), "n_heldout": len(test), "parts": dict(Counter(parts)),
+                      "n_synthetic_train_only": len(extra),
                       "rule": "fit on rows whose setting and prompt source are both in training; score on every "
                               "other row"},
             "selection": {"chosen": cfg, "grid": grid},
