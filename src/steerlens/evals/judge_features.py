@@ -76,6 +76,11 @@ DENSE = ("bias", "pat_any", "pat_open", "pat_count", "multi_refusal", "terse_ref
          "ends_with_question", "no_refusal_no_list")
 
 
+#: the dense features built on the pattern judge's refusal phrases
+PATTERN_FEATURES = ("pat_any", "pat_open", "pat_count", "turn_after_refusal", "here_after_refusal",
+                    "no_refusal_no_list")
+
+
 def _h(s: str, bits: int) -> int:
     return zlib.crc32(s.encode("utf-8")) & ((1 << bits) - 1)
 
@@ -111,11 +116,13 @@ def _repeat_stats(toks: list[str], window: int = 40) -> tuple[float, float]:
 
 
 def featurize(prompt: str, reply: str, *, bits: int = 15, open_words: int = 12, open_chars: int = 120,
-              patterns=None, degenerate: Optional[str] = None) -> dict[int, float]:
+              patterns=None, degenerate: Optional[str] = None, use_patterns: bool = True) -> dict[int, float]:
     """Sparse features ``{index: value}`` of one reply: indices ``0 .. len(DENSE)-1`` are the
     dense features, then three hashed blocks of ``2 ** bits`` each (opening words, all words,
     opening characters). ``patterns`` are compiled refusal regexes (default: the pattern judge's);
-    ``degenerate`` is :func:`~.judges.degenerate_reason`'s answer if already computed."""
+    ``degenerate`` is :func:`~.judges.degenerate_reason`'s answer if already computed.
+    ``use_patterns=False`` leaves out the features built on the pattern judge's phrases
+    (:data:`PATTERN_FEATURES`), so model selection can tell whether they help."""
     from .judges import REFUSAL_PATTERNS, degenerate_reason
 
     if patterns is None:
@@ -175,6 +182,9 @@ def featurize(prompt: str, reply: str, *, bits: int = 15, open_words: int = 12, 
     f["question_marks"] = min(text.count("?"), 3) / 3
     f["ends_with_question"] = float(text.rstrip().endswith("?"))
     f["no_refusal_no_list"] = float(not matches and not f["has_list"] and not f["multi_refusal"])
+    if not use_patterns:
+        for k in PATTERN_FEATURES:
+            f[k] = 0.0
     for i, k in enumerate(DENSE):
         if f[k]:
             out[i] = f[k]

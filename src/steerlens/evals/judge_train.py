@@ -34,8 +34,8 @@ NOT_COMPLIED = ("refusal", "deflection")
 HELDOUT_SOURCES = ("simplesafetytests", "harmfulq", "donotanswer_harmful", "jailbreak", "xstest_safe")
 
 #: the grid searched by :func:`select_config` (inner held-out design, training part only)
-GRID = [{"C": c, "class_weight": cw, "bits": b} for b in (14,) for cw in (None, "balanced")
-        for c in (0.5, 2.0, 8.0, 32.0)]
+GRID = [{"C": c, "class_weight": cw, "bits": 14, "use_patterns": up} for up in (True, False)
+        for cw in (None, "balanced") for c in (1.0, 8.0)]
 
 
 def default_labels_path() -> Path:
@@ -103,14 +103,14 @@ def heldout_design(rows: Sequence[dict], sources: Sequence[str] = HELDOUT_SOURCE
 # ---------------------------------------------------------------------------------------------
 # fitting
 
-def _matrix(rows: Sequence[dict], bits: int):
+def _matrix(rows: Sequence[dict], bits: int, use_patterns: bool = True):
     from scipy.sparse import csr_matrix
 
     from .judge_features import featurize, n_features
 
     data, ind, ptr = [], [], [0]
     for r in rows:
-        f = featurize(r.get("prompt", ""), r["reply"], bits=bits)
+        f = featurize(r.get("prompt", ""), r["reply"], bits=bits, use_patterns=use_patterns)
         ind.extend(f.keys())
         data.extend(f.values())
         ptr.append(len(ind))
@@ -118,7 +118,8 @@ def _matrix(rows: Sequence[dict], bits: int):
                       shape=(len(rows), n_features(bits)))
 
 
-def fit(rows: Sequence[dict], C: float = 2.0, class_weight=None, bits: int = 14, seed: int = 0):
+def fit(rows: Sequence[dict], C: float = 2.0, class_weight=None, bits: int = 14, use_patterns: bool = True,
+        seed: int = 0, X=None):
     """A :class:`~.judges.ClassifierJudge` fitted on ``rows`` (multinomial logistic regression,
     L2, lbfgs; deterministic)."""
     from sklearn.linear_model import LogisticRegression
@@ -126,10 +127,10 @@ def fit(rows: Sequence[dict], C: float = 2.0, class_weight=None, bits: int = 14,
     from .judge_features import FEATURE_VERSION
     from .judges import ClassifierJudge
 
-    X = _matrix(rows, bits)
+    X = _matrix(rows, bits, use_patterns) if X is None else X
     y = np.array([CLASSES.index(r["label"]) for r in rows])
     present = sorted(set(y.tolist()))
-    clf = LogisticRegression(C=C, class_weight=class_weight, max_iter=5000, tol=1e-6, random_state=seed)
+    clf = LogisticRegression(C=C, class_weight=class_weight, max_iter=300, tol=1e-3, random_state=seed)
     clf.fit(X, y)
     W = np.zeros((len(CLASSES), X.shape[1]), dtype=np.float32)
     b = np.full(len(CLASSES), -1e4, dtype=np.float32)  # a class absent from training is never predicted
@@ -139,7 +140,7 @@ def fit(rows: Sequence[dict], C: float = 2.0, class_weight=None, bits: int = 14,
     else:
         for k, c in enumerate(clf.classes_):
             W[c], b[c] = clf.coef_[k], clf.intercept_[k]
-    meta = {"classes": list(CLASSES), "bits": bits, "feature_version": FEATURE_VERSION, "C": C,
+    meta = {"classes": list(CLASSES), "bits": bits, "use_patterns": use_patterns, "feature_version": FEATURE_VERSION, "C": C,
             "class_weight": class_weight, "n_train": len(rows), "train_labels": dict(Counter(r["label"] for r in rows))}
     return ClassifierJudge(weights=(W, b), meta=meta)
 
@@ -159,8 +160,12 @@ def select_config(train_rows: Sequence[dict], grid: Sequence[dict] = GRID,
     tr = [r for r, p in zip(train_rows, part) if p == "train"]
     te = [r for r, p in zip(train_rows, part) if p != "train"]
     results = []
+    mats = {}
     for cfg in grid:
-        j = fit(list(tr) + list(extra), **cfg)
+        key = (cfg.get("bits", 14), cfg.get("use_patterns", True))
+        if key not in mats:
+            mats[key] = _matrix(list(tr) + list(extra), *key)
+        j = fit(list(tr) + list(extra), **cfg, X=mats[key])
         pred = predict(j, te)
         gold = [r["label"] for r in te]
         acc = sum(p == g for p, g in zip(pred, gold)) / len(te)
@@ -168,7 +173,7 @@ def select_config(train_rows: Sequence[dict], grid: Sequence[dict] = GRID,
         results.append({**cfg, "inner_accuracy": acc, "inner_mean_recall": float(np.mean(rec)),
                         "n_inner_train": len(tr), "n_inner_test": len(te)})
     best = max(results, key=lambda d: (round(d["inner_accuracy"], 6), round(d["inner_mean_recall"], 6), -d["C"]))
-    return {k: best[k] for k in ("C", "class_weight", "bits")}, results
+    return {k: best[k] for k in ("C", "class_weight", "bits", "use_patterns")}, results
 
 
 # ---------------------------------------------------------------------------------------------

@@ -319,6 +319,7 @@ class ClassifierJudge(RefusalJudge):
         self.meta = dict(meta or {})
         self.classes = tuple(self.meta.get("classes", ("refusal", "deflection", "compliance", "degenerate")))
         self.bits = int(self.meta.get("bits", 14))
+        self.use_patterns = bool(self.meta.get("use_patterns", True))
         self.W = np.asarray(weights[0], dtype=np.float64)
         self.b = np.asarray(weights[1], dtype=np.float64)
         self.rules = rules
@@ -333,7 +334,7 @@ class ClassifierJudge(RefusalJudge):
 
         from .judge_features import featurize
 
-        f = featurize(prompt, reply, bits=self.bits, degenerate=degenerate)
+        f = featurize(prompt, reply, bits=self.bits, degenerate=degenerate, use_patterns=self.use_patterns)
         idx = np.fromiter(f.keys(), dtype=np.int64, count=len(f))
         val = np.fromiter(f.values(), dtype=np.float64, count=len(f))
         z = self.W[:, idx] @ val + self.b
