@@ -310,8 +310,9 @@ def judge_report(labels_path=None, *, model_judge=None, model_judge_cache=None, 
 
 def score_model_judge(test: Sequence[dict], model_judge=None, cache=None) -> dict:
     """Score a yes/no :class:`~.judges.ModelJudge` (``--judge model``) on the held-out rows. Its
-    verdicts are read from ``cache`` (JSONL of ``uid``, ``label``) when given, else computed.
-    Unparseable answers count as errors."""
+    verdicts are read from ``cache`` (JSONL of ``uid``, ``label``) when given; rows missing from
+    the cache are computed when ``model_judge`` is given, else left out (``n`` and
+    ``n_heldout_not_scored`` say so). Unparseable answers count as errors."""
     from .judges import get_judge
 
     verdicts = {}
@@ -321,6 +322,10 @@ def score_model_judge(test: Sequence[dict], model_judge=None, cache=None) -> dic
                 d = json.loads(line)
                 verdicts[d["uid"]] = d["label"]
     todo = [r for r in test if r.get("uid") not in verdicts]
+    n_all = len(test)
+    if todo and model_judge is None and verdicts:
+        test = [r for r in test if r.get("uid") in verdicts]
+        todo = []
     if todo:
         mj = get_judge(model_judge or "model")
         t0 = time.perf_counter()
@@ -333,7 +338,7 @@ def score_model_judge(test: Sequence[dict], model_judge=None, cache=None) -> dic
     pred = [verdicts[r.get("uid")] for r in test]
     gold = [r["label"] for r in test]
     out = {"name": str(model_judge or "model"), **score(pred, gold, test), "three_class": score_binary(pred, gold),
-           "n_unparseable": sum(p == "unparseable" for p in pred)}
+           "n_unparseable": sum(p == "unparseable" for p in pred), "n_heldout_not_scored": n_all - len(test)}
     if ms is not None:
         out["ms_per_reply"] = ms
     return out
