@@ -42,10 +42,16 @@ def judge_md(rep: dict) -> str:
            f"{pj['largest_method_gap']['gap']:+.2f} ({pj['largest_method_gap']['method']}) | {pj['ms_per_reply']:.1f} |"]
     if "model_judge" in rep:
         mj = rep["model_judge"]
-        out.append(f"| model (`--judge model`, the 135M model asked yes/no; n = {mj['n']}) | {_f(mj['accuracy'])}"
+        sub = (f"n = {mj['n']} of {d['n_heldout']}: the first in file order, CPU ran out"
+               if mj.get("n_heldout_not_scored") else f"n = {mj['n']}")
+        out.append(f"| model (`--judge model`, the 135M model asked yes/no, no deflection class; {sub}) | {_f(mj['accuracy'])}"
                    f"{_ci(mj['accuracy_ci'])} | {_f(mj['three_class']['accuracy_3class'])}"
                    f"{_ci(mj['three_class']['accuracy_3class_ci'])} | {mj['largest_method_gap']['gap']:+.2f} "
                    f"({mj['largest_method_gap']['method']}) | {mj.get('ms_per_reply', float('nan')):.0f} |")
+    if "model_judge" in rep and rep["model_judge"].get("n_heldout_not_scored"):
+        mj = rep["model_judge"]
+        out += ["", f"On the same {mj['clf_on_same_rows']['n']} replies the model judge was scored on: trained judge "
+                    f"{_f(mj['clf_on_same_rows']['accuracy'])}, pattern judge {_f(mj['pattern_on_same_rows']['accuracy'])}."]
     out += ["", "| class | trained: precision | trained: recall | pattern: recall | n labelled |", "|---|---|---|---|---|"]
     for c, dd in j["per_class"].items():
         out.append(f"| {c} | {_f(dd['precision'])}{_ci(dd['precision_ci'])} | {_f(dd['recall'])}{_ci(dd['recall_ci'])} | "

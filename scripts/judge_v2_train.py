@@ -101,6 +101,8 @@ def main() -> None:
             "script": "scripts/judge_v2_train.py", "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"),
             "model_replies": "SmolLM2-135M-Instruct, greedy; see tests/fixtures/README.md"}
+    pred = JT.predict(judge, rows)
+    prov["in_sample_accuracy_all_rows"] = sum(p == r["label"] for p, r in zip(pred, rows)) / len(rows)
     JT.save_judge(judge, args.artifact, prov)
     print(f"saved the judge artifact to {args.artifact}")
 

@@ -265,7 +265,7 @@ def judge_report(labels_path=None, *, model_judge=None, model_judge_cache=None, 
     """The out-of-sample report: fit on the training part (settings and sources of
     :func:`heldout_design`) with the configuration chosen inside it, score on the held-out part,
     and score the pattern judge (and optionally a model judge) on the same held-out replies."""
-    from .judges import PatternJudge, get_judge
+    from .judges import PatternJudge
 
     rows = load_labelled(labels_path)
     parts = heldout_design(rows)
@@ -295,16 +295,14 @@ def judge_report(labels_path=None, *, model_judge=None, model_judge_cache=None, 
     ppred = predict(pj, test)
     rep["pattern_judge"] = {"name": "pattern", **score(ppred, gold, test), "three_class": score_binary(ppred, gold),
                             "ms_per_reply": time_per_reply(pj, test)}
-    try:
-        shipped = get_judge(None)
-        spred = predict(shipped, test)
-        rep["shipped_judge_on_heldout_in_sample"] = {
-            "note": "the shipped artifact is refit on all labelled rows, so this is NOT out of sample",
-            "accuracy": sum(a == b for a, b in zip(spred, gold)) / len(gold)}
-    except FileNotFoundError:
-        pass
     if model_judge is not None or model_judge_cache is not None:
-        rep["model_judge"] = score_model_judge(test, model_judge, model_judge_cache)
+        mj = score_model_judge(test, model_judge, model_judge_cache)
+        scored = set(mj.pop("uids"))
+        idx = [i for i, r in enumerate(test) if r.get("uid") in scored]
+        for key, pp in (("clf_on_same_rows", pred), ("pattern_on_same_rows", ppred)):
+            k = sum(pp[i] == gold[i] for i in idx)
+            mj[key] = {"accuracy": k / len(idx) if idx else None, "accuracy_ci": _ci(k, len(idx)), "n": len(idx)}
+        rep["model_judge"] = mj
     return rep
 
 
@@ -338,7 +336,8 @@ def score_model_judge(test: Sequence[dict], model_judge=None, cache=None) -> dic
     pred = [verdicts[r.get("uid")] for r in test]
     gold = [r["label"] for r in test]
     out = {"name": str(model_judge or "model"), **score(pred, gold, test), "three_class": score_binary(pred, gold),
-           "n_unparseable": sum(p == "unparseable" for p in pred), "n_heldout_not_scored": n_all - len(test)}
+           "n_unparseable": sum(p == "unparseable" for p in pred), "n_heldout_not_scored": n_all - len(test),
+           "uids": [r.get("uid") for r in test]}
     if ms is not None:
         out["ms_per_reply"] = ms
     return out
@@ -393,7 +392,9 @@ def fmt_report(rep: dict) -> str:
     if "model_judge" in rep:
         mj = rep["model_judge"]
         lines.append(f"model judge ({mj['name']}): 4-class accuracy {f(mj['accuracy'])}{ci(mj['accuracy_ci'])}, "
-                     f"3-class {f(mj['three_class']['accuracy_3class'])}, unparseable {mj['n_unparseable']}")
+                     f"3-class {f(mj['three_class']['accuracy_3class'])}, unparseable {mj['n_unparseable']}, n={mj['n']} "
+                     f"(clf on the same rows {f(mj['clf_on_same_rows']['accuracy'])}, "
+                     f"pattern {f(mj['pattern_on_same_rows']['accuracy'])})")
     return "\n".join(lines)
 
 
