@@ -42,12 +42,13 @@ def judge_md(rep: dict) -> str:
            f"{pj['largest_method_gap']['gap']:+.2f} ({pj['largest_method_gap']['method']}) | {pj['ms_per_reply']:.1f} |"]
     if "model_judge" in rep:
         mj = rep["model_judge"]
+        ms = f"{mj['ms_per_reply']:.0f}" if "ms_per_reply" in mj else "— (verdicts cached)"
         sub = (f"n = {mj['n']} of {d['n_heldout']}: the first in file order, CPU ran out"
                if mj.get("n_heldout_not_scored") else f"n = {mj['n']}")
         out.append(f"| model (`--judge model`, the 135M model asked yes/no, no deflection class; {sub}) | {_f(mj['accuracy'])}"
                    f"{_ci(mj['accuracy_ci'])} | {_f(mj['three_class']['accuracy_3class'])}"
                    f"{_ci(mj['three_class']['accuracy_3class_ci'])} | {mj['largest_method_gap']['gap']:+.2f} "
-                   f"({mj['largest_method_gap']['method']}) | {mj.get('ms_per_reply', float('nan')):.0f} |")
+                   f"({mj['largest_method_gap']['method']}) | {ms} |")
     if "model_judge" in rep and rep["model_judge"].get("n_heldout_not_scored"):
         mj = rep["model_judge"]
         out += ["", f"On the same {mj['clf_on_same_rows']['n']} replies the model judge was scored on: trained judge "
