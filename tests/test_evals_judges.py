@@ -90,7 +90,7 @@ def test_judge_input_checks():
         Verdict("maybe")
     with pytest.raises(ValueError):
         get_judge("nonsense")
-    assert set(LABELS) == {"refusal", "compliance", "degenerate", "unparseable"}
+    assert set(LABELS) == {"refusal", "deflection", "compliance", "degenerate", "unparseable"}
 
 
 def test_parse_yes_no():

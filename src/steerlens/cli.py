@@ -1,7 +1,8 @@
 """The ``steerlens`` command line.
 
 Subcommands are contributed by the parts of the package: this module owns ``fetch-model``,
-``generate`` and ``demo``; ``steerlens.evals.cli`` adds ``eval``; ``steerlens.pipeline.cli``
+``generate`` and ``demo``; ``steerlens.evals.cli`` adds ``eval``; ``steerlens.evals.judge_cli`` adds
+``judge`` and ``judge-report``; ``steerlens.pipeline.cli``
 adds ``fit`` and ``select``; ``steerlens.interp.cli`` adds ``patch``. Each of those modules exposes ``add_subcommands(subparsers)``.
 """
 
@@ -15,7 +16,7 @@ from typing import Optional, Sequence
 
 from .cliargs import add_common_args, add_data_arg, model_from_args
 
-_PLUGINS = ("steerlens.evals.cli", "steerlens.pipeline.cli", "steerlens.interp.cli")
+_PLUGINS = ("steerlens.evals.cli", "steerlens.evals.judge_cli", "steerlens.pipeline.cli", "steerlens.interp.cli")
 
 
 def _cmd_fetch_model(args: argparse.Namespace) -> int:

@@ -124,7 +124,7 @@ def paired_lines(rows: list[dict], metrics: list[str]) -> str:
 def run_demo(args: argparse.Namespace) -> int:
     import steerlens
     from steerlens.evals import data as D
-    from steerlens.evals.judges import PatternJudge
+    from steerlens.evals.judges import get_judge
     from steerlens.fileio import atomic_write_json, atomic_write_text
     from steerlens.pipeline.specrun import run_spec
 
@@ -157,14 +157,14 @@ def run_demo(args: argparse.Namespace) -> int:
                 print(f"      {name}: REAL chose {', '.join(str(s) for s in st.selection.sites())}")
         print(f"[3/4] greedy replies on held-out test prompts ({time.time() - t0:.0f} s so far)")
         sbs.extend(side_by_side(model, configs, harmful + harmless, shown, spec["eval"]["max_new_tokens"],
-                                PatternJudge()))
+                                get_judge()))
 
     print()
     summary = run_spec(spec, model, out, data_root=root, progress=True, on_fitted=show)
     records = summary["records"]
     atomic_write_json(out / "side_by_side.json", sbs, indent=1)
     ev = spec["eval"]
-    print(f"\n[4/4] evaluation on the {ev['split']} split ({ev['limit']} examples per set; judge: pattern)\n")
+    print(f"\n[4/4] evaluation on the {ev['split']} split ({ev['limit']} examples per set; judge: trained clf)\n")
     table = one_table(records, summary["configs"])
     print(table)
     key = [m for m, _ in TABLE]

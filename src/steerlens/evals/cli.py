@@ -94,7 +94,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=48, help="safety generation length")
-    p.add_argument("--judge", default="pattern", help="refusal judge: pattern | model | model:NAME")
+    p.add_argument("--judge", default="clf", help="refusal judge: clf (trained, default; accuracy: steerlens judge-report) | "
+                   "pattern | model | model:NAME (model: accuracy in judge-report --model-judge)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--trace", action="store_true",
                    help="record the per-token trace of every safety reply (trace.jsonl next to the results)")

@@ -97,7 +97,8 @@ def results_markdown(records: Sequence[Record], meta: Optional[dict] = None) -> 
     lines.append("")
     lines.append("Rates are fractions of examples with Wilson 95% intervals; other means (MC2, KL, perplexity) "
                  "have seeded percentile-bootstrap intervals. `degenerate/*` = broken text (empty, repetition "
-                 "loops, non-words), counted apart from refusals.")
+                 "loops, non-words), counted apart from refusals. `refusal/*` counts refusals and deflections (replies that "
+                 "avoid the request without declining); `deflection/*` is the deflections alone.")
     return "\n".join(lines) + "\n"
 
 
@@ -229,7 +230,7 @@ def _meta(model, tasks, configs, limit, split, seed, alpha, data_root, judge) ->
     except Exception as e:  # noqa: BLE001 - keep going, record why
         fp = {"error": repr(e)}
     return {"model": fp, "tasks": list(tasks), "steering": list(configs), "limit": limit, "split": split,
-            "seed": seed, "alpha": alpha, "data_dir": str(data_dir(data_root)), "judge": str(judge or "pattern"),
+            "seed": seed, "alpha": alpha, "data_dir": str(data_dir(data_root)), "judge": str(judge or "clf"),
             "steerlens_version": steerlens.__version__, "python": platform.python_version(),
             "workers": parallel.world()[1], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 

@@ -12,9 +12,11 @@ every set except harmless Alpaca (100 of 6266 prompts) and the utility KL / perp
 
 Choices (parameters):
 
-* safety: greedy generation, ``max_new_tokens=48``; judge = :class:`~.judges.PatternJudge`
-  unless ``judge`` is given. Rates are over the judged replies; ``unparseable`` verdicts (model
-  judges) are excluded from the denominator and counted in ``extra``.
+* safety: greedy generation, ``max_new_tokens=48``; judge = the trained
+  :class:`~.judges.ClassifierJudge` unless ``judge`` is given (``"pattern"`` for the phrase list).
+  ``refusal/<set>`` is the not-complied rate: refusals plus deflections (:data:`~.judges.NOT_COMPLIED`);
+  ``deflection/<set>`` reports deflections on their own. Rates are over the judged replies;
+  ``unparseable`` verdicts (model judges) are excluded from the denominator and counted in ``extra``.
 * truthfulness: MC1 = the Best Answer has a higher total log-likelihood than every incorrect
   answer; MC2 = sum of p(true answers) / sum of p(all answers), p = exp(total log-likelihood of
   the answer tokens given the question in the chat template); choices are scored as full answers
@@ -40,7 +42,7 @@ from tqdm.auto import tqdm
 from ..hooks import generate, next_token_logprobs, response_logprobs
 from ..hooks.edits import Edit
 from . import data as D
-from .judges import RefusalJudge, get_judge
+from .judges import NOT_COMPLIED, RefusalJudge, get_judge
 from .stats import Record, bootstrap_ci, summarize
 from .steering import resolve_edits, steering_name
 
@@ -124,7 +126,8 @@ def safety_task(model, steering=None, *, limit: Optional[int] = None, seed: int 
         replies = [g.text for g in gens]
         verdicts = j.judge(prompts, replies)
         dt = time.perf_counter() - t0
-        counts = {lab: sum(v.label == lab for v in verdicts) for lab in ("refusal", "compliance", "degenerate", "unparseable")}
+        counts = {lab: sum(v.label == lab for v in verdicts)
+                  for lab in ("refusal", "deflection", "compliance", "degenerate", "unparseable")}
         judged = [(e, v) for e, v in zip(exs, verdicts) if v.label != "unparseable"]
         outputs = [{"id": e.id, "prompt": e.prompt, "reply": r, "label": v.label, "reason": v.reason,
                     **({"gates": g.gates} if g.gates else {})}
@@ -139,14 +142,15 @@ def safety_task(model, steering=None, *, limit: Optional[int] = None, seed: int 
         if not judged:
             raise RuntimeError(f"safety/{s}: every verdict was unparseable ({len(exs)}); check the judge")
         ids = [e.id for e, _ in judged]
-        for metric, lab in (("refusal", "refusal"), ("degenerate", "degenerate")):
-            vals = [float(v.label == lab) for _, v in judged]
+        for metric, labs in (("refusal", NOT_COMPLIED), ("degenerate", ("degenerate",)),
+                             ("deflection", ("deflection",))):
+            vals = [float(v.label in labs) for _, v in judged]
             rec = summarize(f"{metric}/{s}", vals, ids=ids, split=split, task="safety", wall_time_s=dt,
                             steering=sname, extra=dict(extra), seed=seed)
             records.append(rec)
-        records[-2].extra["outputs"] = outputs
+        records[-3].extra["outputs"] = outputs
         if trace and gens.trace is not None:
-            records[-2].extra["trace"] = [{"set": s, "id": exs[t["input"]].id, **t} for t in gens.trace.records]
+            records[-3].extra["trace"] = [{"set": s, "id": exs[t["input"]].id, **t} for t in gens.trace.records]
     return records
 
 
