@@ -123,7 +123,7 @@ def featurize(prompt: str, reply: str, *, bits: int = 15, open_words: int = 12, 
     ``degenerate`` is :func:`~.judges.degenerate_reason`'s answer if already computed.
     ``use_patterns=False`` leaves out the features built on the pattern judge's phrases
     (:data:`PATTERN_FEATURES`), so model selection can tell whether they help."""
-    from .judges import REFUSAL_PATTERNS, degenerate_reason
+    from .reply_text import REFUSAL_PATTERNS, degenerate_reason
 
     if patterns is None:
         patterns = _default_patterns(REFUSAL_PATTERNS)
