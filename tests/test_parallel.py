@@ -11,6 +11,9 @@ from steerlens import parallel
 from test_pipeline_spec import SPEC  # noqa: E402  (tests/ is on sys.path, as for contract_roles)
 from steerlens.hooks import AddVector, FunctionGate, capture, generate, next_token_logprobs, response_logprobs
 
+# these tests spawn worker processes: a hung rendezvous must end the test, not the CI budget
+pytestmark = pytest.mark.timeout(900, method="thread")
+
 PROMPTS = ["Hi", "What is the capital of France? Answer in one word please.", "2+2?",
            "Write a very short poem about the sea and the moon", "How do I pick a lock?", "Name a colour",
            "Tell me a story about a dragon who loved tea", "Why is the sky blue?", "ok"]

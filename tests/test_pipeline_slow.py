@@ -24,7 +24,7 @@ def _margin(model, pos, neg, edits_for):
 
 
 @pytest.fixture(scope="module")
-def safety_data(smol):
+def safety_data(smol, root):  # root: skips without data
     fit, val = D.safety_response_pairs("fit", n=16, seed=0), D.safety_response_pairs("val", n=8, seed=0)
     acts = make_steerer("caa", layer=10).read_contrastive(smol, fit)  # one capture, shared by caa and repe
     return fit, val, _margin(smol, val.pos, val.neg, lambda ps: None), acts
@@ -48,7 +48,7 @@ def test_residual_methods_raise_refusal_likelihood(smol, safety_data, method, tm
     assert torch.equal(again, steered)
 
 
-def test_iti_ranks_heads_and_steers(smol, tmp_path):
+def test_iti_ranks_heads_and_steers(smol, tmp_path, root):
     """ITI on TruthfulQA pairs: every head scored, the best well above chance, the steer changes the
     answer likelihoods (its direction is an empirical question, measured by the sweep), alpha = 0 is
     exact and the artifact round-trips."""

@@ -10,7 +10,7 @@ from steerlens.pipeline import PipelineError, load_steerer, make_steerer
 from steerlens.pipeline.sweep import fit_data, fit_settings, results_table, sweep
 
 
-def test_h_sweep_recut_equals_direct_fit(tiny):
+def test_h_sweep_recut_equals_direct_fit(tiny, root):  # root: skips without data
     data = fit_data("truthfulness", n=10, seed=0)
     fitted = fit_settings(tiny, "iti", data, heads=[2, 5])
     assert [s for s, _ in fitted] == [{"heads": 2}, {"heads": 5}]
@@ -21,7 +21,7 @@ def test_h_sweep_recut_equals_direct_fit(tiny):
         torch.testing.assert_close(recut.state_dict()[k], v)
 
 
-def test_layer_sweep_shares_capture_and_matches_direct_fit(tiny):
+def test_layer_sweep_shares_capture_and_matches_direct_fit(tiny, root):
     data = fit_data("safety", n=6, seed=0)
     fitted = fit_settings(tiny, "caa", data, layers=[0, 1])
     direct = make_steerer("caa", layer=0).fit(tiny, data)
@@ -30,7 +30,7 @@ def test_layer_sweep_shares_capture_and_matches_direct_fit(tiny):
     assert fitted[1][1].selection.sites()[0].layer == 1
 
 
-def test_sweep_end_to_end(tiny, tmp_path):
+def test_sweep_end_to_end(tiny, tmp_path, root):
     res = sweep(tiny, "caa", "safety", alphas=[0, 2], layers=[1], n_fit=6, eval_limit=2, max_new_tokens=2,
                 out_dir=tmp_path / "s", progress=False)
     assert [r["name"] for r in res["settings"]] == ["none", "caa L1 a2"]
@@ -48,7 +48,7 @@ def test_sweep_end_to_end(tiny, tmp_path):
         sweep(tiny, "caa", "safety", alphas=[1], layers=[1], select_split="test", out_dir=tmp_path / "t")
 
 
-def test_cli_fit_and_methods(tmp_path, capsys):
+def test_cli_fit_and_methods(tmp_path, capsys, root):
     out = tmp_path / "art"
     rc = main(["fit", "--method", "caa", "--task", "safety", "--layer", "1", "--alpha", "1.5", "--n", "4",
                "--model", "tiny-random", "--out", str(out)])
