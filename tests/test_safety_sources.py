@@ -115,7 +115,7 @@ def test_harmful_all_groups_and_caps(synth):
     with pytest.raises(ValueError, match="unknown harmful source groups"):
         S.load_harmful_all("fit", groups=["nope"], root=synth)
     with pytest.raises(ValueError, match="unknown safety source"):
-        S.load_safety_source("strongreject", root=synth)
+        S.load_safety_source("no_such_source", root=synth)
 
 
 def test_benign_label_checked(synth):
