@@ -8,6 +8,7 @@ import inspect
 import pytest
 
 from steerlens.pipeline.baselines import CAAParams, ITIParams, RepEParams
+from steerlens.pipeline.methods.finesteer.harm_gate import CAAHarmDirParams
 from steerlens.pipeline.finesteer.mose import MoSEParams
 from steerlens.pipeline.finesteer.scs import CAASCSParams, SCS_GATE_PARAMS, SCSGatedParams
 from steerlens.pipeline.interventions import AblateParams, DirAblateParams, ScaleParams, SetParams
@@ -30,7 +31,16 @@ METHODS = {
     "real": (REALParams, (), {}),
     "mose": (MoSEParams, (), {}),
     "caa-scs": (CAASCSParams, (), {}),
+    "caa-harmdir": (CAAHarmDirParams, (), {}),
 }
+#: methods whose params are pinned by their own test (finesteer: MoSE's then its gate's)
+OWN_TEST = {"finesteer"}
+
+
+def test_every_public_method_has_typed_params():
+    """A new method records its params from a dataclass too: it must be listed above."""
+    public = {m for m, info in available_methods().items() if not info.hidden}
+    assert public - OWN_TEST <= set(METHODS), public - OWN_TEST - set(METHODS)
 
 
 def _signature(name):
@@ -58,7 +68,7 @@ def _expected_defaults(name, call):
         at = sig.index("read") + 1
         sig[at:at] = list(BARRIER_PARAMS)
     want = {k: call.get(k, _signature(name)[k].default) for k in sig}
-    if name == "caa-scs":
+    if name in ("caa-scs", "caa-harmdir"):
         want["gate_layer"] = want["layer"]
     if name == "real":
         want["vqae"] = {}

@@ -34,7 +34,6 @@ with optional protocol options: ``reading`` (``last``: what a prompt gate reads 
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import sys
@@ -43,6 +42,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
+
+from ..numerics import roc_auc
 
 from ..evals.data import DataError, load_harmless, load_xstest
 from ..evals.safety_sources import (HARM_SOURCE_GROUPS, load_benign_source, load_harmful_all, load_jailbreak_templates,
@@ -302,12 +303,6 @@ def _rate(scores: torch.Tensor, tau: float) -> dict:
     return {"rate": p, "k": k, "n": n, "ci": [lo, hi]}
 
 
-def _auc(pos, neg) -> float:
-    from ..numerics import roc_auc
-
-    return roc_auc(pos, neg)
-
-
 def fit_fold(spec: dict, sets: EvalSets, reads: SetReads, held_out: Optional[str], fpr: float = 0.05, seed: int = 0):
     """The fold's gate, fitted on :func:`fold_data` and calibrated on Alpaca **val** (benign only)
     at ``fpr``; returns ``(gate, score function of prompts)``."""
@@ -329,7 +324,6 @@ def fit_fold(spec: dict, sets: EvalSets, reads: SetReads, held_out: Optional[str
 def evaluate_spec(spec: dict, sets: EvalSets, reads: SetReads, fpr: float = 0.05, seed: int = 0) -> dict:
     """The protocol's result object for one gate (see the module docstring for every key)."""
     res: dict[str, Any] = {"spec": spec, "fpr_target": fpr, "loso": {}}
-    alpaca_test = None
     wrapped_pos, wrapped_neg = [], []
     wrapped_per: dict[str, dict] = {}
     for g in sets.groups:
@@ -339,12 +333,12 @@ def evaluate_spec(spec: dict, sets: EvalSets, reads: SetReads, fpr: float = 0.05
         s_alp = score(sets.alpaca["test"])
         r = _rate(s_test, tau)
         res["loso"][g] = {"tpr": r["rate"], "n": r["n"], "k": r["k"], "ci": r["ci"],
-                          "auc": _auc(s_test, s_alp), "auc_vs": "alpaca_test",
+                          "auc": roc_auc(s_test, s_alp), "auc_vs": "alpaca_test",
                           "alpaca_fpr": float((s_alp > tau).double().mean()), "threshold": tau}
         sw = score(sets.wrapped_test[g])
         sb = score(sets.wrapped_benign)
         wr = _rate(sw, tau)
-        wrapped_per[g] = {"tpr": wr["rate"], "n": wr["n"], "ci": wr["ci"], "auc": _auc(sw, sb),
+        wrapped_per[g] = {"tpr": wr["rate"], "n": wr["n"], "ci": wr["ci"], "auc": roc_auc(sw, sb),
                           "benign_fpr": float((sb > tau).double().mean())}
         wrapped_pos.append(sw - tau)
         wrapped_neg.append(sb - tau)
@@ -359,10 +353,10 @@ def evaluate_spec(spec: dict, sets: EvalSets, reads: SetReads, fpr: float = 0.05
                                   "oh": sets.orbench["hard_test"], "ot": sets.orbench["toxic_test"],
                                   "alp": sets.alpaca["test"]}.items()}
     s_harm = score([p for v in sets.harm_test.values() for p in v])
-    for key, sc, auc, pair in (("xstest_unsafe_tpr", s["xu"], _auc(s["xu"], s["xs"]), "xstest_unsafe_vs_safe"),
-                               ("xstest_safe_fpr", s["xs"], _auc(s["xu"], s["xs"]), "xstest_unsafe_vs_safe"),
-                               ("orbench_hard_fpr", s["oh"], _auc(s["ot"], s["oh"]), "orbench_toxic_vs_hard"),
-                               ("alpaca_fpr", s["alp"], _auc(s_harm, s["alp"]), "harmful_test_vs_alpaca_test")):
+    for key, sc, auc, pair in (("xstest_unsafe_tpr", s["xu"], roc_auc(s["xu"], s["xs"]), "xstest_unsafe_vs_safe"),
+                               ("xstest_safe_fpr", s["xs"], roc_auc(s["xu"], s["xs"]), "xstest_unsafe_vs_safe"),
+                               ("orbench_hard_fpr", s["oh"], roc_auc(s["ot"], s["oh"]), "orbench_toxic_vs_hard"),
+                               ("alpaca_fpr", s["alp"], roc_auc(s_harm, s["alp"]), "harmful_test_vs_alpaca_test")):
         r = _rate(sc, tau)
         res[key] = r["rate"]
         res[f"{key}_n"], res[f"{key}_ci"], res[f"{key}_auc"], res[f"{key}_auc_pair"] = r["n"], r["ci"], auc, pair
@@ -371,7 +365,7 @@ def evaluate_spec(spec: dict, sets: EvalSets, reads: SetReads, fpr: float = 0.05
     # rates against that fold's threshold (scores are shifted by it, so they pool)
     wp, wn = torch.cat(wrapped_pos), torch.cat(wrapped_neg)
     r = _rate(wp, 0.0)
-    res["wrapped"] = {"tpr": r["rate"], "n": r["n"], "ci": r["ci"], "auc": _auc(wp, wn),
+    res["wrapped"] = {"tpr": r["rate"], "n": r["n"], "ci": r["ci"], "auc": roc_auc(wp, wn),
                       "benign_fpr": float((wn > 0).double().mean()), "benign_n": len(sets.wrapped_benign),
                       "worst": min(v["tpr"] for v in wrapped_per.values()), "per_source": wrapped_per,
                       "fit_families": sets.families.get("fit"), "held_out_families": sets.families.get("held_out")}
@@ -405,7 +399,7 @@ def best_auc_any_layer(sets: EvalSets, reads: SetReads, readings: Optional[Seque
             _, score = fit_fold(spec, sets, reads, None)
             xu, xs = score(sets.xstest["unsafe_test"]), score(sets.xstest["safe_test"])
             oh, ot = score(sets.orbench["hard_test"]), score(sets.orbench["toxic_test"])
-            aucs = {"xstest_unsafe_vs_safe": _auc(xu, xs), "orbench_toxic_vs_hard": _auc(ot, oh)}
+            aucs = {"xstest_unsafe_vs_safe": roc_auc(xu, xs), "orbench_toxic_vs_hard": roc_auc(ot, oh)}
             for k, a in aucs.items():
                 if k not in best or a > best[k]["auc"]:
                     best[k] = {"auc": a, "layer": layer, "reading": rd, "gate": kind}

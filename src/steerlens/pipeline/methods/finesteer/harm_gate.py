@@ -23,6 +23,7 @@ rule) is :class:`~steerlens.pipeline.finesteer.scs.CalibratedGate`'s.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -30,6 +31,7 @@ from jaxtyping import Float
 
 from ...errors import PipelineError
 from ...gates import CalibratedGate
+from ...params import MethodParams
 from ...registry import register_method
 from ...roles import register_role
 
@@ -101,6 +103,27 @@ class HarmDirectionGate(CalibratedGate):
         self.mid, self.w = tensors["mid"].float(), tensors["w"].float()
 
 
+@dataclass(frozen=True)
+class CAAHarmDirParams(MethodParams):
+    """:func:`make_caa_harmdir`'s parameters (``gate_layer`` recorded resolved: ``layer`` when ``None``)."""
+    layer: int = 14
+    alpha: float = 1.0
+    gate_layer: Optional[int] = None
+    shrinkage: float = 0.5
+    normalize: bool = False
+    fpr: float = 0.05
+    temperature: Optional[float] = None
+    calib_frac: float = 0.25
+    seed: int = 0
+    where: str = "post"
+    positions: str = "all"
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.gate_layer is None:
+            self._set(gate_layer=self.layer)
+
+
 @register_method("caa-harmdir", help="CAA at one residual layer, gated per prompt by the harmfulness-direction "
                                      "gate (harm_dir); fit with gate_data = harmful vs benign prompts",
                  family="resid",
@@ -113,15 +136,12 @@ def make_caa_harmdir(*, layer: int = 14, alpha: float = 1.0, gate_layer: Optiona
     registered so the contract suite runs the gate like every method."""
     from ..baselines import make_caa
 
-    gl = layer if gate_layer is None else gate_layer
-    params = dict(layer=layer, alpha=alpha, gate_layer=gl, shrinkage=shrinkage, normalize=normalize, fpr=fpr,
-                  temperature=temperature, calib_frac=calib_frac, seed=seed, where=where, positions=positions,
-                  batch_size=batch_size)
-    gate = HarmDirectionGate(gl, shrinkage=shrinkage, normalize=normalize, fpr=fpr, temperature=temperature,
-                             calib_frac=calib_frac, seed=seed)
-    st = make_caa(layer=layer, alpha=alpha, where=where, positions=positions, batch_size=batch_size).with_gate(gate)
-    st.method, st.method_params = "caa-harmdir", params
+    p = CAAHarmDirParams.of(locals())
+    gate = HarmDirectionGate(p.gate_layer, **p.pick("shrinkage", "normalize", "fpr", "temperature", "calib_frac",
+                                                     "seed"))
+    st = make_caa(**p.pick("layer", "alpha", "where", "positions", "batch_size")).with_gate(gate)
+    st.method, st.method_params = "caa-harmdir", p.record()
     return st
 
 
-__all__ = ["HarmDirectionGate", "make_caa_harmdir"]
+__all__ = ["HarmDirectionGate", "make_caa_harmdir", "CAAHarmDirParams"]
