@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="smaller sizes (for smoke tests)")
     d.add_argument("--limit", type=int, default=None,
                    help="examples per eval set (default from the spec: 20; more is slower, tighter intervals)")
+    d.add_argument("--seeds", type=int, default=None, metavar="K",
+                   help="refit with K seeds and show the spread across seeds beside each interval "
+                        "(default: the spec's [eval] seeds, else 1)")
     d.set_defaults(func=_cmd_demo)
 
     for mod_name in _PLUGINS:

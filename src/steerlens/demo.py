@@ -28,6 +28,7 @@ import textwrap
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Optional
 
 #: the metrics of the one table, in order: (metric, column title)
 TABLE = [("refusal/harmful", "harmful refusal ↑"), ("refusal/harmless", "Alpaca over-refusal ↓"),
@@ -99,17 +100,30 @@ def side_by_side(model, configs: dict, prompts: list[tuple[str, str]], shown: li
     return rows
 
 
-def one_table(records, configs: list[str]) -> str:
-    by = {(r.steering, r.metric): r for r in records}
+def one_table(records, configs: list[str], seed_rows: Optional[list[dict]] = None) -> str:
+    """The main table: each cell the first seed's value [95% interval] n=…; with ``seed_rows`` of
+    several seeds, also the mean ± standard deviation across the seeds' refits."""
+    by = {(_get(r, "steering"), _get(r, "metric")): r for r in records}
+    spread = {(r["config"], r["metric"]): r for r in seed_rows or [] if len(r["seeds"]) > 1}
     cols = [(m, t) for m, t in TABLE if any((c, m) in by for c in configs)]
     lines = ["| config | " + " | ".join(t for _, t in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for c in configs:
         cells = []
         for m, _ in cols:
             r = by.get((c, m))
-            cells.append("—" if r is None else f"{r.value:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}] n={r.n}")
+            cell = "—" if r is None else \
+                f"{_get(r, 'value'):.2f} [{_get(r, 'ci_low'):.2f}, {_get(r, 'ci_high'):.2f}] n={_get(r, 'n')}"
+            sp = spread.get((c, m))
+            if r is not None and sp is not None:
+                cell += f"; seeds {sp['mean']:.2f} ± {sp['sd']:.2f}"
+            cells.append(cell)
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _get(r, key: str):
+    """A record's field, from a Record or from its JSON form (results.json)."""
+    return r[key] if isinstance(r, dict) else getattr(r, key)
 
 
 def paired_lines(rows: list[dict], metrics: list[str]) -> str:
@@ -126,7 +140,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from steerlens.evals import data as D
     from steerlens.evals.judges import get_judge
     from steerlens.fileio import atomic_write_json, atomic_write_text
-    from steerlens.pipeline.specrun import run_spec
+    from steerlens.pipeline.specrun import run_seeds
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,12 +174,16 @@ def run_demo(args: argparse.Namespace) -> int:
                                 get_judge()))
 
     print()
-    summary = run_spec(spec, model, out, data_root=root, progress=True, on_fitted=show)
+    seeds = int(args.seeds if getattr(args, "seeds", None) is not None else spec["eval"].get("seeds", 1))
+    summary = run_seeds(spec, model, out, seeds, data_root=root, progress=True, on_fitted=show)
     records = summary["records"]
     atomic_write_json(out / "side_by_side.json", sbs, indent=1)
     ev = spec["eval"]
     print(f"\n[4/4] evaluation on the {ev['split']} split ({ev['limit']} examples per set; judge: trained clf)\n")
-    table = one_table(records, summary["configs"])
+    table = one_table(records, summary["configs"], summary["seed_rows"])
+    if seeds > 1:
+        table += (f"\n\nCells: seed 0's value [95% interval] n; then the mean ± sd of the same metric over "
+                  f"{seeds} refits (fit seeds 0..{seeds - 1}, same test prompts; `seeds.md`).")
     print(table)
     key = [m for m, _ in TABLE]
     paired = paired_lines(summary["paired_rows"], key)

@@ -174,12 +174,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _run_body(args: argparse.Namespace) -> int:
     from .spec import SpecError
-    from .specrun import run_spec
+    from .specrun import run_seeds
 
     try:
+        if args.seeds is not None and args.seeds < 1:
+            raise SpecError(f"--seeds must be >= 1, got {args.seeds}")
         spec, model = _spec_and_model(args)
-        summary = run_spec(spec, model, args.out, data_root=args.data_dir, limit=args.limit,
-                           progress=not args.quiet)
+        seeds = args.seeds if args.seeds is not None else int(spec["eval"].get("seeds", 1))
+        summary = run_seeds(spec, model, args.out, seeds, data_root=args.data_dir, limit=args.limit,
+                            progress=not args.quiet)
     except SpecError as e:
         print(f"steerlens run: {e}", file=sys.stderr)
         return 2
@@ -244,6 +247,10 @@ def add_subcommands(sub) -> None:
 
     r = sub.add_parser("run", help="fit, save, evaluate and plot the pipeline a TOML spec describes")
     _spec_args(r)
+    r.add_argument("--seeds", type=int, default=None, metavar="K",
+                   help="refit with K seeds (0..K-1; same eval prompts) and write the spread across seeds "
+                        "(seeds.json / seeds.md) beside the intervals; seed 0 is the plain run (default: the spec's "
+                        "[eval] seeds, else 1)")
     r.set_defaults(func=_cmd_run)
 
     a = sub.add_parser("ablate", help="run a grid of variations of a spec on the same splits; paired table vs the base")

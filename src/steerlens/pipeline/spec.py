@@ -148,7 +148,7 @@ def normalise_spec(spec: dict, source: str = "spec") -> dict:
             if st["fit"]["task"] not in FIT_TASKS:
                 raise SpecError(f"{source}: {kind} {st['name']!r}: unknown fit task {st['fit']['task']!r}; "
                                 f"fit tasks: {sorted(FIT_TASKS)}")
-    ev_keys = {"tasks", "limit", "split", "seed", "max_new_tokens", "batch_size", "trace", "judge", "options"}
+    ev_keys = {"tasks", "limit", "split", "seed", "seeds", "max_new_tokens", "batch_size", "trace", "judge", "options"}
     bad = sorted(set(spec["eval"]) - ev_keys)
     if bad:
         raise SpecError(f"{source}: unknown [eval] keys {bad}; known: {sorted(ev_keys)}")
@@ -235,6 +235,45 @@ def fit_steerer(model, st: dict, *, data_root=None, progress: bool = True) -> St
     return steerer
 
 
+def _with_seed(table: dict, key: str, default: Any, offset: int) -> None:
+    table[key] = int(table.get(key, default if default is not None else 0)) + offset
+
+
+def _role_seeded(role: str, value: Any, offset: int) -> Any:
+    """A role value (short name or table) with its ``seed`` offset, when its kind takes one."""
+    table = _role_table(role, value)
+    cls = ROLE_TYPES.get(table.get("kind"))
+    if cls is None:
+        return value
+    params = inspect.signature(cls.__init__).parameters
+    if "seed" in params:
+        _with_seed(table, "seed", params["seed"].default if params["seed"].default is not inspect.Parameter.empty
+                   else 0, offset)
+    return table
+
+
+def seeded(spec: dict, seed: int) -> dict:
+    """``spec`` with every stochastic step of its fits offset by ``seed``: the fit-data sample
+    (``fit.seed``), the method's ``seed`` (autoencoder / router / barrier initialisation, gate
+    calibration split) and the ``seed`` of every selector / gate / editor table. ``seed = 0``
+    returns the spec unchanged, so seed 0 of ``--seeds K`` is the plain run. The evaluation
+    split and its examples do not change with ``seed``: every seed is scored on the same prompts."""
+    out = copy.deepcopy(spec)
+    if int(seed) == 0:
+        return out
+    load_plugins()
+    for st in out["steerer"] + out["baseline"]:
+        _with_seed(st.setdefault("fit", {}), "seed", 0, seed)
+        if st.get("method"):
+            info = available_methods().get(st["method"])
+            if info is not None and "seed" in info.parameters():
+                _with_seed(st.setdefault("params", {}), "seed", info.parameters()["seed"], seed)
+        for role in ROLES:
+            if st.get(role) and st[role] != "none":
+                st[role] = _role_seeded(role, st[role], seed)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # ablation grids
 # ------------------------------------------------------------------------------------------------
@@ -284,5 +323,5 @@ def variants(spec: dict, vary: Sequence[tuple[str, list[Any]]]) -> dict[str, dic
     return out
 
 
-__all__ = ["read_spec", "normalise_spec", "check_variants", "FIT_KEYS", "build_role", "build_steerer", "fit_steerer", "variants", "parse_vary",
+__all__ = ["read_spec", "normalise_spec", "check_variants", "FIT_KEYS", "seeded", "build_role", "build_steerer", "fit_steerer", "variants", "parse_vary",
            "register_role_alias", "ROLE_ALIASES", "SpecError"]

@@ -17,7 +17,7 @@ import os
 from typing import Any, Optional, Sequence
 
 from ..fileio import atomic_write_json, atomic_write_text
-from .spec import SpecError, fit_steerer, variants
+from .spec import SpecError, fit_steerer, seeded, variants
 from .steerer import Composition, Steerer
 
 # ------------------------------------------------------------------------------------------------
@@ -135,6 +135,57 @@ def run_spec(spec: dict, model, out_dir: str | os.PathLike, *, data_root=None, p
     return {**summary, "records": records, "paired_rows": paired, "together_rows": together}
 
 
+def seed_rows(per_seed: dict[int, Sequence]) -> list[dict]:
+    """Across-seed spread of every (configuration, metric): the value under each seed, their mean,
+    sample standard deviation (0 for one seed), min and max, in first-seen order."""
+    import statistics
+
+    vals: dict[tuple[str, str], dict[int, float]] = {}
+    for s, recs in per_seed.items():
+        for r in recs:
+            vals.setdefault((r.steering, r.metric), {})[int(s)] = float(r.value)
+    rows = []
+    for (config, metric), d in vals.items():
+        seeds = sorted(d)
+        xs = [d[k] for k in seeds]
+        rows.append({"config": config, "metric": metric, "seeds": seeds, "values": xs,
+                     "mean": statistics.fmean(xs), "sd": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+                     "min": min(xs), "max": max(xs)})
+    return rows
+
+
+def run_seeds(spec: dict, model, out_dir: str | os.PathLike, seeds: int | Sequence[int], *, data_root=None,
+              progress: bool = True, limit: Optional[int] = None, on_fitted=None) -> dict:
+    """:func:`run_spec` once per seed (:func:`~steerlens.pipeline.spec.seeded`: every fit refitted
+    with its seeds offset; the evaluation prompts stay the same), and the spread across seeds.
+
+    The first seed writes to ``out_dir`` itself (so ``seeds=[0]`` is exactly :func:`run_spec`), the
+    others to ``out_dir/seeds/seed-<s>``; ``out_dir/seeds.json`` and ``seeds.md`` hold
+    :func:`seed_rows`. Returns the first seed's summary with ``seed_rows`` and ``seeds`` added."""
+    seeds = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise SpecError(f"seeds must be distinct non-negative integers (or a count >= 1), got {seeds}")
+    out = Path(out_dir)
+    per_seed: dict[int, Sequence] = {}
+    first = None
+    for i, s in enumerate(seeds):
+        if progress and len(seeds) > 1:
+            print(f"=== seed {s} ({i + 1} of {len(seeds)}) ===", flush=True)
+        summ = run_spec(seeded(spec, s), model, out if i == 0 else out / "seeds" / f"seed-{s}", data_root=data_root,
+                        progress=progress, limit=limit, on_fitted=on_fitted if i == 0 else None)
+        per_seed[s] = summ["records"]
+        first = first or summ
+    rows = seed_rows(per_seed)
+    atomic_write_json(out / "seeds.json", {"seeds": seeds, "rows": rows}, indent=1)
+    lines = [f"# {spec['name']}: spread across {len(seeds)} fit seeds ({', '.join(map(str, seeds))})", "",
+             "| config | metric | mean | sd | min | max | per seed |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['config']} | {r['metric']} | {r['mean']:.3f} | {r['sd']:.3f} | {r['min']:.3f} | "
+                     f"{r['max']:.3f} | {' / '.join(f'{v:.3f}' for v in r['values'])} |")
+    atomic_write_text(out / "seeds.md", "\n".join(lines) + "\n")
+    return {**first, "seeds": seeds, "seed_rows": rows}
+
+
 def plot_first_trace(path, config: str, png) -> Optional[str]:
     """Plot the trace of the first harmful reply of ``config`` (a steered reply), if any."""
     from ..hooks import Trace
@@ -207,4 +258,4 @@ def ablate(spec: dict, model, vary: Sequence[tuple[str, list[Any]]], out_dir: st
     return summary
 
 
-__all__ = ["run_spec", "fit_spec", "configurations", "together_table", "ablate", "write_paired", "plot_first_trace"]
+__all__ = ["run_spec", "run_seeds", "seed_rows", "fit_spec", "configurations", "together_table", "ablate", "write_paired", "plot_first_trace"]

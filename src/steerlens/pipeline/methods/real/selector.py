@@ -244,7 +244,7 @@ class REALSelector(Selector):
             partition seed, so 10 runs = two 5-fold cross-validations). One run's AUC moves a lot
             with the split and the initialisation (Spearman 0.6 between seeds on TruthfulQA);
             the average is the stable relevance. ``repeats=1`` is the single published-style run
-            (random 80/20 split from ``seed``, autoencoders from ``vqae["seed"]``).
+            (random 80/20 split from ``seed``, autoencoders from ``vqae["seed"] + 1000·seed``).
         layers: restrict candidates to these layers.
         module_chunk: train at most this many autoencoders at once (memory bound).
         vqae: overrides of :class:`~.vqae.VQAEConfig` fields (``epochs``, ``n_codes``, ``lam``, ...).
@@ -320,8 +320,9 @@ class REALSelector(Selector):
                   progress=progress)
         cfg = self.vqae_config
         R = self.params.get("repeats", 1)
-        if R == 1:
-            return mods, real_relevance(pos, neg, cfg, seed=self.params["seed"], **kw)
+        if R == 1:  # autoencoders from vqae["seed"], offset by the selector's seed (0: unchanged)
+            run_cfg = VQAEConfig(**{**cfg.to_dict(), "seed": cfg.seed + 1000 * self.params["seed"]})
+            return mods, real_relevance(pos, neg, run_cfg, seed=self.params["seed"], **kw)
         runs = []
         for plan in repeat_plan(R, self.params["test_frac"], self.params["seed"]):
             run_cfg = VQAEConfig(**{**cfg.to_dict(), "seed": cfg.seed + plan["init_offset"]})
