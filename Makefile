@@ -36,10 +36,11 @@ bench: setup
 	$(PY) benchmarks/run.py --out benchmarks/results
 
 ## results: baseline sweeps on the default model (CAA/RepE safety, ITI truthfulness; ~45 min on 2 cores),
-## best setting of each chosen on val and reported on test, copied into README.md
+## best setting of each chosen on val and reported on test (results/RESULTS.md); then the README's
+## generated tables are checked against their saved sources (scripts/readme_tables.py)
 results: setup
 	$(PY) scripts/sweep_baselines.py
-	$(PY) scripts/readme_results.py
+	$(PY) scripts/readme_tables.py --check
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,7 +1,6 @@
-"""Write the judge's figures into README.md and the labelled set's counts into
-tests/fixtures/README.md, from benchmarks/results/judge/judge_report.json and
-tests/fixtures/judge_labels_v2.jsonl (between ``<!-- judge:start/end -->`` and
-``<!-- counts:start/end -->`` markers). No figure is typed by hand.
+"""Write the labelled set's counts into tests/fixtures/README.md (between ``<!-- counts:start/end -->``)
+and the judge's figures into README.md (its ``table:judge`` section, through
+scripts/readme_tables.py, from benchmarks/results/judge/judge_report.json). No figure is typed by hand.
 
     python scripts/judge_v2_docs.py
 """
@@ -91,10 +90,11 @@ def _put(path: str, start: str, end: str, text: str) -> None:
 
 
 def main() -> None:
-    rep = json.load(open(os.path.join(ROOT, "benchmarks", "results", "judge", "judge_report.json"), encoding="utf-8"))
     rows = [json.loads(line) for line in open(os.path.join(ROOT, "tests", "fixtures", "judge_labels_v2.jsonl"),
                                               encoding="utf-8") if line.strip()]
-    _put(os.path.join(ROOT, "README.md"), "<!-- judge:start -->", "<!-- judge:end -->", judge_md(rep))
+    import readme_tables
+
+    readme_tables.main(["--only", "judge"])
     _put(os.path.join(ROOT, "tests", "fixtures", "README.md"), "<!-- counts:start -->", "<!-- counts:end -->",
          counts_md(rows))
     print("updated README.md and tests/fixtures/README.md")

@@ -1,0 +1,195 @@
+#!/usr/bin/env python
+"""Every results table in README.md, regenerated from saved run outputs (never typed by hand).
+
+A README section ``<!-- table:NAME -->`` ... ``<!-- /table:NAME -->`` is rendered by ``SECTIONS[NAME]``
+from the files it names (committed under ``docs/results/`` and ``benchmarks/results/judge/``):
+
+- ``main``: the main job (``make demo``): its table with intervals (and the spread over seeds), the
+  paired differences, run facts (n, judge, REAL's layers, times), from ``docs/results/main/``;
+- ``judge``: the refusal judge's held-out figures, from ``benchmarks/results/judge/judge_report.json``;
+- ``gates``: the gate generalisation protocol, from ``docs/results/gates/generalisation.json``.
+
+Usage::
+
+    python scripts/readme_tables.py                      # rewrite README.md's sections from the files
+    python scripts/readme_tables.py --check              # exit 1 and name each section that differs
+    python scripts/readme_tables.py --collect-main runs/demo   # copy a demo run's outputs into docs/results/main
+
+``tests/test_readme_tables.py`` runs ``--check``: a README table that disagrees with its source fails CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+MAIN_DIR = Path("docs/results/main")
+GATES_JSON = Path("docs/results/gates/generalisation.json")
+JUDGE_JSON = Path("benchmarks/results/judge/judge_report.json")
+
+#: files copied from a demo run directory by ``--collect-main`` (relative to the run directory)
+MAIN_FILES = ("eval/results.json", "paired.json", "together.json", "summary.json", "spec.json", "seeds.json")
+
+
+def _load(root: Path, rel: Path | str) -> dict | list:
+    p = root / rel
+    if not p.exists():
+        raise FileNotFoundError(f"{rel}: source file missing (run the job that writes it, then --collect-*)")
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+# ------------------------------------------------------------------------------------------------
+# renderers
+# ------------------------------------------------------------------------------------------------
+
+def render_main(root: Path) -> str:
+    from steerlens.demo import TABLE, one_table, paired_lines
+
+    d = root / MAIN_DIR
+    res = _load(root, MAIN_DIR / "results.json")
+    summ = _load(root, MAIN_DIR / "summary.json")
+    paired = _load(root, MAIN_DIR / "paired.json")
+    together = _load(root, MAIN_DIR / "together.json") if (d / "together.json").exists() else []
+    seeds = _load(root, MAIN_DIR / "seeds.json") if (d / "seeds.json").exists() else {"seeds": [0], "rows": []}
+    sel = _load(root, MAIN_DIR / "selection.json") if (d / "selection.json").exists() else {}
+    meta, records = res["meta"], res["records"]
+    ns = sorted({r["n"] for r in records if r["metric"] in {m for m, _ in TABLE}})
+    k = len(seeds["seeds"])
+    layers = "; ".join(f"{name}: " + ", ".join(f"seed {s} {'/'.join(v)}" for s, v in per.items())
+                       for name, per in sel.items()) or "—"
+    facts = (f"Run facts (from `{MAIN_DIR}/`): started {meta.get('started', '?')}, "
+             f"{meta.get('workers', 1)} worker(s), {meta['split']} split, n = {'/'.join(map(str, ns))} per set, "
+             f"judge `{meta.get('judge')}`, {k} fit seed(s); fit {summ.get('fit_seconds')} s and evaluation "
+             f"{summ.get('eval_seconds')} s for seed 0. Sites REAL chose — {layers}.")
+    key = [m for m, _ in TABLE]
+    parts = [facts, "", one_table(records, summ["configs"], seeds["rows"])]
+    if k > 1:
+        parts += ["", f"Cells: seed 0's value [95% interval] n; then mean ± sd of that metric over {k} refits "
+                      f"(fit seeds {', '.join(map(str, seeds['seeds']))}; the same test prompts)."]
+    parts += ["", "Paired against the unsteered model (same prompts, seed 0):", "", paired_lines(paired, key)]
+    if together:
+        parts += ["", "All steerers on against each alone (paired, seed 0):", "", paired_lines(together, key)]
+    return "\n".join(parts)
+
+
+def render_judge(root: Path) -> str:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from judge_v2_docs import judge_md
+
+    return judge_md(_load(root, JUDGE_JSON))
+
+
+def render_gates(root: Path) -> str:
+    from steerlens.interp.gate_eval import write_table
+
+    lines = write_table(_load(root, GATES_JSON)).strip().splitlines()
+    # the protocol's own headings become bold lines inside the README's section
+    lines = [f"**{ln.lstrip('#').strip()}**" if ln.startswith("#") else ln for ln in lines]
+    return "\n".join(lines) + f"\n\n(Source: `{GATES_JSON}`.)"
+
+
+SECTIONS: dict[str, Callable[[Path], str]] = {"main": render_main, "judge": render_judge, "gates": render_gates}
+
+
+# ------------------------------------------------------------------------------------------------
+# README sections
+# ------------------------------------------------------------------------------------------------
+
+def _pattern(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- table:{re.escape(name)} -->\n)(.*?)(<!-- /table:{re.escape(name)} -->)", re.S)
+
+
+def sections_in(text: str) -> list[str]:
+    return re.findall(r"<!-- table:([\w-]+) -->", text)
+
+
+def rendered(text: str, root: Path, names: Optional[list[str]] = None) -> tuple[str, list[str]]:
+    """``text`` with every table section re-rendered, and the names of the sections that changed."""
+    changed = []
+    for name in names or sections_in(text):
+        if name not in SECTIONS:
+            raise KeyError(f"README section table:{name} has no renderer; known: {sorted(SECTIONS)}")
+        body = SECTIONS[name](root).strip()
+        m = _pattern(name).search(text)
+        if m is None:
+            raise KeyError(f"README has no closing marker for table:{name}")
+        if m.group(2).strip() != body:
+            changed.append(name)
+            text = text[:m.start(2)] + body + "\n" + text[m.end(2):]
+    return text, changed
+
+
+def collect_main(run_dir: Path, root: Path) -> Path:
+    """Copy a demo run's outputs (and the sites REAL chose under each seed) into ``docs/results/main``,
+    atomically (a temporary directory renamed into place)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "eval" / "results.json").exists():
+        raise FileNotFoundError(f"{run_dir}: no eval/results.json (is it a `steerlens demo` / `steerlens run` output?)")
+    dest = root / MAIN_DIR
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".main-", dir=dest.parent))
+    try:
+        for rel in MAIN_FILES:
+            if (run_dir / rel).exists():
+                shutil.copyfile(run_dir / rel, tmp / Path(rel).name)
+        sel: dict[str, dict[str, list[str]]] = {}
+        seed_dirs = [(0, run_dir)] + sorted((int(p.name.split("-")[1]), p)
+                                            for p in (run_dir / "seeds").glob("seed-*") if p.is_dir())
+        for s, d in seed_dirs:
+            for meta in sorted((d / "artifacts").glob("*/metadata.json")):
+                cfg = json.loads(meta.read_text())["config"]
+                mods = (cfg.get("selection") or {}).get("modules")
+                if cfg.get("selector", {}).get("kind") not in (None, "fixed") and mods:
+                    sel.setdefault(meta.parent.name, {})[str(s)] = [m.replace(".hook_resid_post", "")
+                                                                    for m in mods]
+        (tmp / "selection.json").write_text(json.dumps(sel, indent=1, sort_keys=True) + "\n")
+        old = dest.with_name(dest.name + ".old")
+        if dest.exists():
+            dest.rename(old)
+        tmp.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--readme", default=str(ROOT / "README.md"))
+    p.add_argument("--check", action="store_true", help="only compare; exit 1 when a section differs")
+    p.add_argument("--collect-main", metavar="RUN_DIR", help="first copy a demo run's outputs into docs/results/main")
+    p.add_argument("--only", nargs="*", help="sections to render (default: every marked section)")
+    args = p.parse_args(argv)
+    readme = Path(args.readme)
+    try:
+        if args.collect_main:
+            print(f"collected {args.collect_main} -> {collect_main(Path(args.collect_main), ROOT)}")
+        text = readme.read_text(encoding="utf-8")
+        new, changed = rendered(text, ROOT, args.only)
+    except (FileNotFoundError, KeyError) as e:
+        print(f"readme_tables: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        for name in changed:
+            print(f"README section table:{name} differs from its source files; run scripts/readme_tables.py",
+                  file=sys.stderr)
+        return 1 if changed else 0
+    if changed:
+        from steerlens.fileio import atomic_write_text
+
+        atomic_write_text(readme, new)
+    print(f"{readme}: {len(changed)} section(s) rewritten ({', '.join(changed) or 'none'}) of "
+          f"{len(sections_in(text))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
