@@ -17,8 +17,10 @@ $(VENV)/.model: $(VENV)/.installed
 	$(PY) -m steerlens fetch-model
 	touch $@
 
-## setup: virtualenv with pinned dependencies, then the default model (fetched and dequantised once)
+## setup: virtualenv with pinned dependencies, the default model (fetched and dequantised once), and the
+## benchmark data from the Hugging Face hub when no data directory is found (offline: a message, not a failure)
 setup: $(VENV)/.model
+	@$(PY) -m steerlens fetch-data --if-missing || echo "setup: continuing without benchmark data (make demo needs it; see the line above)"
 
 ## demo: the main job on the default model and data
 demo: setup

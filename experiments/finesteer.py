@@ -586,8 +586,18 @@ def plot_only(args) -> int:
 
 # ---------------------------------------------------------------------------------------------
 
+#: ``--quick``: a smoke run on the tiny random model, a few prompts per stage and one strength per
+#: method (explicit options still win); tests/test_smoke_headlines.py runs it.
+QUICK = dict(model="tiny-random", layer=1, n_fit=16, n_gate_fit=32, n_val_harmful=4, n_val_harmless=4,
+             n_test_harmful=4, n_test_harmless=4, n_xstest=4, n_kl=4, n_mmlu=4, max_new_tokens=8, batch_size=8,
+             gen_batch_size=8, alphas_caa="1", alphas_mose="1", alphas_caa_scs="1", alphas_finesteer="1",
+             alphas_iti="1", n=8, n_val=4, n_mmlu_val=4, iti_heads=2)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny random model, a few prompts (QUICK)")
     ap.add_argument("task", choices=("safety", "truthfulness"))
     ap.add_argument("--out", required=True)
     ap.add_argument("--model", default=None)
@@ -625,6 +635,10 @@ def main(argv=None) -> int:
     ap.add_argument("--n-val", type=int, default=30)
     ap.add_argument("--n-mmlu-val", type=int, default=40)
     ap.add_argument("--iti-heads", type=int, default=16)
+    if "--quick" in argv:
+        unknown = set(QUICK) - {a.dest for a in ap._actions}
+        assert not unknown, f"QUICK names no option: {unknown}"
+        ap.set_defaults(**QUICK)  # after every add_argument: the quick sizes replace their defaults
     args = ap.parse_args(argv)
     if args.methods is None:
         args.methods = "caa,mose,caa-scs,finesteer" if args.task == "safety" else "caa,mose,finesteer"

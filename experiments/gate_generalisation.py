@@ -7,7 +7,9 @@ the fold holding that source out never sees), threshold at 5% FPR on Alpaca val.
 configurations are then reported on the test splits with the full protocol.
 
     PYTHONPATH=src python experiments/gate_generalisation.py   # writes $GATES_WORK/research/*
+    PYTHONPATH=src python experiments/gate_generalisation.py --quick --work /tmp/g   # smoke run, tiny model
 """
+import argparse
 import json
 import os
 import sys
@@ -57,18 +59,32 @@ def spec_of(kind, data, reading, layers):
                              **DATA[data]})
 
 
-def main():
-    os.makedirs(OUT, exist_ok=True)
-    m = steerlens.load_model(MODEL) if MODEL else steerlens.load_model()
-    caps = json.loads(os.environ["CAPS"]) if os.environ.get("CAPS") else None
-    sets = G.build_eval_sets(caps=caps, max_template_chars=1000)
+#: ``--quick``: a few prompts per set (the tiny random model, its last layer only)
+QUICK_CAPS = {"harm_fit": 6, "harm_test": 4, "alpaca_fit": 12, "alpaca_val": 12, "alpaca_test": 8, "orbench_fit": 6,
+              "orbench_test": 6, "wrapped_test": 2, "wrapped_benign": 4, "aug_harm": 1, "aug_benign": 4}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny random model, last layer, QUICK_CAPS")
+    ap.add_argument("--model", default=MODEL, help="model (default: $MODEL, else SmolLM2-135M-Instruct)")
+    ap.add_argument("--work", default=WORK, help="reads cache and research/ outputs (default: $GATES_WORK)")
+    ap.add_argument("--data-dir", default=None)
+    args = ap.parse_args(argv)
+    quick = QUICK or args.quick
+    model_name = args.model or ("tiny-random" if args.quick else None)
+    work, out = args.work, os.path.join(args.work, "research")
+    os.makedirs(out, exist_ok=True)
+    m = steerlens.load_model(model_name) if model_name else steerlens.load_model()
+    caps = QUICK_CAPS if args.quick else json.loads(os.environ["CAPS"]) if os.environ.get("CAPS") else None
+    sets = G.build_eval_sets(args.data_dir, caps=caps, max_template_chars=300 if args.quick else 1000)
     upto = min(UPTO, m.n_layers - 1)
     reads = G.read_sets(m, sets, layers=list(range(upto + 1)), readings=("last", "post", "mean"),
-                        cache_dir=os.path.join(WORK, "reads") if not MODEL else os.path.join(WORK, "reads_" + MODEL))
+                        cache_dir=os.path.join(work, "reads") if not model_name else os.path.join(work, "reads_" + model_name))
     t0 = time.time()
     rows = []
     step = int(os.environ.get("LAYER_STEP", "2"))
-    layers = list(range(2, upto + 1, step)) if not QUICK else [upto]
+    layers = list(range(2, upto + 1, step)) if not quick else [upto]
     # stage 1: single layer, every reading, cheap gates, plain vs broad data
     for reading in ("last", "post"):
         for layer in layers:
@@ -80,7 +96,7 @@ def main():
                                  "sel_worst": worst, "sel_per": per})
                     print(sp["name"], round(worst, 3), round(time.time() - t0), "s", flush=True)
         print(reading, "done", round(time.time() - t0), "s", flush=True)
-        atomic_write_json(os.path.join(OUT, "stage1.json"), rows)
+        atomic_write_json(os.path.join(out, "stage1.json"), rows)
     # stage 2: probes and the other data recipes at the best layers of stage 1 (last-token)
     best_layers = sorted({r["layers"][0] for r in sorted([r for r in rows if r["reading"] == "last"],
                                                          key=lambda r: -r["sel_worst"])[:2]} | {min(14, upto)})
@@ -92,7 +108,7 @@ def main():
                          "sel_worst": worst, "sel_per": per})
             print(sp["name"], round(worst, 3), round(time.time() - t0), "s", flush=True)
     print("stage 2 done", round(time.time() - t0), "s", flush=True)
-    atomic_write_json(os.path.join(OUT, "stage1.json"), rows)
+    atomic_write_json(os.path.join(out, "stage1.json"), rows)
     # stage 3: several layers at once (concatenated), best reading/kind from stage 1
     top = sorted(rows, key=lambda r: -r["sel_worst"])
     for reading in ("last", "post"):
@@ -106,22 +122,25 @@ def main():
                 rows.append({"name": sp["name"], "kind": r["kind"], "data": r["data"], "reading": reading,
                              "layers": ls, "sel_worst": worst, "sel_per": per})
     print("stage 3 done", round(time.time() - t0), "s", flush=True)
-    atomic_write_json(os.path.join(OUT, "stage1.json"), rows)
+    atomic_write_json(os.path.join(out, "stage1.json"), rows)
     # look-alike FPR (fit splits) of the top configurations, for the record
     deploy = [r for r in rows if r["reading"] == "last" and len(r["layers"]) == 1]
     ranked = sorted(deploy, key=lambda r: (-r["sel_worst"], r["name"]))
     for r in ranked[:8]:
         r.update(lookalike_val(spec_of(r["kind"], r["data"], r["reading"], r["layers"]), sets, reads))
-    atomic_write_json(os.path.join(OUT, "stage1.json"), rows)
+    atomic_write_json(os.path.join(out, "stage1.json"), rows)
     best = ranked[0]
     best_any = sorted(rows, key=lambda r: (-r["sel_worst"], r["name"]))[0]
     summary = {"best_deployable": best, "best_any_reading": best_any, "top_deployable": ranked[:8],
                "by_layer_last": {k: {str(r["layers"][0]): r["sel_worst"] for r in rows
                                      if r["reading"] == "last" and len(r["layers"]) == 1 and r["kind"] + "/" + r["data"] == k}
                                  for k in sorted({r["kind"] + "/" + r["data"] for r in rows})}}
-    atomic_write_json(os.path.join(OUT, "selection.json"), summary)
+    atomic_write_json(os.path.join(out, "selection.json"), summary)
     print("best deployable", best["name"], best["sel_worst"], "| best any", best_any["name"], best_any["sel_worst"])
 
 
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -734,8 +735,19 @@ def floats(s: str) -> list[float]:
     return [float(x) for x in s.split(",") if x.strip()]
 
 
+#: ``--quick``: a smoke run on the tiny random model, a few questions per stage and one setting per
+#: grid (explicit options still win); tests/test_smoke_headlines.py runs it.
+QUICK = dict(model="tiny-random", layers="0,1", barrier_C="1", n_fit=12, n_val_pairs=6, n_val=4, n_test=4,
+             n_ablation=4, ablation_variants="euler_N1", n_mmlu=4, n_mmlu_val=4, n_kl=4, heads=2, real_epochs=2,
+             ode_T="40", caa_alphas="1", iti_alphas="5", real_alphas="5", finesteer_alphas="1", safety_layer=1,
+             n_safety_fit=8, safety_T="40", safety_caa_alphas="0.5", n_harmless_val=4, n_harmful=4, n_harmless=4,
+             max_new_tokens=8, n_open=2, batch_size=8, score_batch=8, gen_batch=8)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny random model, a few questions (QUICK)")
     ap.add_argument("--out", default="runs/odesteer")
     ap.add_argument("--model", default=None)
     ap.add_argument("--stages", default=",".join(STAGES))
@@ -778,6 +790,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=16, help="capture batch size")
     ap.add_argument("--score-batch", type=int, default=32)
     ap.add_argument("--gen-batch", type=int, default=16)
+    if "--quick" in argv:
+        unknown = set(QUICK) - {a.dest for a in ap._actions}
+        assert not unknown, f"QUICK names no option: {unknown}"
+        ap.set_defaults(**QUICK)  # after every add_argument: the quick sizes replace their defaults
     args = ap.parse_args(argv)
     args.layers = [int(x) for x in str(args.layers).split(",")]
     args.ablation_variants = [v.strip() for v in args.ablation_variants.split(",") if v.strip()]

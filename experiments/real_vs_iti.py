@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -322,8 +323,15 @@ def plot_tradeoff(summary: list[dict], path) -> None:
     plt.close(fig)
 
 
+#: ``--quick``: a smoke run on the tiny random model (explicit options still win).
+QUICK = dict(model="tiny-random", n=10, eval_limit=3, heads=2, alphas="4", epochs=1, mmlu=3, harmless=3,
+             harmless_val=3, max_new_tokens=8, batch_size=8, gen_batch_size=8)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny random model, a few examples (QUICK)")
     ap.add_argument("--task", choices=("truthfulness", "safety"), required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--n", type=int, default=200, help="questions / harmful prompts in the pool (split into folds)")
@@ -347,6 +355,10 @@ def main(argv=None) -> int:
     ap.add_argument("--gen-batch-size", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default=None, help="model (default: SmolLM2-135M-Instruct)")
+    if "--quick" in argv:
+        unknown = set(QUICK) - {a.dest for a in ap._actions}
+        assert not unknown, f"QUICK names no option: {unknown}"
+        ap.set_defaults(**QUICK)  # after every add_argument: the quick sizes replace their defaults
     return run(ap.parse_args(argv))
 
 

@@ -627,15 +627,20 @@ def main(argv=None) -> int:
     ap.add_argument("--gate-max-layer", type=int, default=None,
                     help="steering gate: only layers <= this (e.g. the CAA layer: no pre-pass); default: any layer")
     ap.add_argument("--skip-steering", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="smoke run: a few prompts per set, small grid")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: a few prompts per set, small grid, the tiny random model unless --model")
+    ap.add_argument("--model", default=None, help="model (default: SmolLM2-135M-Instruct)")
     args = ap.parse_args(argv)
     if args.quick:
+        args.model = args.model or "tiny-random"
         args.ranks_benign, args.ranks_target, args.probe_C = [2, 4], [1, 2], [0.1]
         args.n_caa, args.n_eval, args.n_kl, args.n_mmlu, args.max_new_tokens, args.alphas = 6, 3, 4, 4, 4, [0.5, 1.0]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model = steerlens.load_model()
+    model = steerlens.load_model(args.model)
+    if args.quick:
+        args.caa_layer = min(args.caa_layer, model.n_layers - 1)
     SETS.update(prompt_sets(args))
     if args.quick:  # keep every harmful source in the fit set (leave-one-source-out needs them)
         for k, v in SETS.items():

@@ -226,12 +226,35 @@ def test_a_local_checkpoint_loads_with_a_device_map_and_offload(tiny, tmp_path):
     bf = steerlens.load_model(tmp_path / "ckpt", device_map="sequential", dtype=torch.bfloat16, chat=tiny.chat)
     # on a CPU-only machine transformers resolves the strategy to the CPU and loads without dispatching
     assert bf.dtype == torch.bfloat16 and bf.devices == ["cpu"]
-    site = "blocks.1.hook_resid_post"
-    ref = capture(tiny, P, site, "last", progress=False)[site]
-    got = capture(bf, P, site, "last", progress=False)[site]
-    assert got.dtype == torch.bfloat16
-    torch.testing.assert_close(got.float(), ref, atol=0.1, rtol=0.05)  # bf16 rounding of a 2-layer model
-    # exactly what the same checkpoint gives in bf16 without a device map (the loose check above
-    # only says the site is roughly right: its activations are about as large as the tolerance)
-    plain_bf = steerlens.load_model(tmp_path / "ckpt", dtype=torch.bfloat16, chat=tiny.chat)
-    assert torch.equal(got, capture(plain_bf, P, site, "last", progress=False)[site])
+
+
+def test_offloaded_bf16_checkpoint_matches_the_plain_bf16_load(tiny, tmp_path):
+    """A bf16 checkpoint dispatched with one layer offloaded to disk gives bit for bit what the plain
+    bf16 load of the same checkpoint gives (captures, next-token log-probs and an edit's effect): the
+    two loads differ only in accelerate's dispatch, which must not change a single value. Both are
+    also within bf16 rounding of the float32 model (a bound relative to the activations' scale)."""
+    tiny.hf_model.save_pretrained(tmp_path / "ckpt")
+    tiny.tokenizer.save_pretrained(tmp_path / "ckpt")
+    plain = steerlens.load_model(tmp_path / "ckpt", dtype=torch.bfloat16, chat=tiny.chat)
+    dm = {**MAP, "model.layers.1": "disk"}
+    off = steerlens.load_model(tmp_path / "ckpt", device_map=dm, offload_folder=tmp_path / "off",
+                               dtype=torch.bfloat16, chat=tiny.chat)
+    assert off.dtype == plain.dtype == torch.bfloat16 and off.device_map == dm
+    assert all(p.device.type == "meta" for p in off.hf_model.model.layers[1].parameters())  # really offloaded
+    assert plain.device_map is None
+    sites = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    got = capture(off, P, sites, "last", progress=False)
+    ref = capture(plain, P, sites, "last", progress=False)
+    for site in sites:
+        assert got[site].dtype == torch.bfloat16
+        assert torch.equal(got[site], ref[site]), site
+    assert torch.equal(next_token_logprobs(off, P), next_token_logprobs(plain, P))
+    v = torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(0)) * 2
+    edit = [AddVector("blocks.1.hook_resid_mid", v, 1.5)]  # inside the offloaded layer
+    steered = next_token_logprobs(off, P, edit)
+    assert torch.equal(steered, next_token_logprobs(plain, P, edit))
+    assert not torch.equal(steered, next_token_logprobs(off, P))  # the edit acts on the offloaded model
+    f32 = capture(tiny, P, sites, "last", progress=False)
+    for site in sites:
+        err = (got[site].float() - f32[site]).abs().max()
+        assert err <= 2 ** -6 * f32[site].abs().max(), (site, float(err))  # bf16: 8 significant bits, 2 layers

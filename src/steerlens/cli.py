@@ -1,6 +1,6 @@
 """The ``steerlens`` command line.
 
-Subcommands are contributed by the parts of the package: this module owns ``fetch-model``,
+Subcommands are contributed by the parts of the package: this module owns ``fetch-model``, ``fetch-data``,
 ``generate`` and ``demo``; ``steerlens.evals.cli`` adds ``eval``; ``steerlens.evals.judge_cli`` adds
 ``judge`` and ``judge-report``; ``steerlens.pipeline.cli``
 adds ``fit`` and ``select``; ``steerlens.interp.cli`` adds ``patch``. Each of those modules exposes ``add_subcommands(subparsers)``.
@@ -25,6 +25,23 @@ def _cmd_fetch_model(args: argparse.Namespace) -> int:
     path = default_model_dir()
     m = load_model(device="cpu")
     print(f"default model ready: {path} ({m.n_layers} layers, {m.n_heads} heads, d_model {m.d_model})")
+    return 0
+
+
+def _cmd_fetch_data(args: argparse.Namespace) -> int:
+    from .evals.data import DataError, data_dir
+    from .evals.fetch import fetch_data
+
+    if args.if_missing:
+        try:
+            found = data_dir(args.to)
+        except DataError:
+            found = None
+        if found is not None:
+            print(f"benchmark data: {found} (found; nothing fetched)")
+            return 0
+    counts = fetch_data(args.to, force=args.force)
+    print(f"benchmark data written: {len(counts)} files, {sum(counts.values())} rows")
     return 0
 
 
@@ -73,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fetch-model", help="fetch and cache the default model (SmolLM2-135M-Instruct)")
     f.set_defaults(func=_cmd_fetch_model)
+
+    fd = sub.add_parser("fetch-data", help="build the benchmark data directory from the Hugging Face hub (needs network)")
+    fd.add_argument("--to", default=None, metavar="DIR",
+                    help="where to write it (default: $STEERLENS_DATA, else ../shared/data next to the repository)")
+    fd.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    fd.add_argument("--if-missing", action="store_true",
+                    help="do nothing when a data directory is found (DIR, $STEERLENS_DATA or ../shared/data)")
+    fd.set_defaults(func=_cmd_fetch_data)
 
     g = sub.add_parser("generate", help="generate replies, optionally steered by a saved steerer")
     add_common_args(g, data=False)

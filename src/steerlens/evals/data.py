@@ -22,8 +22,9 @@ Online alternative: the same benchmarks are public on the Hugging Face hub, e.g.
 ``tatsu-lab/alpaca`` (the harmless split used here is the filtered version from
 ``andyrdt/refusal_direction``), ``walledai/XSTest``, ``truthfulqa/truthful_qa``, ``cais/mmlu``
 (the A/B files are the CAA two-choice format). They can be loaded with
-``datasets.load_dataset`` and written to the layout above; this module only reads local files
-so runs are reproducible offline.
+``datasets.load_dataset`` and written to the layout above (``steerlens fetch-data``,
+:mod:`steerlens.evals.fetch`, ids in :mod:`steerlens.evals.hub_manifest`); this module only reads
+local files so runs are reproducible offline.
 
 Splits
 ------

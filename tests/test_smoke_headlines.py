@@ -1,0 +1,126 @@
+"""Smoke tests of what produces the headline numbers: the main job (``steerlens demo --quick``,
+with its all-steerers-together table) and each experiment script's ``--quick`` mode, all on the
+tiny random model and the benchmark data (skipped without it). They check that every stage runs
+and writes what the README's tables are copied from, not the numbers (a random model's).
+
+Marked slow: on this machine's shared 2 cores each takes 25-110 s (demo ~100 s, odesteer ~110 s,
+scs_gate / gate_generalisation ~60 s, finesteer ~35 s per task, real_vs_iti ~25 s), mostly greedy
+generation: the tiny model keeps SmolLM2's 49k-token vocabulary, so its LM head costs as much per
+token as the real model's. The follow-up scripts gate_generalisation_{read,read_reverse,bestauc,
+probe,scs}.py (module-level, fixed layers 14/16 and the default model) have no quick mode yet.
+"""
+
+import argparse
+import copy
+import json
+
+import pytest
+
+import steerlens
+from steerlens import demo
+
+pytestmark = pytest.mark.slow
+
+
+def _tiny_layers(obj, n_layers: int):
+    """The spec with every layer index folded onto the tiny model's layers (selector candidates
+    become all of its layers)."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if k in ("layer", "gate_layer") and isinstance(v, int):
+                out[k] = min(v, n_layers - 1)
+            elif k == "layers" and isinstance(v, list):
+                out[k] = list(range(n_layers))
+            else:
+                out[k] = _tiny_layers(v, n_layers)
+        return out
+    if isinstance(obj, list):
+        return [_tiny_layers(v, n_layers) for v in obj]
+    return obj
+
+
+def test_demo_quick_runs_on_the_tiny_model(tiny, root, tmp_path, monkeypatch, capsys):
+    spec = _tiny_layers(demo.main_spec(), tiny.n_layers)
+    for st in spec["steerer"] + spec["baseline"]:
+        st["fit"]["n"] = 8  # quick_spec keeps min(n, 32)
+    monkeypatch.setattr(demo, "main_spec", lambda: copy.deepcopy(spec))
+    quick = demo.quick_spec
+
+    def quicker(s):  # the 2-layer model's 49k-token head makes each generated token cost as much as SmolLM2's
+        s = quick(s)
+        s["eval"]["max_new_tokens"] = 4
+        for st in s["steerer"]:
+            if st["method"] == "odesteer":
+                st["params"]["n_features"] = 200
+        return s
+    monkeypatch.setattr(demo, "quick_spec", quicker)
+    monkeypatch.setattr(steerlens, "load_model", lambda *a, **k: tiny)
+    out = tmp_path / "demo"
+    args = argparse.Namespace(out=str(out), data_dir=str(root), quick=True, limit=2)
+    assert demo.run_demo(args) == 0
+    text = (out / "main.md").read_text()
+    pipeline = spec["name"]
+    names = [s["name"] for s in spec["steerer"]]
+    for config in ["unsteered", "caa", pipeline, *names]:
+        assert f"| {config} |" in text, config  # a row of the one table per configuration
+    for _, title in demo.TABLE:
+        assert title in text, title
+    together = text.split("## Both steerers vs each alone")[1]
+    assert sum(f"| {pipeline} | {n} |" in together for n in names) == len(names)  # both steerers together vs each
+    sbs = json.loads((out / "side_by_side.json").read_text())
+    assert {r["kind"] for r in sbs} == {"HARMFUL", "HARMLESS"} and all(pipeline in r for r in sbs)
+    assert "[4/4]" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# experiments/*.py --quick (imported from experiments/, run in-process through main(argv))
+
+
+def test_finesteer_experiment_quick_safety(root, tmp_path):
+    import finesteer
+
+    out = tmp_path / "fs"
+    assert finesteer.main(["safety", "--quick", "--out", str(out)]) == 0
+    assert (out / "results.jsonl").exists() and (out / "summary.json").exists()
+
+
+def test_finesteer_experiment_quick_truthfulness(root, tmp_path):
+    import finesteer
+
+    out = tmp_path / "fs"
+    assert finesteer.main(["truthfulness", "--quick", "--out", str(out)]) == 0
+    assert (out / "results.jsonl").exists()
+
+
+def test_odesteer_experiment_quick(root, tmp_path):
+    import odesteer
+
+    out = tmp_path / "ode"
+    assert odesteer.main(["--quick", "--out", str(out)]) == 0
+    stages = [json.loads(line)["stage"] for line in (out / "timing.jsonl").read_text().splitlines()]
+    assert stages == list(odesteer.STAGES)
+
+
+def test_scs_gate_experiment_quick(root, tmp_path):
+    import scs_gate
+
+    out = tmp_path / "scs"
+    assert scs_gate.main(["--quick", "--out", str(out)]) == 0
+    assert "gate" in (out / "report.md").read_text().lower()
+
+
+def test_real_vs_iti_experiment_quick(root, tmp_path):
+    import real_vs_iti
+
+    out = tmp_path / "rvi"
+    assert real_vs_iti.main(["--task", "truthfulness", "--quick", "--out", str(out)]) == 0
+    assert (out / "summary.json").exists()
+
+
+def test_gate_generalisation_experiment_quick(root, tmp_path):
+    import gate_generalisation
+
+    assert gate_generalisation.main(["--quick", "--work", str(tmp_path), "--data-dir", str(root)]) == 0
+    sel = json.loads((tmp_path / "research" / "selection.json").read_text())
+    assert sel["best_deployable"]["layers"] == [1] and 0.0 <= sel["best_deployable"]["sel_worst"] <= 1.0
