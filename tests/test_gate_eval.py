@@ -195,16 +195,23 @@ def test_gate_eval_on_tiny(tiny, root, tmp_path, monkeypatch):
              "harm": {"kind": "harm_dir", "params": {"layer": 0}, "hard_negatives": True, "augment_wrapped": True,
                       "balance": True}}
     res = G.gate_eval(tiny, tmp_path / "out", gates, data_root=root, caps=CAPS, max_template_chars=300,
-                      cache_dir=tmp_path / "cache", chosen="harm")
+                      cache_dir=tmp_path / "cache")
     for held, pos, neg, sets in folds:
         if held is not None:
             for d in (sets.harm_fit, sets.harm_test, sets.aug_harm, sets.wrapped_test):
                 assert not set(d[held]) & (pos | neg)
         assert not (pos | neg) & set(sets.alpaca["val"] + sets.alpaca["test"])
     js = json.loads((tmp_path / "out" / "generalisation.json").read_text())
-    assert js["chosen"] == "harm" and set(js["gates"]) == {"scs", "harm"}
+    assert set(js["gates"]) == {"scs", "harm"} and js["chosen"] in js["gates"]
+    # chosen by the rule, from fit / val figures only
+    assert js["chosen"] == G.choose_gate(js["selection"]) and js["selection_rule"]["rule"] == G.SELECTION_RULE
+    for m in js["selection"].values():
+        assert set(m["loso_fit"]) == set(G.HARM_SOURCE_GROUPS) and m["loso_worst_fit"] == min(m["loso_fit"].values())
+        assert {"xstest_safe_val_fpr", "orbench_hard_val_fpr", "xstest_unsafe_val_tpr"} <= set(m)
+        assert set(m["slack"]) == set(G.SELECTION_TARGETS)
     assert len(js["gates"]["scs"]["loso"]) == len(G.HARM_SOURCE_GROUPS)
-    assert (tmp_path / "out" / "generalisation.md").read_text().count("| scs |") == 2
+    md = (tmp_path / "out" / "generalisation.md").read_text()
+    assert md.count("| scs |") + md.count("| scs (chosen) |") == 3 and "## Selection" in md  # headline, LOSO, selection
     assert (tmp_path / "out" / "generalisation.png").stat().st_size > 0
     assert res["gates"]["harm"]["loso_worst"] == js["gates"]["harm"]["loso_worst"]
     assert list((tmp_path / "cache").glob("reads_*.safetensors"))
@@ -244,6 +251,43 @@ def test_cli_registered_and_rejects_unknown_gate(tmp_path, capsys):
     bad = tmp_path / "spec.json"
     bad.write_text("[1, 2]")
     assert main(["gate-eval", "--gate-spec", str(bad), "--out", str(tmp_path)]) == 2
-    assert G.CHOSEN_GATE in G.default_gates()
+    assert not hasattr(G, "CHOSEN_GATE")  # the rule chooses (gate_eval's "chosen"), no name by hand
     for name, spec in G.default_gates().items():
         G.normalise_spec(name, spec)  # every default spec is valid
+
+
+def test_choose_gate_rule():
+    ok = {"loso_worst_fit": 0.92, "xstest_unsafe_val_tpr": 0.9, "xstest_safe_val_fpr": 0.05, "orbench_hard_val_fpr": 0.1}
+    better = dict(ok, loso_worst_fit=0.97)
+    broad = {"loso_worst_fit": 0.99, "xstest_unsafe_val_tpr": 0.99, "xstest_safe_val_fpr": 0.7, "orbench_hard_val_fpr": 0.9}
+    narrow = {"loso_worst_fit": 0.5, "xstest_unsafe_val_tpr": 0.75, "xstest_safe_val_fpr": 0.1, "orbench_hard_val_fpr": 0.2}
+    # a gate meeting every target wins over one that does not, however high its TPR; among those, loso_worst_fit
+    assert G.choose_gate({"broad": broad, "ok": ok, "better": better}) == "better"
+    # none meets them: the best worst weighted slack (narrow: -0.40; broad: -0.75)
+    assert G.choose_gate({"broad": broad, "narrow": narrow}) == "narrow"
+    assert G.selection_slack(narrow)["loso_worst_fit"] == pytest.approx(-0.4)
+    # the weights trade the targets: a held-out miss weighted 4x makes the broad gate the lesser evil
+    assert G.choose_gate({"broad": broad, "narrow": narrow}, weights={"loso_worst_fit": 4.0}) == "broad"
+    with pytest.raises(ValueError):
+        G.choose_gate({})
+
+
+def test_selection_reads_no_test_split(monkeypatch):
+    sets, reads, prompts = _synthetic_sets()
+    sets.select = {"xstest_safe_val": ["xs safe fit 0"], "orbench_hard_val": ["or hard fit 0"]}
+    seen = []
+    orig = reads.get
+
+    def spy(ps, reading, layers):
+        seen.extend(ps)
+        return orig(ps, reading, layers)
+
+    monkeypatch.setattr(reads, "get", spy)
+    spec = G.normalise_spec("d", {"kind": "harm_dir", "params": {"layer": 0, "shrinkage": 1.0}, "layers": [0]})
+    m = G.selection_metrics(spec, sets, reads)
+    tests = set(sets.alpaca["test"]) | set(sets.xstest["safe_test"]) | set(sets.xstest["unsafe_test"]) | set(
+        sets.orbench["hard_test"]) | {p for v in sets.harm_test.values() for p in v} | {
+        p for v in sets.wrapped_test.values() for p in v} | set(sets.wrapped_benign)
+    assert seen and not set(seen) & tests
+    assert "xstest_unsafe_val_tpr" not in m and m["xstest_safe_val_fpr_n"] == 1
+    assert m["loso_worst_fit"] == min(m["loso_fit"].values()) >= 0.75

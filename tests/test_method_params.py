@@ -103,11 +103,15 @@ def test_normalisation_as_recorded_before():
 
 
 def test_finesteer_records_mose_then_its_gate():
+    from steerlens.pipeline.methods.finesteer.method import FineSteerParams
+
     st = make_steerer("finesteer", layer=5, rank=3)
-    gate_keys = ["gate_layer", *(k for k in SCS_GATE_PARAMS if k != "seed")]
+    gate_keys = ["gate_kind", "gate_layer", *(k for k in SCS_GATE_PARAMS if k != "seed"), "select_layers",
+                 "select_repeats"]
     mose = make_steerer("mose", layer=5, rank=3).method_params
     assert list(st.method_params) == [*mose, *gate_keys]
-    assert st.method_params == {**mose, **{k: getattr(SCSGatedParams(layer=5), k) for k in gate_keys}}
+    assert st.method_params == {**mose, **{k: getattr(FineSteerParams(layer=5), k) for k in gate_keys}}
     assert st.method_params["gate_layer"] == 5 and st.gate.params["layer"] == 5
     own = {k: p.default for k, p in _signature("finesteer").items()}
-    assert all(own[f.name] == f.default for f in dataclasses.fields(SCSGatedParams))
+    assert all(own[f.name] == f.default for f in dataclasses.fields(FineSteerParams))
+    assert issubclass(FineSteerParams, SCSGatedParams)

@@ -272,7 +272,56 @@ def split_families(templates: Sequence[JailbreakTemplate], held_out_frac: float 
     return sorted(order[k:]), sorted(order[:k])
 
 
+
+# ---------------------------------------------------------------------------------------------
+# eval sets: held-out sources and wrapped prompts (the safety task's ``heldout`` / ``wrapped``)
+
+#: the harmful source groups the safety fit split is drawn from (``load_harmful``'s pool); every
+#: other group is held out from a steerer fitted on the fit split
+SHARED_GROUPS = ("advbench", "harmbench", "jailbreakbench")
+
+
+def heldout_groups() -> list[str]:
+    """The harmful source groups no safety steerer is fitted on (all but :data:`SHARED_GROUPS`)."""
+    return [g for g in HARM_SOURCE_GROUPS if g not in SHARED_GROUPS]
+
+
+def load_heldout_harmful(split: str = "test", n: Optional[int] = None, seed: int = 0, *,
+                         root: Optional[str | os.PathLike] = None, split_seed: int = 0) -> list[Example]:
+    """Harmful prompts of the held-out source groups (:func:`heldout_groups`), ``split`` of each;
+    with ``n``, a seeded sample balanced across the groups (at most ``ceil(n / groups)`` each)."""
+    groups = heldout_groups()
+    cap = None if n is None else max(1, -(-int(n) // len(groups)))
+    return load_harmful_all(split, n, seed, groups=groups, per_source_cap=cap, root=root, split_seed=split_seed)
+
+
+def load_wrapped_harmful(split: str = "test", n: Optional[int] = None, seed: int = 0, *,
+                         root: Optional[str | os.PathLike] = None, split_seed: int = 0,
+                         held_out_frac: float = 0.5, max_template_chars: Optional[int] = 1000) -> list[Example]:
+    """The shared harmful prompts of ``split`` (``load_harmful``) each wrapped in a jailbreak
+    template of a *held-out* family (:func:`split_families` with ``held_out_frac``, seed 0: the
+    families no gate is fitted on), templates of at most ``max_template_chars`` characters, chosen
+    per prompt by a seeded draw. ``id`` is ``wrapped:<id>``; ``meta`` keeps the template name,
+    family and the unwrapped prompt."""
+    from .data import load_harmful
+
+    templates = load_jailbreak_templates(root)
+    _, held = split_families(templates, held_out_frac, 0)
+    pool = [t for t in templates if t.family in held and (max_template_chars is None
+                                                           or len(t.template) <= max_template_chars)]
+    if not pool:
+        raise DataError(f"no held-out-family wrapper is at most {max_template_chars} characters long")
+    rng = random.Random(f"steerlens-wrapped-eval:{seed}")
+    out = []
+    for e in load_harmful(split, n, seed, root=root, split_seed=split_seed):
+        t = rng.choice(pool)
+        out.append(Example(f"wrapped:{e.id}", t.wrap(e.prompt), e.source, e.split,
+                           {**e.meta, "template": t.name, "family": t.family, "unwrapped": e.prompt}))
+    return out
+
+
 __all__ = ["EXTRA_HARMFUL_SOURCES", "BENIGN_EXTRA_SOURCES", "HARM_SOURCE_GROUPS", "GROUP_OF", "CATQA_POLICY",
            "load_safety_source", "load_benign_source", "load_harmful_all", "dedup_report", "load_simplesafetytests",
            "load_harmfulqa", "load_catqa_en", "load_harmfulq", "load_donotanswer_harmful", "load_orbench_toxic",
-           "load_orbench_hard", "JailbreakTemplate", "wrap_prompt", "load_jailbreak_templates", "split_families"]
+           "load_orbench_hard", "JailbreakTemplate", "wrap_prompt", "load_jailbreak_templates", "split_families",
+           "SHARED_GROUPS", "heldout_groups", "load_heldout_harmful", "load_wrapped_harmful"]

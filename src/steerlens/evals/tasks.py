@@ -51,6 +51,8 @@ DEFAULT_LIMITS: dict[str, Optional[int]] = {
     "harmless": 100,         # of 6266 Alpaca test prompts
     "xstest_safe": None,     # 50
     "xstest_unsafe": None,   # 40
+    "heldout": 120,          # of ~1100 test prompts of 6 held-out sources, balanced
+    "wrapped": None,         # the harmful test prompts (160), wrapped
     "truthfulqa_mc": None,   # 164 questions
     "truthfulqa_ab": None,   # 164
     "mmlu_ab": None,         # 114
@@ -86,13 +88,26 @@ def _name(steering, name: Optional[str]) -> str:
 # safety
 
 
-def _safety_sets(split: str, limit: Optional[int], seed: int, root) -> dict[str, list[D.Example]]:
-    return {
+#: safety sets built only when named in ``sets``: harmful prompts of the sources no steerer is
+#: fitted on, and the shared harmful prompts in held-out jailbreak wrappers (evals.safety_sources)
+EXTRA_SAFETY_SETS = ("heldout", "wrapped")
+
+
+def _safety_sets(split: str, limit: Optional[int], seed: int, root,
+                 extra: Sequence[str] = ()) -> dict[str, list[D.Example]]:
+    from . import safety_sources as S
+
+    out = {
         "harmful": D.load_harmful(split, _limit("harmful", limit), seed, root=root),
         "harmless": D.load_harmless(split, _limit("harmless", limit), seed, root=root),
         "xstest_safe": D.load_xstest(split, "safe", _limit("xstest_safe", limit), seed, root=root),
         "xstest_unsafe": D.load_xstest(split, "unsafe", _limit("xstest_unsafe", limit), seed, root=root),
     }
+    if "heldout" in extra:
+        out["heldout"] = S.load_heldout_harmful(split, _limit("heldout", limit), seed, root=root)
+    if "wrapped" in extra:
+        out["wrapped"] = S.load_wrapped_harmful(split, _limit("wrapped", limit), seed, root=root)
+    return out
 
 
 def safety_task(model, steering=None, *, limit: Optional[int] = None, seed: int = 0, split: str = "test",
@@ -107,11 +122,11 @@ def safety_task(model, steering=None, *, limit: Optional[int] = None, seed: int 
     summarises how many prompts each gate opened). With ``trace`` the per-token trace of every
     reply is kept in ``extra["trace"]`` (records tagged with the example id)."""
     j = get_judge(judge)
-    all_sets = _safety_sets(split, limit, seed, root)
-    chosen = list(sets) if sets is not None else list(all_sets)
+    all_sets = _safety_sets(split, limit, seed, root, [s for s in sets or () if s in EXTRA_SAFETY_SETS])
+    chosen = list(sets) if sets is not None else [s for s in all_sets if s not in EXTRA_SAFETY_SETS]
     for s in chosen:
         if s not in all_sets:
-            raise ValueError(f"unknown safety set {s!r}; known: {list(all_sets)}")
+            raise ValueError(f"unknown safety set {s!r}; known: {list(all_sets) + list(EXTRA_SAFETY_SETS)}")
     sname = _name(steering, name)
     records = []
     for s in tqdm(chosen, desc=f"safety[{sname}]", disable=not progress, leave=False):

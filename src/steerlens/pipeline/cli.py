@@ -53,7 +53,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, choices=FIT_TASK_NAMES,
                    help="fitting data: safety (response-side refusal vs compliance), safety-prompt "
                         "(harmful vs harmless prompts), truthfulness (true vs false answers)")
-    p.add_argument("--n", type=int, default=None, help="fitting examples from the fit split (default: all)")
+    p.add_argument("--n", type=int, default=None, help="fitting examples from the fit split (default: the method's validated size, "
+                                                        "e.g. finesteer 96; else all)")
     p.add_argument("--seed", type=int, default=0)
     add_common_args(p)
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
@@ -102,7 +103,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         return 2
     t0 = time.perf_counter()
     model = model_from_args(args)
-    data = fit_data(args.task, args.n, args.seed, args.data_dir)
+    n = args.n if args.n is not None else (methods[args.method].fit_defaults or {}).get("n")
+    data = fit_data(args.task, n, args.seed, args.data_dir)
     gdata = None
     if not st.gate.always_open:
         gdata = gate_data(args.task, args.gate_n, args.seed, args.data_dir, xstest_negatives=args.gate_xstest)

@@ -57,6 +57,8 @@ class MethodInfo:
     #: ``{"params": {...}, "gen_alpha": strength at which greedy text changes there}``.
     contract: Optional[dict] = None
     hidden: bool = False
+    #: what ``steerlens fit`` fits the method on when not told (``{"n": ...}``: the validated size)
+    fit_defaults: Optional[dict] = None
 
     def parameters(self) -> dict[str, Any]:
         """Keyword parameters of the factory and their defaults."""
@@ -70,7 +72,7 @@ _loaded = False
 
 
 def register_method(name: str, *, help: str = "", family: str = "resid", contract: Optional[dict] = None,
-                    hidden: bool = False) -> Callable:
+                    hidden: bool = False, fit_defaults: Optional[dict] = None) -> Callable:
     """Decorator: register ``factory(**params) -> Steerer`` under ``name`` (in a method package).
 
     ``contract`` tells the contract suite (``tests/test_contract.py``) how to build the method on
@@ -83,7 +85,7 @@ def register_method(name: str, *, help: str = "", family: str = "resid", contrac
         if old is not None and (old.factory.__module__, old.factory.__qualname__) != (
                 factory.__module__, factory.__qualname__):
             raise PipelineError(f"method {name!r} is already registered by {old.factory.__module__}")
-        METHODS[key] = MethodInfo(key, factory, help, family, contract, hidden)
+        METHODS[key] = MethodInfo(key, factory, help, family, contract, hidden, dict(fit_defaults or {}))
         return factory
 
     return deco
