@@ -37,7 +37,7 @@ def test_cli_default_fit_is_the_main_spec_finesteer():
 def test_recorded_params_are_the_validated_settings():
     mp = make_steerer("finesteer").method_params
     assert (mp["gate_kind"], mp["gate_layer"], mp["rank_benign"], mp["rank_target"], mp["fpr"]) == ("scs", 14, 4, 4, 0.05)
-    assert mp["select_layers"] == [8, 10, 12, 14, 16] and mp["select_repeats"] == 1
+    assert mp["select_layers"] == [12, 8, 10, 14, 16] and mp["select_repeats"] == 3 and mp["select_margin"] == 0.05
 
 
 @pytest.mark.parametrize("kind, cls, own", [("scs", SCSGate, {"rank_benign": 3}), ("probe", ProbeGate, {"C": 0.5}),

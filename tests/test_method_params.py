@@ -107,7 +107,7 @@ def test_finesteer_records_mose_then_its_gate():
 
     st = make_steerer("finesteer", layer=5, rank=3)
     gate_keys = ["gate_kind", "gate_layer", *(k for k in SCS_GATE_PARAMS if k != "seed"), "select_layers",
-                 "select_repeats"]
+                 "select_repeats", "select_margin"]
     mose = make_steerer("mose", layer=5, rank=3).method_params
     assert list(st.method_params) == [*mose, *gate_keys]
     assert st.method_params == {**mose, **{k: getattr(FineSteerParams(layer=5), k) for k in gate_keys}}

@@ -157,19 +157,41 @@ class ITISelector(Selector):
                                tiebreak=tie)
 
 
+def margin_order(scores: torch.Tensor, h: int, margin: float) -> list[int]:
+    """Indices of ``h`` candidates chosen one at a time: each pick is the **first listed** remaining
+    candidate whose score is within ``margin`` of the best remaining score. Candidates are thus
+    listed in order of preference, and a later one displaces an earlier one only when it scores
+    more than ``margin`` higher: a choice that does not flip on noise smaller than the margin."""
+    left = list(range(len(scores)))
+    out = []
+    for _ in range(h):
+        best = max(float(scores[i]) for i in left)
+        pick = next(i for i in left if float(scores[i]) >= best - margin)
+        out.append(pick)
+        left.remove(pick)
+    return out
+
+
 def top_h_selection(modules: Sequence[Site], scores: torch.Tensor, h: int, score_name: str,
-                    weights: str = "ones", tiebreak: Optional[torch.Tensor] = None) -> Selection:
+                    weights: str = "ones", tiebreak: Optional[torch.Tensor] = None, margin: float = 0.0) -> Selection:
     """The ``h`` best-scoring modules.
 
     Ties in ``scores`` (common when the classes separate perfectly: on response-side refusal data
     most heads reach accuracy / AUC 1.0) are broken by ``tiebreak`` (higher first, e.g. the
     held-out d' of the scores), then by site order (layer, then head).
+    ``margin > 0``: scores within ``margin`` of the best count as tied and the first listed
+    candidate wins (:func:`margin_order`; ``tiebreak`` is not used).
     ``weights="ones"`` (ITI) or ``"relative"`` (score / max selected score, as REAL does).
     """
     if h > len(modules):
         raise PipelineError(f"asked for H={h} modules but there are only {len(modules)} candidates")
+    if margin < 0:
+        raise PipelineError(f"margin must be >= 0, got {margin}")
     tb = torch.zeros(len(modules)) if tiebreak is None else tiebreak
-    order = sorted(range(len(modules)), key=lambda i: (-float(scores[i]), -float(tb[i]), modules[i]))[:h]
+    if margin > 0:
+        order = margin_order(scores, h, margin)
+    else:
+        order = sorted(range(len(modules)), key=lambda i: (-float(scores[i]), -float(tb[i]), modules[i]))[:h]
     chosen = [modules[i] for i in order]
     sel = scores[order].float()
     if weights == "ones":
@@ -184,4 +206,4 @@ def top_h_selection(modules: Sequence[Site], scores: torch.Tensor, h: int, score
     return Selection(chosen, w, {str(m): float(s) for m, s in zip(modules, scores)}, score_name, weights)
 
 
-__all__ = ["FixedSelector", "ITISelector", "probe_accuracies", "top_h_selection", "class_split"]
+__all__ = ["FixedSelector", "ITISelector", "probe_accuracies", "top_h_selection", "margin_order", "class_split"]

@@ -30,7 +30,9 @@ class FineSteerParams(SCSGatedParams):
     """FineSteer's own parameters (MoSE's come after them in the record). The defaults are the
     validated settings of the main job (specs/main.toml): SCS at layer 14, contrast, ranks 4/4
     (the val choice), 5% FPR, alpha 1 (val), and REAL choosing MoSE's layer among
-    ``select_layers`` (one VQ-AE per layer, ``select_repeats`` runs); ``select_layers=None`` keeps
+    ``select_layers`` (one VQ-AE per layer, ``select_repeats`` runs; listed in order of preference:
+    another layer displaces the first only with an AUC more than ``select_margin`` higher, see
+    :class:`~steerlens.pipeline.methods.real.selector.REALSelector`); ``select_layers=None`` keeps
     MoSE at ``layer``. ``gate_kind``: ``"scs"`` (with ``form`` / ranks), ``"probe"`` (``C``) or
     ``"harm_dir"`` (``shrinkage``), all at ``gate_layer`` and calibrated alike (``fpr``)."""
     rank_benign: int = 4
@@ -38,8 +40,9 @@ class FineSteerParams(SCSGatedParams):
     gate_kind: str = "scs"
     C: float = 0.1
     shrinkage: float = 0.5
-    select_layers: Optional[tuple] = (8, 10, 12, 14, 16)
-    select_repeats: int = 1
+    select_layers: Optional[tuple] = (12, 8, 10, 14, 16)
+    select_repeats: int = 3
+    select_margin: float = 0.05
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -67,7 +70,7 @@ class FineSteerParams(SCSGatedParams):
         keys = own[self.gate_kind] if self.gate_kind == "scs" else [
             *own[self.gate_kind], "normalize", "fpr", "temperature", "calib_frac"]
         return {"gate_kind": self.gate_kind, **self.pick("gate_layer", *keys),
-                **self.pick("select_layers", "select_repeats")}
+                **self.pick("select_layers", "select_repeats", "select_margin")}
 
 
 @register_method("finesteer", help="FineSteer: a prompt gate (SCS by default; probe, harm_dir) in front of MoSE "
@@ -81,8 +84,8 @@ def make_finesteer(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, gate_layer
                    form: str = "contrast", rank_benign: int = 4, rank_target: int = 4, target_center: str = "benign",
                    normalize: bool = False, fpr: float = 0.05, temperature: Optional[float] = None,
                    calib_frac: float = 0.25, seed: int = 0, gate_kind: str = "scs", C: float = 0.1,
-                   shrinkage: float = 0.5, select_layers: Optional[tuple] = (8, 10, 12, 14, 16),
-                   select_repeats: int = 1, **mose: Any):
+                   shrinkage: float = 0.5, select_layers: Optional[tuple] = (12, 8, 10, 14, 16),
+                   select_repeats: int = 3, select_margin: float = 0.05, **mose: Any):
     """MoSE (``mose`` keywords: see :func:`make_mose`) at the residual layer REAL picks among
     ``select_layers`` (``None``: at ``layer``), gated per prompt by a ``gate_kind`` gate at
     ``gate_layer`` (default: ``layer``). Defaults: the main job's validated settings
@@ -96,7 +99,8 @@ def make_finesteer(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, gate_layer
     if p.select_layers is not None:
         from ..real.selector import REALSelector
 
-        st.selector = REALSelector(heads=1, target="resid", layers=p.select_layers, repeats=p.select_repeats)
+        st.selector = REALSelector(heads=1, target="resid", layers=p.select_layers, repeats=p.select_repeats,
+                                   margin=p.select_margin, seed=p.seed)
     st.method = "finesteer"
     st.method_params = {**base.method_params, **p.gate_record()}
     return st

@@ -212,14 +212,14 @@ _VQ_FIELDS = {f.name for f in fields(VQAEConfig)}
 
 
 def top_h_by_auc(modules: Sequence[Site], auc: torch.Tensor, h: int, score_name: str,
-                 tiebreak: Optional[torch.Tensor] = None) -> Selection:
+                 tiebreak: Optional[torch.Tensor] = None, margin: float = 0.0) -> Selection:
     """The ``h`` modules with the highest AUC, weights ``AUC / max AUC`` over the selected.
 
     Ties in AUC (common when classes separate perfectly: on response-side refusal data most
     heads reach AUC 1.0) are broken by ``tiebreak`` (higher first; REAL uses the held-out d' of
     the scores), then by module order: :func:`~steerlens.pipeline.selectors.top_h_selection` with
     relative weights, the same rule ITI's selector uses."""
-    return top_h_selection(modules, auc, h, score_name, weights="relative", tiebreak=tiebreak)
+    return top_h_selection(modules, auc, h, score_name, weights="relative", tiebreak=tiebreak, margin=margin)
 
 
 @register_role
@@ -245,7 +245,13 @@ class REALSelector(Selector):
             with the split and the initialisation (Spearman 0.6 between seeds on TruthfulQA);
             the average is the stable relevance. ``repeats=1`` is the single published-style run
             (random 80/20 split from ``seed``, autoencoders from ``vqae["seed"] + 1000·seed``).
-        layers: restrict candidates to these layers.
+        layers: restrict candidates to these layers (in this order: the order of preference when
+            ``margin > 0``).
+        margin: AUCs within ``margin`` of the best count as tied, and the first listed candidate
+            among them is chosen (:func:`~steerlens.pipeline.selectors.margin_order`; 0: the best
+            AUC, ties by ``tiebreak``). On the main job's data REAL's layer AUCs lie within 0.03 of
+            each other and a 1e-5 relative perturbation of the activations (another BLAS) flips the
+            plain argmax; with ``repeats=3, margin=0.05`` the choice holds.
         module_chunk: train at most this many autoencoders at once (memory bound).
         vqae: overrides of :class:`~.vqae.VQAEConfig` fields (``epochs``, ``n_codes``, ``lam``, ...).
 
@@ -261,7 +267,10 @@ class REALSelector(Selector):
                  scorer: str = "markov", compare: Optional[str] = "logreg", markov_order: int = 1,
                  smoothing: float = 0.5, test_frac: float = 0.2, seed: int = 0,
                  layers: Optional[Sequence[int]] = None, module_chunk: Optional[int] = None,
-                 vqae: Optional[dict] = None, tiebreak: str = "separation", repeats: int = DEFAULT_REPEATS) -> None:
+                 vqae: Optional[dict] = None, tiebreak: str = "separation", repeats: int = DEFAULT_REPEATS,
+                 margin: float = 0.0) -> None:
+        if not 0 <= float(margin) < 1:
+            raise PipelineError(f"margin must be in [0, 1) (an AUC difference), got {margin}")
         if int(repeats) < 1:
             raise PipelineError(f"repeats must be >= 1, got {repeats}")
         if tiebreak not in ("separation", "order"):
@@ -285,7 +294,7 @@ class REALSelector(Selector):
                          smoothing=float(smoothing), test_frac=float(test_frac), seed=int(seed),
                          layers=None if layers is None else [int(x) for x in layers],
                          module_chunk=None if module_chunk is None else int(module_chunk),
-                         vqae=dict(vqae or {}), tiebreak=tiebreak, repeats=int(repeats))
+                         vqae=dict(vqae or {}), tiebreak=tiebreak, repeats=int(repeats), margin=float(margin))
         self.result_info: dict = {}
         self.tensors: dict[str, torch.Tensor] = {}
         self.result: Optional[RelevanceResult] = None
@@ -343,7 +352,8 @@ class REALSelector(Selector):
         h = self.params["heads"] or default_heads(len(mods))
         primary = self.params["scorer"]
         tie = res.separation[primary] if self.params["tiebreak"] == "separation" else None
-        sel = top_h_by_auc(mods, res.auc[primary], h, f"heldout_auc_{primary}", tiebreak=tie)
+        sel = top_h_by_auc(mods, res.auc[primary], h, f"heldout_auc_{primary}", tiebreak=tie,
+                           margin=self.params.get("margin", 0.0))
         info = {"modules": [str(m) for m in mods], "n_train": int(res.train.sum()),
                 "n_test": int((~res.train).sum()), "heads": h, "seconds": res.seconds,
                 "final_loss": {k: v[-1] for k, v in res.history.items() if v},
@@ -390,6 +400,7 @@ class REALParams(MethodParams):
     sigma_over: str = "all"
     batch_size: int = 16
     repeats: int = DEFAULT_REPEATS
+    margin: float = 0.0
 
     def __post_init__(self) -> None:
         self._set(layers=list_or_none(self.layers), vqae=dict(self.vqae or {}))
@@ -403,11 +414,11 @@ def make_real(*, heads: Optional[int] = None, alpha: float = 5.0, target: str = 
               test_frac: float = 0.2, seed: int = 0, layers: Optional[Sequence[int]] = None,
               module_chunk: Optional[int] = None, vqae: Optional[dict] = None, tiebreak: str = "separation",
               positions: str = "all", sigma_over: str = "all", batch_size: int = 16,
-              repeats: int = DEFAULT_REPEATS) -> Steerer:
+              repeats: int = DEFAULT_REPEATS, margin: float = 0.0) -> Steerer:
     """REAL selection (see :class:`REALSelector`) + :class:`~steerlens.pipeline.ITIEditor`."""
     p = REALParams.of(locals())
     sel = REALSelector(**p.pick("heads", "target", "scorer", "compare", "markov_order", "smoothing", "test_frac",
-                                "seed", "layers", "module_chunk", "vqae", "tiebreak", "repeats"))
+                                "seed", "layers", "module_chunk", "vqae", "tiebreak", "repeats", "margin"))
     return Steerer(sel, ITIEditor(**p.pick("positions", "sigma_over")), alpha=p.alpha, method="real",
                    method_params=p.record(), batch_size=p.batch_size)
 
