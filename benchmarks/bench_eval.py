@@ -36,7 +36,7 @@ def _items(records) -> int:
     for r in records:
         if r.metric.startswith(("degenerate/", "deflection/")) or r.metric == "truthfulqa/mc2":
             continue
-        seen.update((r.steering, r.metric, i) for i in r.ids)
+        seen.update((r.steering, r.metric, i) for i in r.sample_ids)
     return len(seen)
 
 
