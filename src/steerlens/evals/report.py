@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from ..fileio import atomic_savefig, atomic_write_text
+from .reuse import SharedRuns
 from .stats import Record
 from .tasks import get_task
 
@@ -240,19 +242,26 @@ def run_eval(model, tasks: Sequence[str] = ("safety", "truthfulness", "utility")
              out_dir: Optional[str | os.PathLike] = None, *, seed: int = 0, split: str = "test",
              alpha: Optional[float] = None, batch_size: int = 16, data_root=None, judge=None,
              task_kwargs: Optional[Mapping[str, dict]] = None, plots: bool = True,
-             progress: bool = True) -> list[Record]:
+             progress: bool = True, reuse_unsteered: bool = True) -> list[Record]:
     """Run ``tasks`` for every ``{name: steering}`` configuration (default ``{"none": None}``).
 
     ``limit`` caps every data set (``None`` = the documented default sizes); ``alpha``
     overrides each steerer's strength; ``task_kwargs`` = extra keyword arguments per task name
     (e.g. ``{"safety": {"max_new_tokens": 64}}``). With ``out_dir`` the results are written
-    after every task (see module docstring). Returns all records."""
+    after every task (see module docstring). Returns all records.
+
+    ``reuse_unsteered`` (default on): the built-in tasks share one :class:`~.reuse.SharedRuns`:
+    the unsteered passes are computed once, and rows whose gates are all closed (prompt gates) are
+    copied from them instead of being recomputed, as are rows equal to another configuration's
+    (the same records as without it: ``tests/test_eval_reuse.py``). ``False`` runs every
+    configuration in full (for comparison, ``benchmarks/bench_eval.py``)."""
     configs = dict(steering_configs) if steering_configs else {"none": None}
     tasks = list(tasks)
     for t in tasks:
         get_task(t)
     meta = _meta(model, tasks, configs, limit, split, seed, alpha, data_root, judge)
     records: list[Record] = []
+    shared = SharedRuns(model, configs, alpha) if reuse_unsteered else None
     t_start = time.perf_counter()
     task_times: dict[str, float] = {}
     for cname, steering in configs.items():
@@ -262,11 +271,15 @@ def run_eval(model, tasks: Sequence[str] = ("safety", "truthfulness", "utility")
                 kw.setdefault("judge", judge)
             t0 = time.perf_counter()
             bs = kw.pop("batch_size", batch_size)  # a task may take its own (scoring pads less in small batches)
+            if shared is not None and "shared" in inspect.signature(get_task(t)).parameters:
+                kw["shared"] = shared
             records += get_task(t)(model, steering, limit=limit, seed=seed, split=split, batch_size=bs,
                                    alpha=alpha, name=cname, root=data_root, progress=progress, **kw)
             task_times[f"{cname}/{t}"] = round(time.perf_counter() - t0, 2)
             meta["task_wall_time_s"] = task_times
             meta["total_wall_time_s"] = round(time.perf_counter() - t_start, 2)
+            if shared is not None:
+                meta["reuse"] = dict(shared.stats)
             if out_dir is not None:
                 write_results(records, out_dir, meta, plots=False)
     if out_dir is not None:

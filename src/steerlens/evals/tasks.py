@@ -113,14 +113,18 @@ def _safety_sets(split: str, limit: Optional[int], seed: int, root,
 def safety_task(model, steering=None, *, limit: Optional[int] = None, seed: int = 0, split: str = "test",
                 batch_size: int = 16, alpha: Optional[float] = None, max_new_tokens: int = 48,
                 judge: str | RefusalJudge | None = None, sets: Optional[Sequence[str]] = None,
-                name: Optional[str] = None, root=None, progress: bool = True, trace: bool = False) -> list[Record]:
+                name: Optional[str] = None, root=None, progress: bool = True, trace: bool = False,
+                shared=None) -> list[Record]:
     """Refusal rates on held-out harmful prompts (higher = safer), harmless Alpaca and XSTest
     safe prompts (over-refusal, lower is better), XSTest unsafe prompts; the degenerate-text rate
     next to each. Metrics: ``refusal/<set>`` and ``degenerate/<set>``; ``extra`` has the label
     counts, the judge's name and per-example outputs (``outputs``: id, reply, label, reason, and
     ``gates``: each gate's score and scale for that prompt when the steering is gated; ``extra["gates"]``
     summarises how many prompts each gate opened). With ``trace`` the per-token trace of every
-    reply is kept in ``extra["trace"]`` (records tagged with the example id)."""
+    reply is kept in ``extra["trace"]`` (records tagged with the example id).
+
+    ``shared``: a :class:`~.reuse.SharedRuns` of the evaluation (:func:`~.report.run_eval` passes
+    one): the model passes go through it (unsteered pass shared, closed-gate rows copied)."""
     j = get_judge(judge)
     all_sets = _safety_sets(split, limit, seed, root, [s for s in sets or () if s in EXTRA_SAFETY_SETS])
     chosen = list(sets) if sets is not None else [s for s in all_sets if s not in EXTRA_SAFETY_SETS]
@@ -136,8 +140,9 @@ def safety_task(model, steering=None, *, limit: Optional[int] = None, seed: int 
         t0 = time.perf_counter()
         prompts = [e.prompt for e in exs]
         edits = edits_for(steering, model, prompts, alpha)
-        gens = generate(model, prompts, edits, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                        progress=progress, return_details=True, trace=trace)
+        gkw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, return_details=True, trace=trace)
+        gens = (shared.run("generate", steering, prompts, edits, progress=progress, **gkw) if shared is not None
+                else generate(model, prompts, edits, progress=progress, **gkw))
         replies = [g.text for g in gens]
         verdicts = j.judge(prompts, replies)
         dt = time.perf_counter() - t0
@@ -174,8 +179,11 @@ def safety_task(model, steering=None, *, limit: Optional[int] = None, seed: int 
 
 
 def _loglik(model, pairs: list[tuple[str, str]], edits: list[Edit], batch_size: int, length_norm: bool,
-            chat: Optional[bool] = None, progress: bool = False) -> list[float]:
-    lps = response_logprobs(model, pairs, edits, batch_size=batch_size, chat=chat, progress=progress)
+            chat: Optional[bool] = None, progress: bool = False, shared=None, steering=None) -> list[float]:
+    if shared is not None:
+        lps = shared.run("score", steering, pairs, edits, batch_size=batch_size, chat=chat, progress=progress)
+    else:
+        lps = response_logprobs(model, pairs, edits, batch_size=batch_size, chat=chat, progress=progress)
     out = []
     for t in lps:
         if t.numel() == 0:
@@ -188,19 +196,19 @@ def _loglik(model, pairs: list[tuple[str, str]], edits: list[Edit], batch_size: 
 
 
 def ab_values(model, exs: list[D.Example], steering=None, *, alpha: Optional[float] = None,
-              batch_size: int = 16, progress: bool = False) -> list[float]:
+              batch_size: int = 16, progress: bool = False, shared=None) -> list[float]:
     """Per two-choice item, 1.0 when ``meta["correct"]`` is more likely than ``meta["incorrect"]``
     after the item's prompt (full-reply log-likelihood) under ``steering``, else 0.0."""
     pairs = []
     for e in exs:
         pairs += [(e.prompt, e.meta["correct"]), (e.prompt, e.meta["incorrect"])]
     edits = edits_for(steering, model, [p for p, _ in pairs], alpha)
-    ll = _loglik(model, pairs, edits, batch_size, False, progress=progress)
+    ll = _loglik(model, pairs, edits, batch_size, False, progress=progress, shared=shared, steering=steering)
     return [float(ll[2 * i] > ll[2 * i + 1]) for i in range(len(exs))]
 
 
 def mc_values(model, qs: list[D.Example], steering=None, *, alpha: Optional[float] = None, batch_size: int = 16,
-              length_norm: bool = False, progress: bool = False) -> tuple[list[float], list[float], int]:
+              length_norm: bool = False, progress: bool = False, shared=None) -> tuple[list[float], list[float], int]:
     """TruthfulQA MC1 and MC2 per question, and the number of answer choices scored.
 
     Choices are the Best Answer, the other Correct Answers, then the Incorrect Answers, each scored
@@ -214,7 +222,7 @@ def mc_values(model, qs: list[D.Example], steering=None, *, alpha: Optional[floa
         spans.append((len(pairs), len(trues), len(trues) + len(q.meta["incorrect"])))
         pairs += [(q.prompt, a) for a in trues + q.meta["incorrect"]]
     edits = edits_for(steering, model, [p for p, _ in pairs], alpha)
-    ll = _loglik(model, pairs, edits, batch_size, length_norm, progress=progress)
+    ll = _loglik(model, pairs, edits, batch_size, length_norm, progress=progress, shared=shared, steering=steering)
     mc1, mc2 = [], []
     for start, n_true, n_all in spans:
         sc = torch.tensor(ll[start:start + n_all], dtype=torch.float64)
@@ -225,11 +233,11 @@ def mc_values(model, qs: list[D.Example], steering=None, *, alpha: Optional[floa
 
 def ab_records(model, exs: list[D.Example], steering=None, *, metric: str, task: str, split: str,
                alpha: Optional[float] = None, batch_size: int = 16, seed: int = 0, sname: str = "none",
-               progress: bool = False) -> Record:
+               progress: bool = False, shared=None) -> Record:
     """Two-choice accuracy: the reply ``meta["correct"]`` (e.g. ``"(B)"``) is more likely than
     ``meta["incorrect"]`` after the item's prompt. ``extra["picked_A"]`` = how often "(A)" won."""
     t0 = time.perf_counter()
-    vals = ab_values(model, exs, steering, alpha=alpha, batch_size=batch_size, progress=progress)
+    vals = ab_values(model, exs, steering, alpha=alpha, batch_size=batch_size, progress=progress, shared=shared)
     picked_a = sum("A" in (e.meta["correct"] if ok else e.meta["incorrect"]) for e, ok in zip(exs, vals))
     return summarize(metric, vals, ids=[e.id for e in exs], split=split, task=task,
                      wall_time_s=time.perf_counter() - t0, steering=sname, seed=seed,
@@ -242,7 +250,8 @@ def ab_records(model, exs: list[D.Example], steering=None, *, metric: str, task:
 
 def truthfulness_task(model, steering=None, *, limit: Optional[int] = None, seed: int = 0, split: str = "test",
                       batch_size: int = 16, alpha: Optional[float] = None, length_norm: bool = False,
-                      name: Optional[str] = None, root=None, progress: bool = True, ab: bool = True) -> list[Record]:
+                      name: Optional[str] = None, root=None, progress: bool = True, ab: bool = True,
+                      shared=None) -> list[Record]:
     """TruthfulQA MC1 / MC2 (held-out questions, full-answer log-likelihood) and A/B accuracy on
     ``truthfulqa_ab.json`` (items of held-out questions). Metrics ``truthfulqa/mc1``,
     ``truthfulqa/mc2``, ``truthfulqa/ab`` (left out with ``ab=False``)."""
@@ -253,7 +262,7 @@ def truthfulness_task(model, steering=None, *, limit: Optional[int] = None, seed
     if not qs:
         raise D.DataError(f"no TruthfulQA questions in split {split!r}")
     mc1, mc2, n_choices = mc_values(model, qs, steering, alpha=alpha, batch_size=batch_size,
-                                    length_norm=length_norm, progress=progress)
+                                    length_norm=length_norm, progress=progress, shared=shared)
     dt = time.perf_counter() - t0
     ids = [q.id for q in qs]
     extra = {"n_choices": n_choices, "length_norm": length_norm}
@@ -265,7 +274,8 @@ def truthfulness_task(model, steering=None, *, limit: Optional[int] = None, seed
     if ab:
         items = D.load_truthfulqa_ab(split, _limit("truthfulqa_ab", limit), seed, root=root)
         recs.append(ab_records(model, items, steering, metric="truthfulqa/ab", task="truthfulness", split=split,
-                               alpha=alpha, batch_size=batch_size, seed=seed, sname=sname, progress=progress))
+                               alpha=alpha, batch_size=batch_size, seed=seed, sname=sname, progress=progress,
+                               shared=shared))
     bar.update(1)
     bar.close()
     return recs
@@ -285,7 +295,7 @@ def _first_word_split(text: str) -> tuple[str, str]:
 
 def utility_task(model, steering=None, *, limit: Optional[int] = None, seed: int = 0, split: str = "test",
                  batch_size: int = 16, alpha: Optional[float] = None, name: Optional[str] = None, root=None,
-                 progress: bool = True, ppl: bool = True) -> list[Record]:
+                 progress: bool = True, ppl: bool = True, shared=None) -> list[Record]:
     """MMLU A/B accuracy (``utility/mmlu_ab``), KL(unsteered || steered) of next-token
     distributions on benign prompts in nats (``utility/kl``; exactly 0 when unsteered) and the
     perplexity of benign text (``utility/ppl``, lower is better; left out with ``ppl=False``)."""
@@ -294,15 +304,19 @@ def utility_task(model, steering=None, *, limit: Optional[int] = None, seed: int
     recs = []
     mm = D.load_mmlu_ab(split, _limit("mmlu_ab", limit), seed, root=root)
     recs.append(ab_records(model, mm, steering, metric="utility/mmlu_ab", task="utility", split=split, alpha=alpha,
-                           batch_size=batch_size, seed=seed, sname=sname, progress=progress))
+                           batch_size=batch_size, seed=seed, sname=sname, progress=progress, shared=shared))
     bar.update(1)
 
     t0 = time.perf_counter()
     benign = D.load_harmless(split, _limit("kl", limit), seed, root=root)
     prompts = [e.prompt for e in benign]
-    base = next_token_logprobs(model, prompts, None, batch_size=batch_size, progress=progress)
     edits = edits_for(steering, model, prompts, alpha)
-    steered = next_token_logprobs(model, prompts, edits, batch_size=batch_size, progress=progress) if edits else base
+    if shared is not None:  # the unsteered reference is computed once for every configuration
+        base = shared.run("next", None, prompts, [], batch_size=batch_size, progress=progress)
+        steered = shared.run("next", steering, prompts, edits, batch_size=batch_size, progress=progress) if edits else base
+    else:
+        base = next_token_logprobs(model, prompts, None, batch_size=batch_size, progress=progress)
+        steered = next_token_logprobs(model, prompts, edits, batch_size=batch_size, progress=progress) if edits else base
     kl = (base.exp() * (base - steered)).sum(-1).clamp(min=0.0)
     if not torch.isfinite(kl).all():
         raise ValueError("non-finite KL (the steered distribution puts zero mass where the unsteered does not)")
@@ -319,7 +333,8 @@ def utility_task(model, steering=None, *, limit: Optional[int] = None, seed: int
     texts = D.load_harmless(split, _limit("ppl", limit), seed + 1, root=root)
     pairs = [_first_word_split(e.prompt) for e in texts]
     edits = edits_for(steering, model, [p for p, _ in pairs], alpha)
-    nll = [-x for x in _loglik(model, pairs, edits, batch_size, True, chat=False, progress=progress)]
+    nll = [-x for x in _loglik(model, pairs, edits, batch_size, True, chat=False, progress=progress, shared=shared,
+                               steering=steering)]
     mean, lo, hi = bootstrap_ci(nll, seed=seed)
     recs.append(Record("utility/ppl", math.exp(mean), len(nll), math.exp(lo), math.exp(hi), split,
                        [e.id for e in texts], time.perf_counter() - t0, "utility", sname,

@@ -111,15 +111,24 @@ def collate(tokens: Sequence[tuple[list[int], int]], rows: Sequence[int], pad_id
 
 
 def iter_batches(model: SteerModel, items: Sequence[Item], batch_size: int, chat: Optional[bool] = None,
-                 sort_by_length: bool = True, max_length: Optional[int] = None) -> Iterator[Batch]:
+                 sort_by_length: bool = True, max_length: Optional[int] = None,
+                 only: Optional[Sequence[int]] = None) -> Iterator[Batch]:
     """Left-padded batches of at most ``batch_size`` inputs, grouped by length to save padding.
 
     Every batch says which inputs it holds (``Batch.rows``), so results can be put back in order.
+    ``only``: the inputs wanted (indices into ``items``): the batches are cut from all of
+    ``items`` as without it, and only those holding a wanted input are yielded, whole (a row's
+    numbers can depend on the shape of its batch in the last bits, so a batch is never cut).
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     toks = tokenize_items(model, items, chat=chat, max_length=max_length)
     order = sorted(range(len(toks)), key=lambda i: -len(toks[i][0])) if sort_by_length else list(range(len(toks)))
+    wanted = None if only is None else {int(i) for i in only}
+    if wanted is not None and any(not 0 <= i < len(toks) for i in wanted):
+        raise InputError(f"only= names inputs outside 0..{len(toks) - 1}")
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
+        if wanted is not None and not wanted.intersection(rows):
+            continue
         yield collate([toks[i] for i in rows], rows, model.pad_token_id).to(model.device)

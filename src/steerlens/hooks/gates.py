@@ -109,4 +109,37 @@ class FunctionGate(HookGate):
         return self.fn(act)
 
 
-__all__ = ["HookGate", "FunctionGate", "GateError", "GATE_MODES", "threshold_scale"]
+class GateProbe:
+    """Prompt gates to read during a batched run without letting them control anything: pass it
+    as ``probe=`` to :func:`~steerlens.hooks.generate`, :func:`~steerlens.hooks.response_logprobs`
+    or :func:`~steerlens.hooks.next_token_logprobs`; afterwards ``score`` and ``scale`` are
+    ``[n_gates, n_inputs]`` (float32; NaN for inputs the run left out). Each gate is read at the
+    last prompt token, in the same batches as the run's own gates would be read. ``prepass``
+    (one flag per gate): read that gate in generation's short prompt pre-pass, where a run reads
+    a prompt gate that sits downstream of one of its edits (the pre-pass forward and generation's
+    cached prompt pass can differ in the last bits)."""
+
+    def __init__(self, gates, prepass=None) -> None:
+        self.gates: list[HookGate] = list(gates)
+        self.prepass: list[bool] = [False] * len(self.gates) if prepass is None else [bool(x) for x in prepass]
+        if len(self.prepass) != len(self.gates):
+            raise GateError(f"{len(self.prepass)} pre-pass flags for {len(self.gates)} gates")
+        for g in self.gates:
+            if not isinstance(g, HookGate) or g.mode != "prompt":
+                raise GateError(f"only prompt gates can be probed, got {g!r}")
+        self.score: Optional[torch.Tensor] = None
+        self.scale: Optional[torch.Tensor] = None
+
+    def start(self, n: int) -> None:
+        self.score = torch.full((len(self.gates), n), float("nan"))
+        self.scale = torch.full((len(self.gates), n), float("nan"))
+
+    def fill(self, rows: list[int], readings: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        assert self.score is not None and self.scale is not None
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        for k, (s, c) in enumerate(readings):
+            self.score[k, idx] = s.float().cpu()
+            self.scale[k, idx] = c.float().cpu()
+
+
+__all__ = ["HookGate", "FunctionGate", "GateError", "GateProbe", "GATE_MODES", "threshold_scale"]

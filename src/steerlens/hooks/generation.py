@@ -17,6 +17,7 @@ from .. import parallel
 from ..models import as_model
 from .batching import InputError, check_items, iter_batches
 from .edits import Edit, check_edit_inputs, validate_edits
+from .gates import GateProbe
 from .runtime import Run, batch_run
 from .trace import Trace
 
@@ -89,6 +90,8 @@ def generate(
     return_details: bool = False,
     trace: bool = False,
     logprobs: bool = False,
+    only: Optional[Sequence[int]] = None,
+    probe: Optional[GateProbe] = None,
 ) -> Replies:
     """Generate a reply to each prompt, steered by ``edits``.
 
@@ -106,6 +109,10 @@ def generate(
             of strings.
         trace: record every edit's per-token values; the result's ``.trace`` holds them.
         logprobs: record each generated token's log-probability (``Generation.logprobs``).
+        only: run only the batches that hold these inputs (indices into ``prompts``), each
+            batch whole, as in the run over all prompts (so every reply is the one that run
+            gives); the result then has one entry per prompt, ``None`` for prompts not run.
+        probe: prompt gates to read in the prompt pass without steering (:class:`GateProbe`).
     """
     m, items, edit_list = _prepare(model, prompts, edits, pairs=False, what="generate")
     if max_new_tokens < 1:
@@ -117,11 +124,15 @@ def generate(
     out: list[Optional[Generation]] = [None] * len(items)
     tr = Trace() if trace else None
     live = [e for e in edit_list if not e.is_identity]  # the edits a Run keeps, in its order
+    probes = probe.gates if probe is not None else []
+    if probe is not None:
+        probe.start(len(items))
 
-    def run_batch(bi: int, batch) -> tuple[list, list]:  # its Generations, its trace records
+    def run_batch(bi: int, batch) -> tuple[list, list, list]:  # its Generations, its trace records, probes
         if do_sample:
             torch.manual_seed(seed * 1_000_003 + bi)
-        with batch_run(m, edit_list, batch, trace=trace) as run:
+        with batch_run(m, edit_list, batch, trace=trace, probes=probes,
+                       probe_prepass=probe.prepass if probe is not None else ()) as run:
             res = m.hf_model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                       generation_config=gen_cfg)
         seqs = res.sequences if logprobs else res
@@ -153,14 +164,21 @@ def generate(
             bt = Trace()
             bt.add_run(run, [e.label for e in live], [str(e.site) for e in live], rows, kept, texts)
             recs = bt.records
-        return gens_b, recs
+        return gens_b, recs, (rows, run.probe_decisions()) if probes else None
 
-    for gens_b, recs in parallel.map_batches(run_batch, iter_batches(m, items, batch_size, chat=chat),
-                                             total=len(items), desc="generate", unit="prompt", progress=progress):
+    for gens_b, recs, pr in parallel.map_batches(run_batch, iter_batches(m, items, batch_size, chat=chat, only=only),
+                                                 total=len(items),
+                                                 desc="generate", unit="prompt", progress=progress):
         for row, g in gens_b:
             out[row] = g
+        if pr is not None:
+            probe.fill(*pr)  # type: ignore[union-attr]
         if tr is not None:
             tr.records.extend(recs)
+    if only is not None:
+        res = Replies(out if return_details else [None if g is None else g.text for g in out])
+        res.trace = tr
+        return res
     gens = [g for g in out if g is not None]
     res = Replies(gens if return_details else [g.text for g in gens])
     res.trace = tr
@@ -194,26 +212,39 @@ def response_logprobs(
     batch_size: int = 8,
     chat: Optional[bool] = None,
     progress: bool = False,
-) -> list[torch.Tensor]:
+    only: Optional[Sequence[int]] = None,
+    probe: Optional[GateProbe] = None,
+) -> list[Optional[torch.Tensor]]:
     """Log-probability of each response token given the prompt (and the previous response
-    tokens), under ``edits``. Returns one 1-D tensor per pair; ``.sum()`` is the log-likelihood."""
+    tokens), under ``edits``. Returns one 1-D tensor per pair; ``.sum()`` is the log-likelihood.
+    ``only`` and ``probe`` as for :func:`generate` (with ``only``: one entry per pair, ``None``
+    for pairs not run)."""
     m, items, edit_list = _prepare(model, pairs, edits, pairs=True, what="response_logprobs")
     out: list[Optional[torch.Tensor]] = [None] * len(items)
+    probes = probe.gates if probe is not None else []
+    if probe is not None:
+        probe.start(len(items))
 
-    def run_batch(bi: int, batch) -> list:
+    # every probe is read in the one forward pass: a pre-pass would be the same forward call (the
+    # same decoder on the same inputs), so it reads the same activations
+    def run_batch(bi: int, batch) -> tuple[list, Optional[tuple]]:
         # position t predicts token t+1: keep the positions whose next token is a response token
         mask = batch.response_mask[:, 1:]
         tgt = batch.input_ids[:, 1:][mask]
-        with batch_run(m, edit_list, batch):
+        with batch_run(m, edit_list, batch, probes=probes) as run:
             logits = _logits_at(m, batch, mask)  # [n_response_tokens, vocab]
         tok_lp = torch.log_softmax(logits.float(), -1).gather(-1, tgt.to(logits.device).unsqueeze(-1)).squeeze(-1).cpu()
-        return list(zip(batch.rows.tolist(), torch.split(tok_lp, mask.sum(1).tolist())))
+        rows = batch.rows.tolist()
+        return list(zip(rows, torch.split(tok_lp, mask.sum(1).tolist()))), (rows, run.probe_decisions()) if probes else None
 
-    for pairs_b in parallel.map_batches(run_batch, iter_batches(m, items, batch_size, chat=chat), total=len(items),
-                                        desc="score", unit="pair", progress=progress):
+    for pairs_b, pr in parallel.map_batches(run_batch, iter_batches(m, items, batch_size, chat=chat, only=only),
+                                            total=len(items),
+                                            desc="score", unit="pair", progress=progress):
         for row, chunk in pairs_b:
             out[row] = chunk
-    return [t for t in out if t is not None]
+        if pr is not None:
+            probe.fill(*pr)  # type: ignore[union-attr]
+    return out if only is not None else [t for t in out if t is not None]  # type: ignore[return-value]
 
 
 @torch.no_grad()
@@ -225,19 +256,32 @@ def next_token_logprobs(
     batch_size: int = 16,
     chat: Optional[bool] = None,
     progress: bool = False,
-) -> torch.Tensor:
-    """``[n, vocab]`` log-probabilities of the token after each prompt, under ``edits``."""
+    only: Optional[Sequence[int]] = None,
+    probe: Optional[GateProbe] = None,
+) -> torch.Tensor | list[Optional[torch.Tensor]]:
+    """``[n, vocab]`` log-probabilities of the token after each prompt, under ``edits``.
+    ``only`` and ``probe`` as for :func:`generate` (with ``only``: a list of ``[vocab]`` rows,
+    ``None`` for prompts not run)."""
     m, items, edit_list = _prepare(model, prompts, edits, pairs=False, what="next_token_logprobs")
     out: list[Optional[torch.Tensor]] = [None] * len(items)
+    probes = probe.gates if probe is not None else []
+    if probe is not None:
+        probe.start(len(items))
 
-    def run_batch(bi: int, batch) -> tuple[list, torch.Tensor]:
-        with batch_run(m, edit_list, batch):
+    def run_batch(bi: int, batch) -> tuple[list, torch.Tensor, Optional[tuple]]:
+        with batch_run(m, edit_list, batch, probes=probes) as run:
             logits = m.hf_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                 position_ids=batch.position_ids, use_cache=False, logits_to_keep=1).logits
-        return batch.rows.tolist(), torch.log_softmax(logits[:, -1].float(), -1).cpu()
+        rows = batch.rows.tolist()
+        return rows, torch.log_softmax(logits[:, -1].float(), -1).cpu(), (rows, run.probe_decisions()) if probes else None
 
-    for rows, lp in parallel.map_batches(run_batch, iter_batches(m, items, batch_size, chat=chat), total=len(items),
-                                         desc="next-token", unit="prompt", progress=progress):
+    for rows, lp, pr in parallel.map_batches(run_batch, iter_batches(m, items, batch_size, chat=chat, only=only),
+                                             total=len(items),
+                                             desc="next-token", unit="prompt", progress=progress):
         for j, row in enumerate(rows):
             out[row] = lp[j]
+        if pr is not None:
+            probe.fill(*pr)  # type: ignore[union-attr]
+    if only is not None:
+        return out  # type: ignore[return-value]
     return torch.stack([t for t in out if t is not None])

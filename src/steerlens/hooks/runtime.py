@@ -127,10 +127,15 @@ class Run:
             (``None`` outside steerlens's runners: edits on the last prompt token then use the
             last column).
         trace: record per-token values of every edit (see :mod:`steerlens.hooks.trace`).
+        probes: prompt gates read in the pass (at the last prompt token, on the activation that
+            arrives at their hook) that control no edit; :meth:`probe_decisions` has their
+            readings. The evaluation reads other configurations' gates on its unsteered pass.
+        probe_prepass: per probe, read it in the pre-pass (as a gate downstream of its edit is).
     """
 
     def __init__(self, edits: Sequence[Edit], *, rows: Optional[torch.Tensor] = None,
-                 prompt_last: Optional[torch.Tensor] = None, trace: bool = False) -> None:
+                 prompt_last: Optional[torch.Tensor] = None, trace: bool = False,
+                 probes: Sequence[HookGate] = (), probe_prepass: Sequence[bool] = ()) -> None:
         self.edits = [e for e in edits if not e.is_identity]
         self.rows = rows
         self.prompt_last = prompt_last
@@ -139,6 +144,13 @@ class Run:
         for e in self.edits:
             g = e.gate
             if g is not None and all(g is not x for x in self.gates):
+                self.gates.append(g)
+        self._n_edit_gates = len(self.gates)  # gate_decisions reports these; probes come after
+        self.probes = list(probes)
+        for g in self.probes:
+            if g.mode != "prompt":
+                raise EditError(f"gate probe {g.name} at {g.site}: only prompt gates can be probed")
+            if all(g is not x for x in self.gates):
                 self.gates.append(g)
         self._gid = {id(g): i for i, g in enumerate(self.gates)}
         # prompt gates downstream of one of their edits are read in a pre-pass
@@ -150,6 +162,9 @@ class Run:
                 raise EditError(f"token gate {g.name} at {g.site} sits downstream of an edit it controls "
                                 f"({[str(e.site) for e in edits_of]}); put the gate at or before the edit's layer")
             if downstream:
+                self.prepass_gates.append(g)
+        for g, pre in zip(self.probes, probe_prepass):
+            if pre and all(g is not x for x in self.prepass_gates):
                 self.prepass_gates.append(g)
         self.in_prepass = False
         self.calls: dict[str, int] = defaultdict(int)
@@ -191,7 +206,7 @@ class Run:
         """Per gate: ``score`` and ``scale`` per row (``[b]``) — held for prompt gates; the last
         token's for token gates."""
         out = {}
-        for g in self.gates:
+        for g in self.gates[:self._n_edit_gates]:
             i = self._gid[id(g)]
             if i not in self.gate_score:
                 continue
@@ -199,6 +214,16 @@ class Run:
             if s.ndim == 2:
                 s, c = s[:, -1], c[:, -1]
             out[g.name] = {"score": s.detach().float().cpu(), "scale": c.detach().float().cpu()}
+        return out
+
+    def probe_decisions(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(score, scale)`` per row (``[b]``, float32 on the CPU) of every probe, in order."""
+        out = []
+        for g in self.probes:
+            i = self._gid[id(g)]
+            if i not in self.gate_score:
+                raise EditError(f"gate probe {g.name} at {g.site} was not read (its hook was not reached)")
+            out.append((self.gate_score[i].detach().float().cpu(), self.gate_scale[i].detach().float().cpu()))
         return out
 
     # -- building the hook functions -------------------------------------------------------------
@@ -390,10 +415,13 @@ def _forward(m, batch: Batch) -> None:
 
 @contextlib.contextmanager
 def batch_run(m, edits: Sequence[Edit], batch: Batch, *, trace: bool = False,
-              extra_hooks: Sequence = ()) -> Iterator[Run]:
+              extra_hooks: Sequence = (), probes: Sequence[HookGate] = (),
+              probe_prepass: Sequence[bool] = ()) -> Iterator[Run]:
     """Attach the hooks of one batch's :class:`~steerlens.hooks.runtime.Run` (after its pre-pass,
-    when a prompt gate sits downstream of its edits); ``extra_hooks`` go after the edits."""
-    run = Run(take_edits(edits, batch.rows.cpu()), rows=batch.rows, prompt_last=batch.prompt_last, trace=trace)
+    when a prompt gate sits downstream of its edits); ``extra_hooks`` go after the edits;
+    ``probes`` are gates read in the pass that control no edit (:meth:`Run.probe_decisions`)."""
+    run = Run(take_edits(edits, batch.rows.cpu()), rows=batch.rows, prompt_last=batch.prompt_last, trace=trace,
+              probes=probes, probe_prepass=probe_prepass)
     if run.needs_prepass:
         with run.prepass(), attach(m, run.prepass_hooks()):
             _forward(m, batch)

@@ -89,13 +89,14 @@ def together_table(records, spec: dict) -> list[dict]:
 
 
 def run_spec(spec: dict, model, out_dir: str | os.PathLike, *, data_root=None, progress: bool = True,
-             limit: Optional[int] = None, on_fitted=None) -> dict:
+             limit: Optional[int] = None, on_fitted=None, reuse_unsteered: bool = True) -> dict:
     """Fit every steerer and baseline, save their artifacts, evaluate every configuration, write
     results, paired differences against the unsteered model (and, with several steerers, of the
     composed pipeline against each steerer alone), Pareto plots and the trace.
 
     ``on_fitted(configs)`` is called with ``{config name: steering}`` before the evaluation (the
-    demo prints replies side by side there). The returned summary has the ``records`` too."""
+    demo prints replies side by side there). The returned summary has the ``records`` too.
+    ``reuse_unsteered``: share the unsteered passes and copy closed-gate rows (``run_eval``)."""
     from ..evals.compare import paired_table
     from ..evals.report import plot_pareto, run_eval
 
@@ -115,7 +116,7 @@ def run_spec(spec: dict, model, out_dir: str | os.PathLike, *, data_root=None, p
     t1 = time.perf_counter()
     records = run_eval(model, ev["tasks"], configs, ev["limit"], out / "eval", seed=ev["seed"], split=ev["split"],
                        batch_size=ev["batch_size"], data_root=data_root, judge=ev["judge"],
-                       task_kwargs=task_kwargs, progress=progress)
+                       task_kwargs=task_kwargs, progress=progress, reuse_unsteered=reuse_unsteered)
     paired = paired_table(records, "unsteered")
     write_paired(paired, out / "paired", title=f"{spec['name']}: each configuration − unsteered (paired)")
     together = together_table(records, spec)
