@@ -16,8 +16,9 @@ It runs the packaged spec ``steerlens/specs/main.toml`` (the same file ``steerle
    each with its 95% interval), paired differences against the unsteered model and of the
    pipeline against each steerer alone, Pareto plots, the per-token trace.
 
-Sizes: ``--limit`` (examples per eval set, default from the spec: 20) and ``--quick`` (tiny fit
-and eval sizes, a smoke test) make it shorter; the evaluation time grows linearly with ``--limit``.
+Sizes: ``--limit`` (examples per eval set, default from the spec: 60), ``--seeds K`` (fit seeds,
+default from the spec: 3; each seed refits and re-evaluates the steered configurations) and
+``--quick`` (tiny fit and eval sizes, one seed, a smoke test) make it shorter.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def quick_spec(spec: dict) -> dict:
             st.setdefault("params", {}).update(max_epochs=20, warmup_steps=5, k=2)
         if st.get("method") == "odesteer":
             st.setdefault("params", {})["n_features"] = 1000
-    s["eval"].update(limit=8, max_new_tokens=16)
+    s["eval"].update(limit=8, max_new_tokens=16, seeds=1)
     return s
 
 
