@@ -7,7 +7,9 @@ from the files it names (committed under ``docs/results/`` and ``benchmarks/resu
 - ``main``: the main job (``make demo``): its table with intervals (and the spread over seeds), the
   paired differences, run facts (n, judge, REAL's layers, times), from ``docs/results/main/``;
 - ``judge``: the refusal judge's held-out figures, from ``benchmarks/results/judge/judge_report.json``;
-- ``gates``: the gate generalisation protocol, from ``docs/results/gates/generalisation.json``.
+- ``gates``: the gate generalisation protocol, from ``docs/results/gates/generalisation.json``;
+- ``eval_speed``: ``benchmarks/bench_eval.py``'s shared-pass evaluation vs the full path, from
+  ``docs/results/bench/eval.json`` (copy a new run's JSON there).
 
 Usage::
 
@@ -33,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MAIN_DIR = Path("docs/results/main")
 GATES_JSON = Path("docs/results/gates/generalisation.json")
 JUDGE_JSON = Path("benchmarks/results/judge/judge_report.json")
+EVAL_BENCH_JSON = Path("docs/results/bench/eval.json")
 
 #: files copied from a demo run directory by ``--collect-main`` (relative to the run directory)
 MAIN_FILES = ("eval/results.json", "paired.json", "together.json", "summary.json", "spec.json", "seeds.json")
@@ -95,7 +98,26 @@ def render_gates(root: Path) -> str:
     return "\n".join(lines) + f"\n\n(Source: `{GATES_JSON}`.)"
 
 
-SECTIONS: dict[str, Callable[[Path], str]] = {"main": render_main, "judge": render_judge, "gates": render_gates}
+def render_eval_speed(root: Path) -> str:
+    b = _load(root, EVAL_BENCH_JSON)
+    r = b["reuse"]
+    m = b.get("machine", {})
+    return "\n".join([
+        "| evaluation of the main job | items | seconds | items / s |", "|---|---|---|---|",
+        f"| full path (every configuration recomputed) | {b['items']} | {b['old']['seconds']:.1f} | "
+        f"{b['old']['items_per_s']:.2f} |",
+        f"| shared unsteered pass + closed-gate rows copied | {b['items']} | {b['new']['seconds']:.1f} | "
+        f"{b['new']['items_per_s']:.2f} |",
+        "",
+        f"Ratio {b['ratio_items_per_s_new_over_old']:.2f}× (n = {b['limit']} per set, {len(b['configs'])} "
+        f"configurations, one run, {m.get('cpus', '?')} CPUs, torch {m.get('torch', '?')}); records identical: "
+        f"{'yes' if b['records_identical'] else 'NO'}. Of {r['rows']} rows {r['run']} ran, {r['copied_unsteered']} "
+        f"were copied from the unsteered pass and {r['copied_other']} from another configuration "
+        f"(source: `{EVAL_BENCH_JSON}`)."])
+
+
+SECTIONS: dict[str, Callable[[Path], str]] = {"main": render_main, "judge": render_judge, "gates": render_gates,
+                                              "eval_speed": render_eval_speed}
 
 
 # ------------------------------------------------------------------------------------------------
