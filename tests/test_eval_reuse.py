@@ -12,6 +12,7 @@ from steerlens.evals.reuse import SharedRuns
 from steerlens.hooks import AddVector, FunctionGate, GateProbe, generate, next_token_logprobs, response_logprobs
 from steerlens.pipeline.spec import normalise_spec
 from steerlens.pipeline.specrun import run_spec
+from tiny_specs import tiny_spec
 
 
 class Gated:
@@ -145,22 +146,9 @@ def test_only_runs_whole_batches_as_in_the_whole_run(tiny):
         next_token_logprobs(tiny, prompts, None, only=[7])
 
 
-SPEC = """
-name = "tiny"
-[[steerer]]
-name = "a"
-selector = { kind = "fixed", modules = ["blocks.1.hook_resid_post"] }
-editor = "caa"
-gate = { kind = "scs", layer = 1, rank_benign = 2, rank_target = 2, fpr = 0.3 }
-alpha = 20.0
-fit = { task = "safety", n = 12 }
-[eval]
-tasks = ["safety", "utility"]
-limit = 3
-max_new_tokens = 3
-trace = true
-options = { utility = { ppl = false } }
-"""
+SPEC = tiny_spec(gate='{ kind = "scs", layer = 1, rank_benign = 2, rank_target = 2, fpr = 0.3 }', n=12,
+                 baseline=False, eval_toml='tasks = ["safety", "utility"]\nlimit = 3\nmax_new_tokens = 3\ntrace = true\n'
+                 'options = { utility = { ppl = false } }\n')
 
 
 def test_run_spec_uses_the_shared_runs_and_matches_the_full_path(tiny, tmp_path, root):

@@ -11,27 +11,9 @@ from steerlens.pipeline import SimpleContrastiveData, make_steerer
 from steerlens.pipeline.steerer import Composition
 from steerlens.pipeline.spec import SpecError, build_steerer, normalise_spec, parse_vary, read_spec, variants
 from steerlens.pipeline.specrun import ablate, run_spec
+from tiny_specs import tiny_spec
 
-SPEC = """
-name = "tiny"
-[[steerer]]
-name = "a"
-selector = { kind = "fixed", modules = ["blocks.1.hook_resid_post"] }
-editor = "caa"
-alpha = 20.0
-fit = { task = "safety", n = 6 }
-[[baseline]]
-name = "repe"
-method = "repe"
-params = { layer = 1 }
-alpha = 4.0
-fit = { task = "safety", n = 6 }
-[eval]
-tasks = ["safety"]
-limit = 2
-max_new_tokens = 3
-trace = true
-"""
+SPEC = tiny_spec()
 
 
 def test_spec_reading_and_errors(tmp_path):

@@ -11,27 +11,10 @@ from safetensors.torch import load_file
 from steerlens.demo import main_spec, one_table
 from steerlens.pipeline.spec import SpecError, normalise_spec, seeded
 from steerlens.pipeline.specrun import run_seeds, run_spec, seed_rows
+from tiny_specs import tiny_spec
 
-SPEC = """
-name = "tiny"
-[[steerer]]
-name = "a"
-selector = { kind = "fixed", modules = ["blocks.1.hook_resid_post"] }
-editor = "caa"
-alpha = 20.0
-fit = { task = "safety", n = 6 }
-[[baseline]]
-name = "repe"
-method = "repe"
-params = { layer = 1 }
-alpha = 4.0
-fit = { task = "safety", n = 6 }
-[eval]
-tasks = ["safety"]
-limit = 2
-max_new_tokens = 3
-options = { safety = { sets = ["harmful"] } }
-"""
+SPEC = tiny_spec(eval_toml='tasks = ["safety"]\nlimit = 2\nmax_new_tokens = 3\n'
+                 'options = { safety = { sets = ["harmful"] } }\n')
 
 
 def test_seed_zero_is_the_spec_and_other_seeds_offset_every_stochastic_step():
