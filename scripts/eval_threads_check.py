@@ -1,0 +1,25 @@
+"""Does the main job's evaluation give the same table on 1 and 2 threads?  Loads a demo run's artifacts
+(default runs/demo60), evaluates every configuration at --limit examples per set with THREADS torch threads
+and writes (config, metric, value) records and the samples to /work/scratch/evt<THREADS>/.
+
+    python scripts/eval_threads_check.py 1; python scripts/eval_threads_check.py 2   # then compare the JSON
+
+Measured 2026-12-03 (limit 10, runs/demo60 artifacts): all 65 metric records and all replies identical;
+2 of 150 sample rows differ in the 8th digit of the inverted ODESteer gate's recorded score (same decision).
+"""
+import sys, json, torch
+import steerlens
+from steerlens.pipeline.steerer import load_steerer
+from steerlens.pipeline.specrun import configurations
+from steerlens.demo import main_spec
+from steerlens.evals.report import run_eval
+threads = int(sys.argv[1]); torch.set_num_threads(threads)
+model = steerlens.load_model()
+spec = main_spec()
+fitted = {st["name"]: load_steerer(f"runs/demo60/artifacts/{st['name']}", model) for st in spec["steerer"] + spec["baseline"]}
+configs = configurations(spec, fitted)
+ev = spec["eval"]
+recs = run_eval(model, ev["tasks"], configs, 10, f"/work/scratch/evt{threads}", seed=0, split="test", batch_size=ev["batch_size"],
+                judge=None, task_kwargs={"safety": {"sets": ["harmful", "harmless", "xstest_safe"], "max_new_tokens": 32},
+                                         "truthfulness": {"ab": False, "batch_size": 8}, "utility": {"ppl": False, "batch_size": 8}}, progress=False)
+json.dump([(r.steering, r.metric, r.value) for r in recs], open(f"/work/scratch/evt{threads}.json", "w"))
