@@ -1,6 +1,6 @@
 """Does the main job's evaluation give the same table on 1 and 2 threads?  Loads a demo run's artifacts
 (default runs/demo60), evaluates every configuration at --limit examples per set with THREADS torch threads
-and writes (config, metric, value) records and the samples to /work/scratch/evt<THREADS>/.
+and writes (config, metric, value) records and the samples to runs/eval_threads/t<THREADS>/ (and .json).
 
     python scripts/eval_threads_check.py 1; python scripts/eval_threads_check.py 2   # then compare the JSON
 
@@ -19,7 +19,7 @@ spec = main_spec()
 fitted = {st["name"]: load_steerer(f"runs/demo60/artifacts/{st['name']}", model) for st in spec["steerer"] + spec["baseline"]}
 configs = configurations(spec, fitted)
 ev = spec["eval"]
-recs = run_eval(model, ev["tasks"], configs, 10, f"/work/scratch/evt{threads}", seed=0, split="test", batch_size=ev["batch_size"],
+recs = run_eval(model, ev["tasks"], configs, 10, f"runs/eval_threads/t{threads}", seed=0, split="test", batch_size=ev["batch_size"],
                 judge=None, task_kwargs={"safety": {"sets": ["harmful", "harmless", "xstest_safe"], "max_new_tokens": 32},
                                          "truthfulness": {"ab": False, "batch_size": 8}, "utility": {"ppl": False, "batch_size": 8}}, progress=False)
-json.dump([(r.steering, r.metric, r.value) for r in recs], open(f"/work/scratch/evt{threads}.json", "w"))
+json.dump([(r.steering, r.metric, r.value) for r in recs], open(f"runs/eval_threads/t{threads}.json", "w"))
