@@ -1,5 +1,5 @@
 """Does the main job's evaluation give the same table on 1 and 2 threads?  Loads a demo run's artifacts
-(default runs/demo60), evaluates every configuration at --limit examples per set with THREADS torch threads
+(default runs/demo60), evaluates every configuration at 10 examples per set with THREADS torch threads
 and writes (config, metric, value) records and the samples to runs/eval_threads/t<THREADS>/ (and .json).
 
     python scripts/eval_threads_check.py 1; python scripts/eval_threads_check.py 2   # then compare the JSON
