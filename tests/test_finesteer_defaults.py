@@ -55,3 +55,28 @@ def test_bad_gate_kind_and_layers():
         make_steerer("finesteer", gate_kind="svm")
     with pytest.raises(PipelineError, match="select_layers"):
         FineSteerParams(select_layers=())
+
+
+def test_spec_and_cli_share_the_methods_fit_size(monkeypatch):
+    """A spec table without ``fit.n`` fits FineSteer on its validated size, as `steerlens fit` does."""
+    from steerlens.pipeline import spec as spec_mod
+    from steerlens.pipeline.registry import fit_size
+
+    assert fit_size("finesteer", None) == 96 and fit_size("finesteer", 10) == 10
+    assert fit_size("caa", None) is None and fit_size(None, None) is None
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_fit_data(task, n, seed, root):
+        seen["n"] = n
+        raise Stop
+
+    monkeypatch.setattr(spec_mod, "fit_data", fake_fit_data)
+    for st, want in (({"name": "f", "method": "finesteer", "fit": {"task": "safety"}}, 96),
+                     ({"name": "c", "method": "caa", "fit": {"task": "safety"}}, None),
+                     ({"name": "f", "method": "finesteer", "fit": {"task": "safety", "n": 7}}, 7)):
+        with pytest.raises(Stop):
+            spec_mod.fit_steerer(None, st)
+        assert seen["n"] == want

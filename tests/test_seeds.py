@@ -25,7 +25,8 @@ def test_seed_zero_is_the_spec_and_other_seeds_offset_every_stochastic_step():
     fine, ode = s2["steerer"]
     caa = s2["baseline"][0]
     assert [st["fit"]["seed"] for st in (fine, ode, caa)] == [2, 2, 2]
-    assert fine["params"]["seed"] == 2 and ode["params"]["seed"] == 2 and caa["params"].get("seed", 2) == 2
+    assert fine["params"]["seed"] == 2 and ode["params"]["seed"] == 2
+    assert "seed" not in caa["params"]  # CAA has no seed to offset: nothing is added that it would refuse
     assert fine["selector"]["seed"] == 2 and ode["selector"]["seed"] == 2  # REAL's split + autoencoder init
     assert ode["gate"]["seed"] == 2 and ode["gate"]["invert"] is True      # the inverted SCS gate's calibration split
     # everything else is as it was

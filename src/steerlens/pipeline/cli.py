@@ -81,7 +81,7 @@ def _gate_args(args: argparse.Namespace, params: dict) -> None:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from .errors import PipelineError
-    from .registry import available_methods, make_steerer
+    from .registry import available_methods, fit_size, make_steerer
     from .fitdata import fit_data, gate_data
 
     methods = available_methods()
@@ -103,7 +103,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         return 2
     t0 = time.perf_counter()
     model = model_from_args(args)
-    n = args.n if args.n is not None else (methods[args.method].fit_defaults or {}).get("n")
+    n = fit_size(args.method, args.n)
     data = fit_data(args.task, n, args.seed, args.data_dir)
     gdata = None
     if not st.gate.always_open:

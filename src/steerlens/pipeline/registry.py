@@ -196,6 +196,17 @@ def available_gates() -> list[str]:
     return sorted(k for k, c in ROLE_TYPES.items() if issubclass(c, Gate))
 
 
+def fit_size(method: Optional[str], n: Optional[int]) -> Optional[int]:
+    """How many fit examples to use: ``n`` when given, else the method's registered default
+    (``register_method(..., fit_defaults={"n": ...})``: its validated size), else ``None`` (all).
+    ``steerlens fit`` and pipeline specs both go through it."""
+    if n is not None or not method:
+        return n
+    load_plugins()
+    info = METHODS.get(method.lower())
+    return None if info is None else (info.fit_defaults or {}).get("n")
+
+
 def make_gate(gate: Any, **params: Any) -> Gate:
     """An unfitted gate role from its kind (e.g. ``"scs"``, ``"probe"``, ``"always_open"``) and
     parameters; a :class:`Gate` instance is returned as is (then ``params`` must be empty)."""
@@ -239,5 +250,5 @@ def make_steerer(method: str, *, gate: Any = None, gate_params: Optional[dict] =
     return st.with_gate(make_gate(gate, **(gate_params or {})))
 
 
-__all__ = ["register_method", "make_steerer", "make_gate", "available_gates", "available_methods", "METHODS",
+__all__ = ["register_method", "make_steerer", "fit_size", "make_gate", "available_gates", "available_methods", "METHODS",
            "MethodInfo", "load_plugins", "register_package", "method_packages", "METHODS_PACKAGE", "METHOD_PATH_ENV"]

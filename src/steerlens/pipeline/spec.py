@@ -58,7 +58,7 @@ from .. import parallel
 from ..fileio import parse_value
 from .errors import PipelineError
 from .fitdata import FIT_TASKS, fit_data, gate_data
-from .registry import available_methods, load_plugins, make_steerer
+from .registry import available_methods, fit_size, load_plugins, make_steerer
 from .roles import ROLE_ALIASES, ROLE_TYPES, ROLES, SPEC_DEFAULTS, Role, register_role_alias
 from .steerer import Steerer
 
@@ -222,7 +222,7 @@ def fit_steerer(model, st: dict, *, data_root=None, progress: bool = True) -> St
     """Build and fit one steerer table on its fitting task's fit split (gate data included)."""
     steerer = build_steerer(st)
     fit = st["fit"]
-    n, seed = fit.get("n"), int(fit.get("seed", 0))
+    n, seed = fit_size(st.get("method"), fit.get("n")), int(fit.get("seed", 0))
     data = fit_data(fit["task"], n, seed, data_root)
     gdata = None
     if not steerer.gate.always_open:
