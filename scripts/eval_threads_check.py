@@ -10,7 +10,7 @@ Measured 2026-12-03 (limit 10, runs/demo60 artifacts): all 65 metric records and
 import sys, json, torch
 import steerlens
 from steerlens.pipeline.steerer import load_steerer
-from steerlens.pipeline.specrun import configurations
+from steerlens.pipeline.specrun import _eval_settings, _task_kwargs, configurations
 from steerlens.demo import main_spec
 from steerlens.evals.report import run_eval
 threads = int(sys.argv[1]); torch.set_num_threads(threads)
@@ -18,8 +18,8 @@ model = steerlens.load_model()
 spec = main_spec()
 fitted = {st["name"]: load_steerer(f"runs/demo60/artifacts/{st['name']}", model) for st in spec["steerer"] + spec["baseline"]}
 configs = configurations(spec, fitted)
-ev = spec["eval"]
-recs = run_eval(model, ev["tasks"], configs, 10, f"runs/eval_threads/t{threads}", seed=0, split="test", batch_size=ev["batch_size"],
-                judge=None, task_kwargs={"safety": {"sets": ["harmful", "harmless", "xstest_safe"], "max_new_tokens": 32},
-                                         "truthfulness": {"ab": False, "batch_size": 8}, "utility": {"ppl": False, "batch_size": 8}}, progress=False)
+ev = _eval_settings(spec)  # the main job's own eval settings and per-task options
+recs = run_eval(model, ev["tasks"], configs, 10, f"runs/eval_threads/t{threads}", seed=ev["seed"], split=ev["split"],
+                batch_size=ev["batch_size"], judge=ev["judge"], task_kwargs=_task_kwargs(ev, trace=False),
+                progress=False)
 json.dump([(r.steering, r.metric, r.value) for r in recs], open(f"runs/eval_threads/t{threads}.json", "w"))
