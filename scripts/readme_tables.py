@@ -53,7 +53,7 @@ def _load(root: Path, rel: Path | str) -> dict | list:
 # ------------------------------------------------------------------------------------------------
 
 def render_main(root: Path) -> str:
-    from steerlens.demo import TABLE, one_table, paired_lines
+    from steerlens.demo import TABLE, one_table, paired_lines, seed_note
 
     d = root / MAIN_DIR
     res = _load(root, MAIN_DIR / "results.json")
@@ -74,8 +74,7 @@ def render_main(root: Path) -> str:
     key = [m for m, _ in TABLE]
     parts = [facts, "", one_table(records, summ["configs"], seeds["rows"])]
     if k > 1:
-        parts += ["", f"Cells: seed 0's value [95% interval] n; then mean ± sd of that metric over {k} refits "
-                      f"(fit seeds {', '.join(map(str, seeds['seeds']))}; the same test prompts)."]
+        parts += ["", seed_note(seeds["seeds"])]
     parts += ["", "Paired against the unsteered model (same prompts, seed 0):", "", paired_lines(paired, key)]
     if together:
         parts += ["", "All steerers on against each alone (paired, seed 0):", "", paired_lines(together, key)]

@@ -122,6 +122,12 @@ def one_table(records, configs: list[str], seed_rows: Optional[list[dict]] = Non
     return "\n".join(lines)
 
 
+def seed_note(seeds: list[int]) -> str:
+    """How to read the main table's cells when it shows several fit seeds."""
+    return (f"Cells: seed {seeds[0]}'s value [95% interval] n; then the mean ± sd of that metric over "
+            f"{len(seeds)} refits (fit seeds {', '.join(map(str, seeds))}; the same test prompts; `seeds.md`).")
+
+
 def _get(r, key: str):
     """A record's field, from a Record or from its JSON form (results.json)."""
     return r[key] if isinstance(r, dict) else getattr(r, key)
@@ -183,8 +189,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"\n[4/4] evaluation on the {ev['split']} split ({ev['limit']} examples per set; judge: trained clf)\n")
     table = one_table(records, summary["configs"], summary["seed_rows"])
     if seeds > 1:
-        table += (f"\n\nCells: seed 0's value [95% interval] n; then the mean ± sd of the same metric over "
-                  f"{seeds} refits (fit seeds 0..{seeds - 1}, same test prompts; `seeds.md`).")
+        table += "\n\n" + seed_note(list(range(seeds)))
     print(table)
     key = [m for m, _ in TABLE]
     paired = paired_lines(summary["paired_rows"], key)
