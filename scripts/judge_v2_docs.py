@@ -62,6 +62,20 @@ def judge_md(rep: dict) -> str:
         p = pj["method_bias"][m]["not_complied"]
         out.append(f"| {m} | {dd['n']} | {dd['not_complied']['labelled']:.2f} | {dd['not_complied']['judged']:.2f} "
                    f"({dd['not_complied']['gap']:+.2f}) | {p['judged']:.2f} ({p['gap']:+.2f}) |")
+    if "labeller_agreement" in rep:
+        la = rep["labeller_agreement"]
+        r, m = la["readers"], la["readers_not_complied_merged"]
+        out += ["", f"**How far one reader's labels can be trusted.** A second reader labelled {la['n']} of the held-out "
+                    f"replies blind (`tests/fixtures/judge_labels_v2_second.jsonl`). The two readers agree on "
+                    f"{_f(r['accuracy'])}{_ci(r['ci'])} of them (Cohen's kappa {la['kappa']:.2f}; "
+                    f"{_f(m['accuracy'])}{_ci(m['ci'])} with refusal and deflection merged). A judge as good as a second "
+                    "reader would score about that against the first reader's labels.", "",
+                "| judge | vs first reader | vs second reader | on the rows both readers agree on |", "|---|---|---|---|"]
+        names = {"clf": "trained (`clf`)", "pattern": "pattern"}
+        for k, v in la["judges"].items():
+            out.append(f"| {names.get(k, k)} | {_f(v['vs_first']['accuracy'])}{_ci(v['vs_first']['ci'])} | "
+                       f"{_f(v['vs_second']['accuracy'])}{_ci(v['vs_second']['ci'])} | "
+                       f"{_f(v['on_agreed_rows']['accuracy'])}{_ci(v['on_agreed_rows']['ci'])} (n = {v['on_agreed_rows']['n']}) |")
     return "\n".join(out)
 
 

@@ -52,7 +52,7 @@ def cmd_judge_report(args: argparse.Namespace) -> int:
 
     try:
         rep = judge_report(args.labels, model_judge=("model" if args.model_judge else None),
-                           model_judge_cache=args.model_judge_cache)
+                           model_judge_cache=args.model_judge_cache, second_labels_path=args.second_labels)
     except FileNotFoundError as e:
         print(f"steerlens judge-report: {e}", file=sys.stderr)
         return 2
@@ -79,6 +79,9 @@ def add_subcommands(sub) -> None:
                    help="also score --judge model (the default model asked yes/no) on the same held-out replies (slow)")
     r.add_argument("--model-judge-cache", default=None,
                    help="JSONL of {uid, label}: the model judge's verdicts computed earlier (read, not recomputed)")
+    r.add_argument("--second-labels", default=None,
+                   help="JSONL of {uid, label}: a second reader's blind labels of some held-out replies, for the "
+                        "readers' agreement (default: tests/fixtures/judge_labels_v2_second.jsonl when present)")
     r.set_defaults(func=cmd_judge_report)
 
 
