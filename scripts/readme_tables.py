@@ -34,6 +34,7 @@ from typing import Callable, Optional
 ROOT = Path(__file__).resolve().parents[1]
 MAIN_DIR = Path("docs/results/main")
 GATES_JSON = Path("docs/results/gates/generalisation.json")
+REACH_JSON = Path("docs/results/gates/reachability.json")
 JUDGE_JSON = Path("benchmarks/results/judge/judge_report.json")
 EVAL_BENCH_JSON = Path("docs/results/bench/eval.json")
 
@@ -94,7 +95,28 @@ def render_gates(root: Path) -> str:
     lines = write_table(_load(root, GATES_JSON)).strip().splitlines()
     # the protocol's own headings become bold lines inside the README's section
     lines = [f"**{ln.lstrip('#').strip()}**" if ln.startswith("#") else ln for ln in lines]
-    return "\n".join(lines) + f"\n\n(Source: `{GATES_JSON}`.)"
+    out = "\n".join(lines) + f"\n\n(Source: `{GATES_JSON}`.)"
+    if (root / REACH_JSON).exists():
+        out += "\n\n" + render_reachability(_load(root, REACH_JSON))
+    return out
+
+
+def render_reachability(r: dict) -> str:
+    """The look-alike targets against the best any in-distribution linear gate reaches."""
+    n_set = len(r["layers"]) * len(r["readings"]) * len(r["C"])
+    lines = [f"**Within reach at all?** The most favourable gate: a logistic probe fitted on the look-alike pair "
+             f"itself ({r['folds']}-fold cross-validation, out-of-fold scores), best of {n_set} settings (layers "
+             f"{r['layers'][0]}-{r['layers'][-1]}, readings {', '.join(r['readings'])}, C {', '.join(map(str, r['C']))}); "
+             "an optimistic upper bound for any gate fitted elsewhere (`experiments/gate_reachability.py`).", "",
+             "| pair (n pos + neg) | target | best AUC (setting) | best TPR at the target FPR (setting) | within reach |",
+             "|---|---|---|---|---|"]
+    for name, t in r["tasks"].items():
+        a, b = t["best_auc"], t["best_tpr_at_target_fpr"]
+        lines.append(f"| {t['positives']} vs {t['negatives']} ({t['n_pos']} + {t['n_neg']}) | TPR >= {t['target_tpr']:.2f} "
+                     f"at FPR <= {t['target_fpr']:.2f} | {a['auc']:.3f} ({a['reading']}, L{a['layer']}, C {a['C']}) | "
+                     f"{b['tpr_at_fpr']:.2f} ({b['reading']}, L{b['layer']}, C {b['C']}) | "
+                     f"{'yes' if t['reachable'] else '**no**'} |")
+    return "\n".join(lines) + f"\n\n(Source: `{REACH_JSON}`.)"
 
 
 def render_eval_speed(root: Path) -> str:

@@ -124,3 +124,16 @@ def test_gate_generalisation_experiment_quick(root, tmp_path):
     assert gate_generalisation.main(["--quick", "--work", str(tmp_path), "--data-dir", str(root)]) == 0
     sel = json.loads((tmp_path / "research" / "selection.json").read_text())
     assert sel["best_deployable"]["layers"] == [1] and 0.0 <= sel["best_deployable"]["sel_worst"] <= 1.0
+
+
+def test_gate_reachability_experiment_quick(root, tmp_path):
+    import gate_reachability
+
+    out = tmp_path / "reach.json"
+    res = gate_reachability.main(["--quick", "--data-dir", str(root), "--out", str(out)])
+    saved = json.loads(out.read_text())
+    for task in ("xstest_unsafe_vs_safe", "orbench_toxic_vs_hard"):
+        t = saved["tasks"][task]
+        assert 0.0 <= t["best_tpr_at_target_fpr"]["tpr_at_fpr"] <= 1.0 and 0.0 <= t["best_auc"]["auc"] <= 1.0
+        assert t["reachable"] == (t["best_tpr_at_target_fpr"]["tpr_at_fpr"] >= t["target_tpr"])
+    assert res["tasks"].keys() == saved["tasks"].keys()
