@@ -33,7 +33,9 @@ from typing import Optional
 
 #: the metrics of the one table, in order: (metric, column title)
 TABLE = [("refusal/harmful", "harmful refusal ↑"), ("refusal/harmless", "Alpaca over-refusal ↓"),
-         ("refusal/xstest_safe", "XSTest-safe over-refusal ↓"), ("truthfulqa/mc1", "MC1 ↑"),
+         ("refusal/xstest_safe", "XSTest-safe over-refusal ↓"),
+         ("refusal/heldout", "held-out sources refusal ↑"), ("refusal/wrapped", "wrapped (held-out families) refusal ↑"),
+         ("truthfulqa/mc1", "MC1 ↑"),
          ("truthfulqa/mc2", "MC2 ↑"), ("utility/mmlu_ab", "MMLU A/B ↑"), ("utility/kl", "KL ↓")]
 
 

@@ -16,6 +16,9 @@ task                    steering data                                   gate dat
 ``safety``              harmful prompt + refusal vs + compliant reply   harmful vs Alpaca
                         (response-side)                                 instructions (prompt)
 ``safety-prompt``       harmful vs Alpaca instructions (prompt-side)    the same
+``safety-harm``         as ``safety``                                   shared harmful sources
+                                                                        + wrappers vs Alpaca +
+                                                                        look-alikes (harm_dir)
 ``truthfulness``        question + true vs + false answer               none
                         (response-side)
 ======================  ==============================================  ======================
@@ -81,6 +84,39 @@ def safety_gate_data(split: str = "fit", n: Optional[int] = None, seed: int = 0,
                                  task="safety_gate" + ("+xstest_safe" if xstest_negatives else ""))
 
 
+#: the source groups of the main job's fitting data (the shared AdvBench / HarmBench / JBB split):
+#: every other harmful source stays held out of a gate fitted on ``safety-harm``
+SHARED_GROUPS = ("advbench", "harmbench", "jailbreakbench")
+
+
+def harm_gate_data(split: str = "fit", n: Optional[int] = None, seed: int = 0, *, root=None,
+                   caps: Optional[dict] = None, max_template_chars: Optional[int] = 1000,
+                   hard_negatives: bool = True, augment_wrapped: bool = True, balance: bool = True,
+                   groups: Optional[Sequence[str]] = SHARED_GROUPS):
+    """Gate data built for a gate that should recognise harm (``gate_task = "safety-harm"``): the
+    harmful fit prompts of ``groups`` (source-balanced) plus those prompts wrapped in the *fit*
+    families of jailbreak templates (pos) vs Alpaca fit prompts, the benign look-alikes' fit splits
+    (XSTest safe, OR-Bench-Hard) as hard negatives and wrapped Alpaca fit prompts (neg).
+
+    The full fold of the gate generalisation protocol (:func:`steerlens.evals.gate_sets.fold_data`),
+    so ``steerlens gate-eval``'s figures describe the gate fitted on it. ``groups`` defaults to the
+    shared sources (:data:`SHARED_GROUPS`), so the six other harmful sources and the held-out
+    template families stay unseen (``None``: every group). Only ``split="fit"`` exists; sizes come
+    from ``caps`` (per source), not ``n``."""
+    from ..evals.gate_sets import harm_gate_prompts
+    from .contrastive import SimpleContrastiveData
+
+    if split != "fit":
+        raise PipelineError(f"harm gate data exists for the fit split only, got {split!r}")
+    if n is not None:
+        raise PipelineError("harm gate data sizes come from caps= (per source), not n= (leave fit.gate_n unset)")
+    pos, neg = harm_gate_prompts(root, seed=seed, caps=caps, max_template_chars=max_template_chars,
+                                 hard_negatives=hard_negatives, augment_wrapped=augment_wrapped, balance=balance,
+                                 groups=None if groups is None else list(groups))
+    return SimpleContrastiveData(pos, neg, position="last", ids=[f"h{i}" for i in range(len(pos))]
+                                 + [f"b{i}" for i in range(len(neg))], split="fit", task="safety_gate_harm")
+
+
 def _evals_data(name: str) -> Callable:
     """``steerlens.evals.data.<name>``, imported when called (the table is read by ``--help``)."""
     def call(*args, **kwargs):
@@ -99,6 +135,10 @@ FIT_TASKS: dict[str, FitTask] = {
                       _evals_data("load_harmful")),
     "safety-prompt": FitTask("safety-prompt", "harmful vs harmless instructions (prompt-side)",
                              _evals_data("safety_prompt_pairs"), safety_gate_data),
+    "safety-harm": FitTask("safety-harm", "as safety; gate data: shared harmful sources + fit-family wrappers vs Alpaca, "
+                                          "XSTest-safe and OR-Bench-Hard look-alikes (for harm_dir gates)",
+                           _evals_data("safety_response_pairs"), harm_gate_data, _evals_data("safety_pairs_from"),
+                           _evals_data("load_harmful")),
     "truthfulness": FitTask("truthfulness", "TruthfulQA question + true vs + false answer (response-side)",
                             _evals_data("truthfulness_response_pairs"), None, _evals_data("truthfulness_pairs_from"),
                             _evals_data("load_truthfulqa")),
@@ -129,5 +169,6 @@ def gate_data(task: str = "safety", n: Optional[int] = None, seed: int = 0, data
     return None if t.gate is None else t.gate(split=split, n=n, seed=seed, root=data_root, **kw)
 
 
-__all__ = ["FitTask", "FIT_TASKS", "fit_task", "fit_data", "gate_data", "safety_gate_data", "HARMFUL_SOURCE_GROUPS",
+__all__ = ["FitTask", "FIT_TASKS", "fit_task", "fit_data", "gate_data", "safety_gate_data", "harm_gate_data",
+           "SHARED_GROUPS", "HARMFUL_SOURCE_GROUPS",
            "FIT_TASK_NAMES"]
