@@ -356,6 +356,66 @@ def save_judge(judge, out_dir, provenance: dict) -> None:
     (d / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
 
+# ---------------------------------------------------------------------------------------------
+# the hidden-state judge (:class:`~.judges.HiddenJudge`)
+
+def fit_hidden(rows: Sequence[dict], hidden: np.ndarray, *, layer: int, reading: str, C: float,
+               features: str = "hidden", hidden_scale: Optional[float] = None, bits: int = 14,
+               use_patterns: bool = False, model=None, meta: Optional[dict] = None) :
+    """A :class:`HiddenJudge` fitted on labelled ``rows`` whose reading (layer ``layer``,
+    ``reading``) is ``hidden`` (``[n, d]``, one row per row). Hidden features are standardized
+    (and, with ``features="hidden+text"``, multiplied by ``hidden_scale / sqrt(d)`` and concatenated
+    with the text judge's features); multinomial logistic regression, L2, lbfgs (deterministic)."""
+    from scipy.sparse import csr_matrix, hstack
+    from sklearn.linear_model import LogisticRegression
+
+    from .judges import HiddenJudge
+
+    H = np.asarray(hidden, dtype=np.float64)
+    if H.shape[0] != len(rows):
+        raise ValueError(f"{H.shape[0]} hidden rows for {len(rows)} labelled rows")
+    mean = H.mean(0)
+    scale = H.std(0)
+    scale[scale < 1e-6] = 1.0
+    factor = 1.0 if features == "hidden" else float(hidden_scale or 1.0) / np.sqrt(H.shape[1])
+    X = (H - mean) / scale * factor
+    if features == "hidden+text":
+        X = hstack([csr_matrix(X), _matrix(rows, bits, use_patterns)]).tocsr()
+    elif features != "hidden":
+        raise ValueError(f"features must be 'hidden' or 'hidden+text', got {features!r}")
+    y = np.array([CLASSES.index(r["label"]) for r in rows])
+    clf = LogisticRegression(C=C, max_iter=500, tol=1e-4, random_state=0).fit(X, y)
+    if len(clf.classes_) < 3:
+        raise ValueError("fit_hidden needs at least three classes among the labels")
+    W = np.zeros((len(CLASSES), X.shape[1]), dtype=np.float32)
+    b = np.full(len(CLASSES), -1e4, dtype=np.float32)  # a class absent from training is never predicted
+    for k, c in enumerate(clf.classes_):
+        W[c], b[c] = clf.coef_[k], clf.intercept_[k]
+    m = {"classes": list(CLASSES), "layer": int(layer), "reading": reading, "features": features, "C": C,
+         "hidden_scale": hidden_scale, "hidden_factor": factor, "bits": bits, "use_patterns": use_patterns,
+         "n_train": len(rows), **(meta or {})}
+    return HiddenJudge(model=model, weights={"W": W, "b": b, "mean": mean.astype(np.float32),
+                                             "scale": scale.astype(np.float32)}, meta=m)
+
+
+def save_hidden_judge(judge, out_dir, provenance: dict) -> None:
+    """Write ``weights.safetensors`` (W, b, mean, scale as float32) and ``meta.json`` (layer,
+    reading, feature set, model id and fingerprint, training configuration, ``provenance``), each atomically."""
+    import json
+    from pathlib import Path
+
+    from safetensors.numpy import save_file
+
+    from ..fileio import atomic_write, atomic_write_text
+
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    t = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in
+         (("W", judge.W), ("b", judge.b), ("mean", judge.mean), ("scale", judge.scale))}
+    atomic_write(d / "weights.safetensors", lambda tmp: save_file(t, tmp))
+    atomic_write_text(d / "meta.json", json.dumps({**judge.meta, "provenance": provenance}, indent=1, sort_keys=True) + "\n")
+
+
 def fmt_report(rep: dict) -> str:
     """Markdown summary of :func:`judge_report`'s result."""
     def f(x):
@@ -400,4 +460,4 @@ def fmt_report(rep: dict) -> str:
 
 __all__ = ["CLASSES", "HELDOUT_SOURCES", "GRID", "load_labelled", "heldout_design", "heldout_settings", "fit",
            "predict", "select_config", "score", "score_binary", "judge_report", "save_judge", "fmt_report",
-           "default_labels_path", "score_model_judge", "time_per_reply"]
+           "default_labels_path", "score_model_judge", "time_per_reply", "fit_hidden", "save_hidden_judge"]
