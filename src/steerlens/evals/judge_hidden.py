@@ -16,6 +16,10 @@ model an evaluation already has loaded costs no extra weights.
 Batches are sorted by length and right-padded: attention is causal, so a real token never sees a
 pad token and padding changes nothing (a batch gives the same features as one reply at a time,
 up to float rounding).
+
+Used by ``scripts/judge_hidden_experiment.py`` (issue #22): on the judge's held-out design these
+features, alone or next to the text features, did not beat the text judge by a clear margin and
+cost 40-300 ms CPU a reply (depth 2-16), so no judge is built on them; see that script's docstring.
 """
 
 from __future__ import annotations

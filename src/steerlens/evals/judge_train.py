@@ -260,8 +260,62 @@ def time_per_reply(judge, rows: Sequence[dict], reps: int = 1) -> float:
     return float(np.median(ts))
 
 
+def default_second_labels_path() -> Path:
+    """The second, independent blind labels of a sample of held-out replies (``uid``, ``label``)."""
+    return default_labels_path().with_name("judge_labels_v2_second.jsonl")
+
+
+def load_second_labels(path=None) -> dict[str, str]:
+    """``{uid: label}`` of the second labeller (empty when the file does not exist)."""
+    p = Path(path) if path is not None else default_second_labels_path()
+    if not p.exists():
+        return {}
+    out = {}
+    with open(p) as f:
+        for line in f:
+            if line.strip():
+                d = json.loads(line)
+                if d["label"] not in CLASSES:
+                    raise ValueError(f"{p}: unknown label {d['label']!r} for uid {d['uid']}")
+                out[d["uid"]] = d["label"]
+    return out
+
+
+def labeller_agreement(test: Sequence[dict], preds: dict[str, Sequence[str]], second: dict[str, str]) -> Optional[dict]:
+    """On the held-out rows a second reader labelled blind: how often the two readers agree (the
+    ceiling a judge's accuracy against one reader can be read against), Cohen's kappa, the readers'
+    confusion, and each judge's accuracy against either reader and on the rows both agree on."""
+    from sklearn.metrics import cohen_kappa_score
+
+    idx = [i for i, r in enumerate(test) if r.get("uid") in second]
+    if not idx:
+        return None
+    g1 = [test[i]["label"] for i in idx]
+    g2 = [second[test[i]["uid"]] for i in idx]
+    n = len(idx)
+
+    def acc(a, b):
+        k = sum(x == y for x, y in zip(a, b))
+        return {"accuracy": k / len(a), "ci": _ci(k, len(a)), "n": len(a)}
+
+    merged = lambda labs: ["not_complied" if x in NOT_COMPLIED else x for x in labs]
+    agreed = [j for j in range(n) if g1[j] == g2[j]]
+    out = {"n": n, "readers": acc(g1, g2), "kappa": float(cohen_kappa_score(g1, g2)),
+           "readers_not_complied_merged": acc(merged(g1), merged(g2)),
+           "kappa_not_complied_merged": float(cohen_kappa_score(merged(g1), merged(g2))),
+           "confusion_first_to_second": {a: {b: sum(x == a and y == b for x, y in zip(g1, g2)) for b in CLASSES}
+                                         for a in CLASSES},
+           "n_agreed": len(agreed), "judges": {}}
+    for name, pred in preds.items():
+        p = [pred[i] for i in idx]
+        out["judges"][name] = {"vs_first": acc(p, g1), "vs_second": acc(p, g2),
+                               "on_agreed_rows": acc([p[j] for j in agreed], [g1[j] for j in agreed]),
+                               "not_complied_merged_vs_first": acc(merged(p), merged(g1))}
+    return out
+
+
 def judge_report(labels_path=None, *, model_judge=None, model_judge_cache=None, synthetic_path=None,
-                 grid: Sequence[dict] = GRID) -> dict:
+                 grid: Sequence[dict] = GRID, second_labels_path=None) -> dict:
     """The out-of-sample report: fit on the training part (settings and sources of
     :func:`heldout_design`) with the configuration chosen inside it, score on the held-out part,
     and score the pattern judge (and optionally a model judge) on the same held-out replies."""
@@ -303,6 +357,9 @@ def judge_report(labels_path=None, *, model_judge=None, model_judge_cache=None, 
             k = sum(pp[i] == gold[i] for i in idx)
             mj[key] = {"accuracy": k / len(idx) if idx else None, "accuracy_ci": _ci(k, len(idx)), "n": len(idx)}
         rep["model_judge"] = mj
+    agreement = labeller_agreement(test, {"clf": pred, "pattern": ppred}, load_second_labels(second_labels_path))
+    if agreement is not None:
+        rep["labeller_agreement"] = agreement
     return rep
 
 
@@ -356,66 +413,6 @@ def save_judge(judge, out_dir, provenance: dict) -> None:
     (d / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
 
-# ---------------------------------------------------------------------------------------------
-# the hidden-state judge (:class:`~.judges.HiddenJudge`)
-
-def fit_hidden(rows: Sequence[dict], hidden: np.ndarray, *, layer: int, reading: str, C: float,
-               features: str = "hidden", hidden_scale: Optional[float] = None, bits: int = 14,
-               use_patterns: bool = False, model=None, meta: Optional[dict] = None) :
-    """A :class:`HiddenJudge` fitted on labelled ``rows`` whose reading (layer ``layer``,
-    ``reading``) is ``hidden`` (``[n, d]``, one row per row). Hidden features are standardized
-    (and, with ``features="hidden+text"``, multiplied by ``hidden_scale / sqrt(d)`` and concatenated
-    with the text judge's features); multinomial logistic regression, L2, lbfgs (deterministic)."""
-    from scipy.sparse import csr_matrix, hstack
-    from sklearn.linear_model import LogisticRegression
-
-    from .judges import HiddenJudge
-
-    H = np.asarray(hidden, dtype=np.float64)
-    if H.shape[0] != len(rows):
-        raise ValueError(f"{H.shape[0]} hidden rows for {len(rows)} labelled rows")
-    mean = H.mean(0)
-    scale = H.std(0)
-    scale[scale < 1e-6] = 1.0
-    factor = 1.0 if features == "hidden" else float(hidden_scale or 1.0) / np.sqrt(H.shape[1])
-    X = (H - mean) / scale * factor
-    if features == "hidden+text":
-        X = hstack([csr_matrix(X), _matrix(rows, bits, use_patterns)]).tocsr()
-    elif features != "hidden":
-        raise ValueError(f"features must be 'hidden' or 'hidden+text', got {features!r}")
-    y = np.array([CLASSES.index(r["label"]) for r in rows])
-    clf = LogisticRegression(C=C, max_iter=500, tol=1e-4, random_state=0).fit(X, y)
-    if len(clf.classes_) < 3:
-        raise ValueError("fit_hidden needs at least three classes among the labels")
-    W = np.zeros((len(CLASSES), X.shape[1]), dtype=np.float32)
-    b = np.full(len(CLASSES), -1e4, dtype=np.float32)  # a class absent from training is never predicted
-    for k, c in enumerate(clf.classes_):
-        W[c], b[c] = clf.coef_[k], clf.intercept_[k]
-    m = {"classes": list(CLASSES), "layer": int(layer), "reading": reading, "features": features, "C": C,
-         "hidden_scale": hidden_scale, "hidden_factor": factor, "bits": bits, "use_patterns": use_patterns,
-         "n_train": len(rows), **(meta or {})}
-    return HiddenJudge(model=model, weights={"W": W, "b": b, "mean": mean.astype(np.float32),
-                                             "scale": scale.astype(np.float32)}, meta=m)
-
-
-def save_hidden_judge(judge, out_dir, provenance: dict) -> None:
-    """Write ``weights.safetensors`` (W, b, mean, scale as float32) and ``meta.json`` (layer,
-    reading, feature set, model id and fingerprint, training configuration, ``provenance``), each atomically."""
-    import json
-    from pathlib import Path
-
-    from safetensors.numpy import save_file
-
-    from ..fileio import atomic_write, atomic_write_text
-
-    d = Path(out_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    t = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in
-         (("W", judge.W), ("b", judge.b), ("mean", judge.mean), ("scale", judge.scale))}
-    atomic_write(d / "weights.safetensors", lambda tmp: save_file(t, tmp))
-    atomic_write_text(d / "meta.json", json.dumps({**judge.meta, "provenance": provenance}, indent=1, sort_keys=True) + "\n")
-
-
 def fmt_report(rep: dict) -> str:
     """Markdown summary of :func:`judge_report`'s result."""
     def f(x):
@@ -455,9 +452,17 @@ def fmt_report(rep: dict) -> str:
                      f"3-class {f(mj['three_class']['accuracy_3class'])}, unparseable {mj['n_unparseable']}, n={mj['n']} "
                      f"(clf on the same rows {f(mj['clf_on_same_rows']['accuracy'])}, "
                      f"pattern {f(mj['pattern_on_same_rows']['accuracy'])})")
+    if "labeller_agreement" in rep:
+        la = rep["labeller_agreement"]
+        r, jj = la["readers"], la["judges"]
+        lines.append(f"two blind readers on {la['n']} held-out replies: agree {f(r['accuracy'])}{ci(r['ci'])} "
+                     f"(kappa {la['kappa']:.3f}; refusal + deflection merged {f(la['readers_not_complied_merged']['accuracy'])}); "
+                     + "; ".join(f"{k} vs first {f(v['vs_first']['accuracy'])}, vs second {f(v['vs_second']['accuracy'])}, "
+                                 f"on the {la['n_agreed']} agreed rows {f(v['on_agreed_rows']['accuracy'])}"
+                                 for k, v in jj.items()))
     return "\n".join(lines)
 
 
-__all__ = ["CLASSES", "HELDOUT_SOURCES", "GRID", "load_labelled", "heldout_design", "heldout_settings", "fit",
+__all__ = ["CLASSES", "HELDOUT_SOURCES", "GRID", "load_labelled", "heldout_design", "heldout_settings", "fit", "load_second_labels", "labeller_agreement",
            "predict", "select_config", "score", "score_binary", "judge_report", "save_judge", "fmt_report",
-           "default_labels_path", "score_model_judge", "time_per_reply", "fit_hidden", "save_hidden_judge"]
+           "default_labels_path", "score_model_judge", "time_per_reply"]
