@@ -260,62 +260,8 @@ def time_per_reply(judge, rows: Sequence[dict], reps: int = 1) -> float:
     return float(np.median(ts))
 
 
-def default_second_labels_path() -> Path:
-    """The second, independent blind labels of a sample of held-out replies (``uid``, ``label``)."""
-    return default_labels_path().with_name("judge_labels_v2_second.jsonl")
-
-
-def load_second_labels(path=None) -> dict[str, str]:
-    """``{uid: label}`` of the second labeller (empty when the file does not exist)."""
-    p = Path(path) if path is not None else default_second_labels_path()
-    if not p.exists():
-        return {}
-    out = {}
-    with open(p) as f:
-        for line in f:
-            if line.strip():
-                d = json.loads(line)
-                if d["label"] not in CLASSES:
-                    raise ValueError(f"{p}: unknown label {d['label']!r} for uid {d['uid']}")
-                out[d["uid"]] = d["label"]
-    return out
-
-
-def labeller_agreement(test: Sequence[dict], preds: dict[str, Sequence[str]], second: dict[str, str]) -> Optional[dict]:
-    """On the held-out rows a second reader labelled blind: how often the two readers agree (the
-    ceiling a judge's accuracy against one reader can be read against), Cohen's kappa, the readers'
-    confusion, and each judge's accuracy against either reader and on the rows both agree on."""
-    from sklearn.metrics import cohen_kappa_score
-
-    idx = [i for i, r in enumerate(test) if r.get("uid") in second]
-    if not idx:
-        return None
-    g1 = [test[i]["label"] for i in idx]
-    g2 = [second[test[i]["uid"]] for i in idx]
-    n = len(idx)
-
-    def acc(a, b):
-        k = sum(x == y for x, y in zip(a, b))
-        return {"accuracy": k / len(a), "ci": _ci(k, len(a)), "n": len(a)}
-
-    merged = lambda labs: ["not_complied" if x in NOT_COMPLIED else x for x in labs]
-    agreed = [j for j in range(n) if g1[j] == g2[j]]
-    out = {"n": n, "readers": acc(g1, g2), "kappa": float(cohen_kappa_score(g1, g2)),
-           "readers_not_complied_merged": acc(merged(g1), merged(g2)),
-           "kappa_not_complied_merged": float(cohen_kappa_score(merged(g1), merged(g2))),
-           "confusion_first_to_second": {a: {b: sum(x == a and y == b for x, y in zip(g1, g2)) for b in CLASSES}
-                                         for a in CLASSES},
-           "n_agreed": len(agreed), "judges": {}}
-    for name, pred in preds.items():
-        p = [pred[i] for i in idx]
-        out["judges"][name] = {"vs_first": acc(p, g1), "vs_second": acc(p, g2),
-                               "on_agreed_rows": acc([p[j] for j in agreed], [g1[j] for j in agreed]),
-                               "not_complied_merged_vs_first": acc(merged(p), merged(g1))}
-    return out
-
-
 def judge_report(labels_path=None, *, model_judge=None, model_judge_cache=None, synthetic_path=None,
-                 grid: Sequence[dict] = GRID, second_labels_path=None) -> dict:
+                 grid: Sequence[dict] = GRID) -> dict:
     """The out-of-sample report: fit on the training part (settings and sources of
     :func:`heldout_design`) with the configuration chosen inside it, score on the held-out part,
     and score the pattern judge (and optionally a model judge) on the same held-out replies."""
@@ -357,9 +303,6 @@ def judge_report(labels_path=None, *, model_judge=None, model_judge_cache=None, 
             k = sum(pp[i] == gold[i] for i in idx)
             mj[key] = {"accuracy": k / len(idx) if idx else None, "accuracy_ci": _ci(k, len(idx)), "n": len(idx)}
         rep["model_judge"] = mj
-    agreement = labeller_agreement(test, {"clf": pred, "pattern": ppred}, load_second_labels(second_labels_path))
-    if agreement is not None:
-        rep["labeller_agreement"] = agreement
     return rep
 
 
@@ -452,17 +395,9 @@ def fmt_report(rep: dict) -> str:
                      f"3-class {f(mj['three_class']['accuracy_3class'])}, unparseable {mj['n_unparseable']}, n={mj['n']} "
                      f"(clf on the same rows {f(mj['clf_on_same_rows']['accuracy'])}, "
                      f"pattern {f(mj['pattern_on_same_rows']['accuracy'])})")
-    if "labeller_agreement" in rep:
-        la = rep["labeller_agreement"]
-        r, jj = la["readers"], la["judges"]
-        lines.append(f"two blind readers on {la['n']} held-out replies: agree {f(r['accuracy'])}{ci(r['ci'])} "
-                     f"(kappa {la['kappa']:.3f}; refusal + deflection merged {f(la['readers_not_complied_merged']['accuracy'])}); "
-                     + "; ".join(f"{k} vs first {f(v['vs_first']['accuracy'])}, vs second {f(v['vs_second']['accuracy'])}, "
-                                 f"on the {la['n_agreed']} agreed rows {f(v['on_agreed_rows']['accuracy'])}"
-                                 for k, v in jj.items()))
     return "\n".join(lines)
 
 
-__all__ = ["CLASSES", "HELDOUT_SOURCES", "GRID", "load_labelled", "heldout_design", "heldout_settings", "fit", "load_second_labels", "labeller_agreement",
+__all__ = ["CLASSES", "HELDOUT_SOURCES", "GRID", "load_labelled", "heldout_design", "heldout_settings", "fit",
            "predict", "select_config", "score", "score_binary", "judge_report", "save_judge", "fmt_report",
            "default_labels_path", "score_model_judge", "time_per_reply"]
