@@ -73,3 +73,17 @@ def test_bad_input(tiny):
     with pytest.raises(ValueError, match="non-negative"):
         HiddenReader(tiny, layers=())
 
+
+
+@pytest.mark.slow
+def test_default_model_matches_full_forward(smol):
+    """On SmolLM2-135M-Instruct: the truncated reader (depth 16 of 30) equals the full model's hidden states."""
+    rd = HiddenReader(smol, layers=(4, 16), batch_size=2)
+    f = rd.features(PROMPTS[:2], REPLIES[:2])
+    for i in range(2):
+        ids, p0 = rd.token_ids(PROMPTS[i], REPLIES[i])
+        with torch.no_grad():
+            hs = smol.hf_model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+        for layer in (4, 16):
+            np.testing.assert_allclose(f[f"L{layer}_mean"][i], hs[layer][0, p0:].mean(0).numpy(), rtol=1e-4, atol=1e-3)
+    assert len(rd.base.layers) == 16
