@@ -10,7 +10,9 @@ harmful source is held out for both gates.
 Sets (test splits, seeded samples of ``--n``): the shared test split (in-distribution); each
 held-out source group's test prompts; XSTest safe; OR-Bench-Hard; Alpaca; the shared test prompts
 wrapped in the *held-out* jailbreak families (<= 1000 characters). Conditions: unsteered, FineSteer
-with SCS, FineSteer with the chosen gate. Greedy, 32 new tokens, refusal judged by the default
+with SCS, FineSteer with the chosen gate. A prompt whose gate is closed gets the unsteered reply
+(a closed prompt gate leaves every activation untouched), so only open prompts are generated
+steered; the fitted steerers are saved under OUT/fitted and reused by a rerun. Greedy, 32 new tokens, refusal judged by the default
 trained judge (``clf``), Wilson 95% intervals; the gate's open rate beside each.
 
     PYTHONPATH=src nice -n 5 python experiments/gate_e2e.py [--quick] [--n 24] [--gate harm]
@@ -64,24 +66,35 @@ def main(argv=None) -> int:
     model = steerlens.load_model(a.model) if a.model else steerlens.load_model()
     judge = get_judge("clf")
 
-    # -- FineSteer as the main job fits it, with SCS
+    # -- FineSteer as the main job fits it, with SCS (both steerers saved under OUT/fitted and reused)
+    from steerlens.pipeline.steerer import load_steerer
+
+    fitted = Path(a.out) / "fitted"
     tab = copy.deepcopy(next(s for s in read_spec(ROOT / "src/steerlens/specs/main.toml")["steerer"]
                              if s["name"] == "finesteer"))
     if a.quick:
         tab.pop("selector", None)
         tab["fit"]["n"] = 32
-    fs_scs = fit_steerer(model, tab, progress=False)
-    print(f"fitted FineSteer (SCS) in {time.time() - t0:.0f} s; sites {[str(s) for s in fs_scs.selection.sites()]}",
-          flush=True)
-    # -- the chosen gate on the same selector and editor, fitted on the shared sources only
     spec = G.normalise_spec(a.gate, G.default_gates()[a.gate])
     if spec["reading"] != "last" or len(spec["layers"]) != 1:
         raise SystemExit(f"gate {a.gate!r} is not deployable as a prompt gate (reading last, one layer)")
-    gd = G.harm_gate_data(groups=SHARED, hard_negatives=spec["hard_negatives"],
-                          augment_wrapped=spec["augment_wrapped"], balance=spec["balance"])
-    gate = make_gate(spec["kind"], **{**spec["params"], "layer": spec["layers"][0], "fpr": 0.05})
-    fs_new = fs_scs.with_gate(gate).fit_gate(model, gd)
-    print(f"fitted the {a.gate} gate in {time.time() - t0:.0f} s (n pos {len(gd.pos)}, neg {len(gd.neg)})", flush=True)
+    if (fitted / "scs").exists() and (fitted / a.gate).exists() and not a.quick:
+        fs_scs, fs_new = load_steerer(fitted / "scs", model), load_steerer(fitted / a.gate, model)
+        print(f"loaded both fitted steerers from {fitted}", flush=True)
+    else:
+        fs_scs = fit_steerer(model, tab, progress=False)
+        print(f"fitted FineSteer (SCS) in {time.time() - t0:.0f} s; sites {[str(s) for s in fs_scs.selection.sites()]}",
+              flush=True)
+        # -- the chosen gate on the same selector and editor, fitted on the shared sources only
+        gd = G.harm_gate_data(groups=SHARED, hard_negatives=spec["hard_negatives"],
+                              augment_wrapped=spec["augment_wrapped"], balance=spec["balance"])
+        gate = make_gate(spec["kind"], **{**spec["params"], "layer": spec["layers"][0], "fpr": 0.05})
+        fs_new = fs_scs.with_gate(gate).fit_gate(model, gd)
+        print(f"fitted the {a.gate} gate in {time.time() - t0:.0f} s (n pos {len(gd.pos)}, neg {len(gd.neg)})",
+              flush=True)
+        if not a.quick:
+            fs_scs.save(fitted / "scs", model)
+            fs_new.save(fitted / a.gate, model)
 
     # -- the sets
     def sample(xs, k, tag):
@@ -109,20 +122,36 @@ def main(argv=None) -> int:
                  "max_new_tokens": a.max_new_tokens, "judge": judge.name, "fit": tab["fit"],
                  "sites": [str(s) for s in fs_scs.selection.sites()], "sets": {k: len(v) for k, v in sets.items()},
                  "results": {}}
+    base: dict[str, list] = {}
     for cname, st in conds.items():
         res["results"][cname] = {}
         for sname, prompts in sets.items():
             ts = time.time()
-            edits = edits_for(st, model, prompts)
-            gens = generate(model, prompts, edits, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
-                            progress=False, return_details=True)
-            verdicts = judge.judge(prompts, [g.text for g in gens])
+            if st is None:
+                gens = generate(model, prompts, None, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
+                                progress=False)
+                base[sname] = list(gens)
+                texts, open_ = list(gens), None
+            else:
+                # a row whose prompt gate is closed is the unsteered row (the hook contract), so only
+                # the open rows are generated (batched among themselves)
+                open_ = st.decide(model, prompts).scale.gt(0).tolist()
+                idx = [i for i, o in enumerate(open_) if o]
+                texts = list(base[sname])
+                if idx:
+                    sub = [prompts[i] for i in idx]
+                    gens = generate(model, sub, edits_for(st, model, sub), max_new_tokens=a.max_new_tokens,
+                                    batch_size=a.batch_size, progress=False)
+                    for i, t in zip(idx, gens):
+                        texts[i] = t
+            verdicts = judge.judge(prompts, texts)
             k = sum(v.label in NOT_COMPLIED for v in verdicts)
             deg = sum(v.label == "degenerate" for v in verdicts)
             p, lo, hi = wilson_ci(k, len(prompts))
-            row = {"refusal": p, "ci": [lo, hi], "n": len(prompts), "k": k, "degenerate": deg / len(prompts)}
-            if st is not None:
-                row["gate_open"] = float(st.decide(model, prompts).scale.gt(0).double().mean())
+            row = {"refusal": p, "ci": [lo, hi], "n": len(prompts), "k": k, "degenerate": deg / len(prompts),
+                   "not_complied": [v.label in NOT_COMPLIED for v in verdicts]}
+            if open_ is not None:
+                row["gate_open"] = sum(open_) / len(open_)
             res["results"][cname][sname] = row
             print(f"{cname:>20} {sname:>28} refusal {p:.2f} [{lo:.2f}, {hi:.2f}] "
                   f"open {row.get('gate_open', float('nan')):.2f} ({time.time() - ts:.0f} s)", flush=True)
@@ -151,6 +180,15 @@ def table(res: dict) -> str:
             cells.append(f"{r['refusal']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
                          + (f" ({r['gate_open']:.2f})" if "gate_open" in r else ""))
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    if len(conds) == 3 and all("not_complied" in res["results"][c][s] for c in conds[1:] for s in sets):
+        from steerlens.evals.stats import paired_ci
+
+        a, b = conds[2], conds[1]
+        lines += ["", f"Paired difference {a} − {b} in refusal (same prompts; Newcombe 95%):", "",
+                  "| set | difference [95% CI] | n |", "|---|---|---|"]
+        for s in sets:
+            d, lo, hi, _ = paired_ci(res["results"][a][s]["not_complied"], res["results"][b][s]["not_complied"])
+            lines.append(f"| {s} | {d:+.2f} [{lo:+.2f}, {hi:+.2f}] | {res['results'][a][s]['n']} |")
     return "\n".join(lines) + "\n"
 
 
