@@ -58,7 +58,7 @@ def cmd_prepare(args) -> int:
     lines = []
     for k, o in enumerate(rows):
         q = refs[o["id"]]
-        lines.append(json.dumps({"uid": f"g{k:03d}", "id": o["id"], "question": o["question"], "answer": o["answer"],
+        lines.append(json.dumps({"uid": f"{args.uid_prefix}{k:03d}", "id": o["id"], "question": o["question"], "answer": o["answer"],
                                  "correct": q.meta["correct"], "incorrect": q.meta["incorrect"],
                                  "steering": o["steering"], "seed": o["seed"], "decoding": o["decoding"]}, ensure_ascii=False))
     atomic_write_text(args.out, "\n".join(lines) + "\n")
@@ -108,6 +108,7 @@ def main(argv=None) -> int:
     a.add_argument("--take", type=int, nargs="+", default=None,
                    help="answers drawn (seeded) from each run directory, in order (default: all)")
     a.add_argument("--seed", type=int, default=2026)
+    a.add_argument("--uid-prefix", default="g", help="prefix of the row ids (to merge sheets)")
     a.set_defaults(func=cmd_prepare)
     b = sub.add_parser("agreement")
     b.add_argument("labels")

@@ -106,10 +106,18 @@ def test_system_prompt_and_repetition_penalty_reach_generation(tiny):
     ids = tiny.prompt_ids("Hello?", system="Be brief.")
     assert "Be brief." in tiny.tokenizer.decode(ids) and ids != tiny.prompt_ids("Hello?")
     assert tiny.tokenizer.decode(tiny.prompt_ids("Hello?", chat=False, system="Be brief.")).endswith("Be brief.\n\nHello?")
-    kw = dict(max_new_tokens=8, batch_size=2, progress=False)
-    plain = generate(tiny, ["Hello?", "Why?"], **kw)
-    assert generate(tiny, ["Hello?", "Why?"], system="Be brief.", **kw) != plain
-    assert generate(tiny, ["Hello?", "Why?"], repetition_penalty=5.0, **kw) != plain
+    kw = dict(max_new_tokens=8, batch_size=2, progress=False, return_details=True)
+    sampled = dict(kw, do_sample=True, seed=0)
+    ids_of = lambda out: [g.token_ids for g in out]  # noqa: E731
+    assert ids_of(generate(tiny, ["Hello?", "Why?"], **sampled)) == ids_of(generate(tiny, ["Hello?", "Why?"], **sampled))
+    # the system turn is part of the context the replies are generated from (the tiny model's
+    # near-uniform sampling picks the same tokens either way, their probabilities differ)
+    lp = lambda out: [g.logprobs for g in out]  # noqa: E731
+    assert lp(generate(tiny, ["Hello?", "Why?"], system="Be brief.", logprobs=True, **kw)) != \
+        lp(generate(tiny, ["Hello?", "Why?"], logprobs=True, **kw))
+    greedy = ids_of(generate(tiny, ["Hello?", "Why?"], **kw))  # the tiny model repeats one token
+    penalised = ids_of(generate(tiny, ["Hello?", "Why?"], repetition_penalty=5.0, **kw))
+    assert penalised != greedy and all(len(set(t)) > 1 for t in penalised)
     with pytest.raises(InputError, match="repetition_penalty"):
         generate(tiny, ["Hello?"], repetition_penalty=0.0, **kw)
 
@@ -193,13 +201,21 @@ def test_hand_labels_fixture_is_complete():
     assert len({r["steering"] for r in rows}) >= 2  # unsteered and at least one steered setting
 
 
-def test_automatic_labels_agree_with_hand_labels_better_than_chance(root):
+def test_agreement_report_on_the_hand_labels(root):
+    """The agreement script scores the labelled answers afresh and compares per configuration
+    (the figures themselves are in tests/fixtures/README.md: near chance on this model)."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from truthfulqa_gen_labels import agreement_report
 
+    rows = [json.loads(x) for x in FIXTURE.read_text().splitlines() if x.strip()]
     rep = agreement_report(FIXTURE, root)
-    assert rep["n"] >= 100
-    for k in ("true", "info"):
-        assert rep["all"][k]["kappa"] > 0.0, (k, rep["all"][k])
+    assert rep["n"] == len(rows) and set(rep) >= {"all", "none"}
+    for k in ("true", "true_rouge", "info", "true_info"):
+        a = rep["all"][k]
+        assert a["n"] == len(rows) and 0.0 <= a["accuracy"] <= 1.0 and -1.0 <= a["kappa"] <= 1.0
+    human_true = sum(r["human_true"] for r in rows) / len(rows)
+    assert rep["all"]["true"]["human_rate"] == pytest.approx(human_true)
+    assert rep["all"]["true_info"]["human_rate"] == pytest.approx(
+        sum(r["human_true"] and r["human_info"] for r in rows) / len(rows))
