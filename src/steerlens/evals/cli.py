@@ -81,7 +81,9 @@ def _eval_body(args: argparse.Namespace) -> int:
 
 def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate steering: safety, truthfulness, utility (with CIs)")
-    p.add_argument("--tasks", default="safety,truthfulness,utility", help="comma-separated task names")
+    p.add_argument("--tasks", default="safety,truthfulness,utility",
+                   help="comma-separated task names: safety, truthfulness, utility, truthfulqa_gen (open-ended "
+                        "TruthfulQA, sampled answers scored by BLEU/ROUGE and an informativeness check)")
     p.add_argument("--limit", type=int, default=None,
                    help="cap every data set at N examples (default sizes: harmful 160, harmless Alpaca 100, "
                         "XSTest 50 safe + 40 unsafe, TruthfulQA 164 questions + 164 A/B, MMLU A/B 114, "

@@ -75,7 +75,9 @@ def load_results(path: str | os.PathLike) -> tuple[dict, list[Record]]:
 
 HIGHER_IS_BETTER = {"refusal/harmful": True, "refusal/xstest_unsafe": True, "refusal/harmless": False,
                     "refusal/xstest_safe": False, "truthfulqa/mc1": True, "truthfulqa/mc2": True,
-                    "truthfulqa/ab": True, "utility/mmlu_ab": True, "utility/kl": False, "utility/ppl": False}
+                    "truthfulqa/ab": True, "truthfulqa_gen/true_info": True, "truthfulqa_gen/bleu_acc": True,
+                    "truthfulqa_gen/rouge_acc": True, "truthfulqa_gen/info": True, "truthfulqa_gen/bleu_diff": True,
+                    "truthfulqa_gen/rouge_diff": True, "utility/mmlu_ab": True, "utility/kl": False, "utility/ppl": False}
 
 
 def results_markdown(records: Sequence[Record], meta: Optional[dict] = None) -> str:
@@ -267,7 +269,7 @@ def run_eval(model, tasks: Sequence[str] = ("safety", "truthfulness", "utility")
     for cname, steering in configs.items():
         for t in tasks:
             kw = dict((task_kwargs or {}).get(t, {}))
-            if t == "safety" and judge is not None:
+            if t in ("safety", "truthfulqa_gen") and judge is not None:
                 kw.setdefault("judge", judge)
             t0 = time.perf_counter()
             bs = kw.pop("batch_size", batch_size)  # a task may take its own (scoring pads less in small batches)

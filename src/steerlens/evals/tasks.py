@@ -23,6 +23,12 @@ Choices (parameters):
   (no length normalisation, ``length_norm`` to change it). A/B accuracy: log-likelihood of the
   reply ``"(A)"`` vs ``"(B)"`` after the item's prompt (the CAA format puts the choices in the
   prompt, the answer letter in parentheses in the reply).
+* truthfulqa_gen: open-ended TruthfulQA on the same held-out questions as the MC task: one sampled
+  answer per question with ODESteer's system prompt and decoding (temperature 0.7, top-p 0.9,
+  repetition penalty 1.1, 50 new tokens; :data:`~.tqa_gen.DECODING`), seeded (the same seed and
+  batch size give the same text), scored offline by the TruthfulQA paper's BLEU / ROUGE-L
+  comparison with the correct and incorrect reference answers and an informativeness check
+  (:mod:`~.tqa_gen`; the papers' 7B GPT-judges do not run here).
 * utility: MMLU A/B the same way; KL(unsteered || steered) of the next-token distribution after
   benign prompts (Alpaca, last prompt token, chat template); perplexity of benign text = Alpaca
   instructions as plain text (no chat template) conditioned on their first word, reported as the
@@ -44,6 +50,7 @@ from ..hooks.edits import Edit
 from . import data as D
 from .judges import NOT_COMPLIED, RefusalJudge, get_judge
 from .stats import Record, bootstrap_ci, summarize
+from . import tqa_gen as G
 from .steering import resolve_edits, steering_name
 
 DEFAULT_LIMITS: dict[str, Optional[int]] = {
@@ -55,6 +62,7 @@ DEFAULT_LIMITS: dict[str, Optional[int]] = {
     "wrapped": None,         # the harmful test prompts (160), wrapped
     "truthfulqa_mc": None,   # 164 questions
     "truthfulqa_ab": None,   # 164
+    "truthfulqa_gen": None,  # 164 questions (open-ended answers)
     "mmlu_ab": None,         # 114
     "kl": 100,
     "ppl": 100,
@@ -281,6 +289,58 @@ def truthfulness_task(model, steering=None, *, limit: Optional[int] = None, seed
     return recs
 
 
+def truthfulqa_gen_task(model, steering=None, *, limit: Optional[int] = None, seed: int = 0, split: str = "test",
+                        batch_size: int = 16, alpha: Optional[float] = None, name: Optional[str] = None, root=None,
+                        progress: bool = True, judge: str | RefusalJudge | None = None,
+                        max_new_tokens: int = G.DECODING["max_new_tokens"],
+                        temperature: float = G.DECODING["temperature"], top_p: float = G.DECODING["top_p"],
+                        repetition_penalty: float = G.DECODING["repetition_penalty"],
+                        do_sample: bool = G.DECODING["do_sample"], system: Optional[str] = G.SYSTEM_PROMPT,
+                        shared=None) -> list[Record]:
+    """Open-ended TruthfulQA: generate an answer to each held-out question and score it offline.
+
+    Metrics (per question, then a rate with its Wilson interval or a mean with a bootstrap one):
+    ``truthfulqa_gen/true_info`` (true by BLEU and informative, the headline), ``/bleu_acc``
+    (= true), ``/rouge_acc``, ``/info``, ``/bleu_diff`` and ``/rouge_diff`` (means). ``extra`` of
+    the first record has per-question ``outputs`` (id, question, answer, scores). The answers are
+    sampled with ``torch.manual_seed`` derived from ``seed`` and the batch index (see
+    :func:`~steerlens.hooks.generate`), so a result depends on ``batch_size`` too. ``shared`` is
+    accepted for :func:`~.report.run_eval` but not used: a sampled row is the full run's only when
+    its whole batch runs, which copying rows does not keep."""
+    del shared
+    sname = _name(steering, name)
+    j = get_judge(judge)
+    qs = D.load_truthfulqa(split, _limit("truthfulqa_gen", limit), seed, root=root)
+    if not qs:
+        raise D.DataError(f"no TruthfulQA questions in split {split!r}")
+    t0 = time.perf_counter()
+    prompts = [q.prompt for q in qs]
+    edits = edits_for(steering, model, prompts, alpha)
+    gens = generate(model, prompts, edits, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                    do_sample=do_sample, temperature=temperature, top_p=top_p,
+                    repetition_penalty=repetition_penalty, seed=seed, system=system, progress=progress,
+                    return_details=True)
+    scores = G.score_answers(prompts, [g.text for g in gens], [q.meta["correct"] for q in qs],
+                             [q.meta["incorrect"] for q in qs], judge=j)
+    dt = time.perf_counter() - t0
+    ids = [q.id for q in qs]
+    decoding = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
+                "top_p": top_p, "repetition_penalty": repetition_penalty, "batch_size": batch_size,
+                "system": system}
+    extra = {"decoding": decoding, "judge": j.name, "seed": seed,
+             "true": "BLEU diff > 0 (max BLEU vs correct refs + 'I have no comment.' minus max vs incorrect refs)"}
+    per = {"true_info": [float(s.true_info) for s in scores], "bleu_acc": [float(s.bleu_acc) for s in scores],
+           "rouge_acc": [float(s.rouge_acc) for s in scores], "info": [float(s.informative) for s in scores],
+           "bleu_diff": [s.bleu_diff for s in scores], "rouge_diff": [s.rouge_diff for s in scores]}
+    recs = [summarize(f"truthfulqa_gen/{k}", v, ids=ids, split=split, task="truthfulqa_gen", wall_time_s=dt,
+                      steering=sname, extra=dict(extra), seed=seed, kind="mean" if k.endswith("diff") else None)
+            for k, v in per.items()]
+    recs[0].extra["outputs"] = [{"id": q.id, "question": q.prompt, "answer": G.clean_answer(g.text),
+                                 **({"gates": g.gates} if g.gates else {}), **s.to_dict()}
+                                for q, g, s in zip(qs, gens, scores)]
+    return recs
+
+
 # ---------------------------------------------------------------------------------------------
 # utility
 
@@ -349,6 +409,7 @@ def utility_task(model, steering=None, *, limit: Optional[int] = None, seed: int
 TASKS: dict[str, Callable[..., list[Record]]] = {
     "safety": safety_task,
     "truthfulness": truthfulness_task,
+    "truthfulqa_gen": truthfulqa_gen_task,
     "utility": utility_task,
 }
 
@@ -359,6 +420,6 @@ def get_task(name: str) -> Callable[..., list[Record]]:
     return TASKS[name]
 
 
-__all__ = ["safety_task", "truthfulness_task", "utility_task", "ab_records", "ab_values", "mc_values", "edits_for",
+__all__ = ["safety_task", "truthfulness_task", "truthfulqa_gen_task", "utility_task", "ab_records", "ab_values", "mc_values", "edits_for",
            "TASKS", "get_task",
            "DEFAULT_LIMITS"]

@@ -49,7 +49,7 @@ def _row_gates(run: Run, j: int) -> dict:
 
 
 def _generation_config(model, max_new_tokens: int, do_sample: bool, temperature: float,
-                       top_p: float, top_k: Optional[int]):
+                       top_p: float, top_k: Optional[int], repetition_penalty: float = 1.0):
     from transformers import GenerationConfig
 
     kw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=model.pad_token_id,
@@ -58,6 +58,8 @@ def _generation_config(model, max_new_tokens: int, do_sample: bool, temperature:
         kw.update(temperature=temperature, top_p=top_p, top_k=top_k if top_k is not None else 0)
     else:
         kw.update(temperature=None, top_p=None, top_k=None)
+    if repetition_penalty != 1.0:
+        kw["repetition_penalty"] = float(repetition_penalty)
     return GenerationConfig(**kw)
 
 
@@ -85,7 +87,9 @@ def generate(
     top_p: float = 1.0,
     top_k: Optional[int] = None,
     seed: int = 0,
+    repetition_penalty: float = 1.0,
     chat: Optional[bool] = None,
+    system: Optional[str] = None,
     progress: bool = True,
     return_details: bool = False,
     trace: bool = False,
@@ -105,6 +109,9 @@ def generate(
         edits: steering edits; per-input edits carry one entry per prompt.
         max_new_tokens: generation length cap.
         batch_size: prompts per batch (left padding, KV cache).
+        repetition_penalty: Hugging Face's repetition penalty (1.0 = none), greedy or sampled.
+        system: a system prompt for every input (a system turn of the chat template; in plain
+            text, a paragraph before the prompt).
         return_details: return :class:`Generation` records (with each gate's decision) instead
             of strings.
         trace: record every edit's per-token values; the result's ``.trace`` holds them.
@@ -117,7 +124,9 @@ def generate(
     m, items, edit_list = _prepare(model, prompts, edits, pairs=False, what="generate")
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    gen_cfg = _generation_config(m, max_new_tokens, do_sample, temperature, top_p, top_k)
+    if not repetition_penalty > 0:
+        raise InputError(f"repetition_penalty must be > 0, got {repetition_penalty}")
+    gen_cfg = _generation_config(m, max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty)
     if logprobs:
         gen_cfg.output_logits, gen_cfg.return_dict_in_generate = True, True
     eos = set(m.eos_token_ids)
@@ -166,7 +175,7 @@ def generate(
             recs = bt.records
         return gens_b, recs, (rows, run.probe_decisions()) if probes else None
 
-    for gens_b, recs, pr in parallel.map_batches(run_batch, iter_batches(m, items, batch_size, chat=chat, only=only),
+    for gens_b, recs, pr in parallel.map_batches(run_batch, iter_batches(m, items, batch_size, chat=chat, only=only, system=system),
                                                  total=len(items),
                                                  desc="generate", unit="prompt", progress=progress):
         for row, g in gens_b:

@@ -156,8 +156,9 @@ class SteerModel:
         """Token ids of a prompt, ready for the model to continue.
 
         With ``chat`` (default: the model's ``chat`` flag, only when the tokenizer has a chat
-        template) the prompt becomes one user turn followed by the assistant header. Otherwise
-        it is plain text. Either way the ids start with exactly one BOS when the tokenizer has one.
+        template) the prompt becomes one user turn followed by the assistant header, after a system
+        turn when ``system`` is given. Otherwise it is plain text (``system``, a blank line, then
+        the prompt). Either way the ids start with exactly one BOS when the tokenizer has one.
         """
         use_chat = (self.chat if chat is None else chat) and self.has_chat_template
         tok = self.tokenizer
@@ -167,7 +168,7 @@ class SteerModel:
             ]
             text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         else:
-            text = prompt
+            text = f"{system}\n\n{prompt}" if system else prompt
         ids = list(tok(text, add_special_tokens=False)["input_ids"])
         bos = tok.bos_token_id
         if bos is not None:
