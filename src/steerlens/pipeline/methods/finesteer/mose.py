@@ -71,23 +71,38 @@ from ...roles import Editor, register_role
 from ...selection import Selection, resid_module
 from ...steerer import Steerer
 from ..baselines import ResidParams
+from ...params import scaled_layer
 from ...registry import register_method
 from ...selectors import FixedSelector
 
 K_RULES = ("ch", "median")
 MEDIAN_RANGE = (4, 10)
+#: the elbow rule inside ``k_rule="median"``: farthest below the chord, or the largest second difference
+ELBOWS = ("chord", "second_diff")
+#: the residual basis: PCs of Δ after removing span(C) (``"deflated"``), or of the centred Δ (``"all_pca"``)
+RESIDUALS = ("deflated", "all_pca")
 
 
 # ----------------------------------------------------------------------------------------
 # Experts: PCA + k-means, K by Calinski-Harabasz (or the median of elbow / silhouette / CH)
 # ----------------------------------------------------------------------------------------
 
-def elbow_k(ks: Sequence[int], inertia: Sequence[float]) -> int:
-    """The elbow of a decreasing inertia curve: the K farthest below the chord joining its first
-    and last points, with both axes scaled to [0, 1] (the first K when the curve is too short)."""
+def elbow_k(ks: Sequence[int], inertia: Sequence[float], rule: str = "chord") -> int:
+    """The elbow of a decreasing inertia curve (the first K when the curve is too short).
+    ``"chord"``: the K farthest below the chord joining its first and last points, both axes
+    scaled to [0, 1]. ``"second_diff"`` (the authors' code): the K with the largest second
+    difference of the min-max-scaled inertia (an interior K; ties: the smallest)."""
     ks = list(ks)
+    if rule not in ELBOWS:
+        raise PipelineError(f"elbow must be one of {ELBOWS}, got {rule!r}")
     if len(ks) < 3:
         return int(ks[0])
+    if rule == "second_diff":
+        y = np.asarray(inertia, float)
+        span = y.max() - y.min()
+        y = (y - y.min()) / span if span > 0 else np.zeros_like(y)
+        d2 = y[:-2] - 2 * y[1:-1] + y[2:]  # at ks[1:-1]
+        return int(ks[1 + int(np.argmax(d2))])
     x = (np.asarray(ks, float) - ks[0]) / (ks[-1] - ks[0])
     y = np.asarray(inertia, float)
     span = y[0] - y[-1]
@@ -97,7 +112,7 @@ def elbow_k(ks: Sequence[int], inertia: Sequence[float]) -> int:
 
 
 def select_k(x: np.ndarray, *, k_min: int = 2, k_max: int = 10, rule: str = "ch", seed: int = 0,
-             n_init: int = 10, median_range: tuple[int, int] = MEDIAN_RANGE) -> dict:
+             n_init: int = 10, median_range: tuple[int, int] = MEDIAN_RANGE, elbow: str = "chord") -> dict:
     """Cluster ``x`` (``[n, p]``) with k-means for every K in ``k_min..k_max`` and in
     ``median_range`` and pick K by ``rule`` (see the module docstring).
 
@@ -137,7 +152,7 @@ def select_k(x: np.ndarray, *, k_min: int = 2, k_max: int = 10, rule: str = "ch"
 
     k_ch = best(ch, main)
     if med:
-        k_el, k_si, k_cm = elbow_k(med, [inertia[k] for k in med]), best(sil, med), best(ch, med)
+        k_el, k_si, k_cm = elbow_k(med, [inertia[k] for k in med], elbow), best(sil, med), best(ch, med)
         k_med = int(sorted([k_el, k_si, k_cm])[1])
     else:
         k_el = k_si = k_cm = k_med = None
@@ -161,13 +176,19 @@ def pca_project(x: torch.Tensor, max_components: int) -> tuple[np.ndarray, float
     return ((x.double() - r.center) @ r.components.T).numpy(), frac
 
 
-def residual_basis(delta: torch.Tensor, centroids: torch.Tensor, rank: int) -> torch.Tensor:
+def residual_basis(delta: torch.Tensor, centroids: torch.Tensor, rank: int, mode: str = "deflated") -> torch.Tensor:
     """``U`` (``[d, r]``, orthonormal columns): the top-``rank`` principal components of the rows
-    of ``delta`` after removing their projection onto the span of ``centroids``; ``r`` is cut to
-    the rank left (``[d, 0]`` if nothing is left); signs fixed as in :func:`steerlens.numerics.pca`."""
+    of ``delta`` after removing their projection onto the span of ``centroids`` (``"deflated"``)
+    or of the centred ``delta`` as it is (``"all_pca"``, the authors' code); ``r`` is cut to the
+    rank left (``[d, 0]`` if nothing is left); signs fixed as in :func:`steerlens.numerics.pca`."""
+    if mode not in RESIDUALS:
+        raise PipelineError(f"residual must be one of {RESIDUALS}, got {mode!r}")
     d = delta.double()
-    q, _ = torch.linalg.qr(centroids.double().T)  # [d, K] orthonormal basis of span(C)
-    r = pca(d - (d @ q) @ q.T)
+    if mode == "deflated":
+        q, _ = torch.linalg.qr(centroids.double().T)  # [d, K] orthonormal basis of span(C)
+        r = pca(d - (d @ q) @ q.T)
+    else:
+        r = pca(d)
     ref = torch.linalg.matrix_norm(d, ord=2).clamp_min(1e-30)  # the differences' own scale
     keep = int(min(rank, int((r.singular_values > ref * 1e-4).sum())))  # float32 inputs: anything smaller is noise
     return r.components[:keep].T.float().contiguous()
@@ -257,19 +278,22 @@ def query_stats(q: torch.Tensor, standardize: bool = True) -> tuple[torch.Tensor
     return mu, sd.clamp_min(floor)
 
 
-def lr_at(step: int, *, lr: float, warmup: int, total: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+def lr_at(step: int, *, lr: float, warmup: int, total: int, floor: float = 0.0) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``floor · lr`` at ``total``
+    (``floor=0.7``: the authors' schedule; ``1``: constant after warm-up)."""
     if warmup > 0 and step < warmup:
         return lr * (step + 1) / warmup
     span = max(1, total - warmup)
     prog = min(1.0, (step - warmup) / span)
-    return lr * 0.5 * (1.0 + math.cos(math.pi * prog))
+    if floor == 0.0:
+        return lr * 0.5 * (1.0 + math.cos(math.pi * prog))
+    return lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * prog)))
 
 
 def train_router(router: MoSERouter, q_tr: torch.Tensor, d_tr: torch.Tensor, q_va: torch.Tensor,
                  d_va: torch.Tensor, *, lr: float = 5e-4, weight_decay: float = 0.01, batch_size: int = 32,
                  max_epochs: int = 200, warmup_steps: int = 100, patience: int = 5, seed: int = 0,
-                 threads: Optional[int] = 1) -> dict:
+                 threads: Optional[int] = 1, lr_floor: float = 0.0) -> dict:
     """Train ``router`` in place (see the module docstring); returns the training history.
 
     Runs on ``threads`` CPU threads (default 1: the router's matrix products are small, so more
@@ -277,11 +301,12 @@ def train_router(router: MoSERouter, q_tr: torch.Tensor, d_tr: torch.Tensor, q_v
     caller's thread setting)."""
     with torch_threads(threads):
         return _train(router, q_tr, d_tr, q_va, d_va, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                      max_epochs=max_epochs, warmup_steps=warmup_steps, patience=patience, seed=seed)
+                      max_epochs=max_epochs, warmup_steps=warmup_steps, patience=patience, seed=seed,
+                      lr_floor=lr_floor)
 
 
 def _train(router, q_tr, d_tr, q_va, d_va, *, lr, weight_decay, batch_size, max_epochs, warmup_steps, patience,
-           seed) -> dict:
+           seed, lr_floor=0.0) -> dict:
     g = torch.Generator().manual_seed(int(seed))
     n = q_tr.shape[0]
     bs = max(1, min(int(batch_size), n))
@@ -305,7 +330,7 @@ def _train(router, q_tr, d_tr, q_va, d_va, *, lr, weight_decay, batch_size, max_
         for i in range(0, n, bs):
             idx = perm[i:i + bs]
             for grp in opt.param_groups:
-                grp["lr"] = lr_at(step, lr=lr, warmup=warmup_steps, total=total)
+                grp["lr"] = lr_at(step, lr=lr, warmup=warmup_steps, total=total, floor=lr_floor)
             s, _ = router(q_tr[idx])
             loss = ((s - d_tr[idx]) ** 2).mean()
             opt.zero_grad(set_to_none=True)
@@ -406,6 +431,11 @@ class MoSEEditor(Editor):
         seed: split, initialisation, shuffling and k-means.
         n_init: k-means restarts per K.
         threads: CPU threads for training (default 1, see :func:`train_router`; ``None``: as set).
+        normalize_deltas: cluster the L2-normalised ``Δᵢ`` and take the experts as the mean
+            normalised ``Δᵢ`` per cluster (the paper-equation version); default ``False``.
+        residual: ``"deflated"`` (default) or ``"all_pca"`` (see :func:`residual_basis`).
+        elbow: the elbow rule of ``k_rule="median"``: ``"chord"`` (default) or ``"second_diff"``.
+        lr_floor: the cosine schedule ends at ``lr_floor · lr`` (default 0).
     """
 
     kind = "mose"
@@ -416,7 +446,8 @@ class MoSEEditor(Editor):
                  hidden: Optional[int] = None, standardize: bool = True, lr: float = 5e-4,
                  weight_decay: float = 0.01, train_batch_size: int = 32, max_epochs: int = 200,
                  warmup_steps: int = 100, patience: int = 5, val_frac: float = 0.15, seed: int = 0,
-                 n_init: int = 10, threads: Optional[int] = 1) -> None:
+                 n_init: int = 10, threads: Optional[int] = 1, normalize_deltas: bool = False,
+                 residual: str = "deflated", elbow: str = "chord", lr_floor: float = 0.0) -> None:
         try:
             positions = normalise_positions(positions)
         except EditError as e:
@@ -427,6 +458,12 @@ class MoSEEditor(Editor):
             raise PipelineError(f"k must be >= 1, got {k}")
         if rank < 0:
             raise PipelineError(f"rank must be >= 0, got {rank}")
+        if residual not in RESIDUALS:
+            raise PipelineError(f"residual must be one of {RESIDUALS}, got {residual!r}")
+        if elbow not in ELBOWS:
+            raise PipelineError(f"elbow must be one of {ELBOWS}, got {elbow!r}")
+        if not 0.0 <= float(lr_floor) <= 1.0:
+            raise PipelineError(f"lr_floor must be in [0, 1], got {lr_floor}")
         if not 0 < val_frac < 1:
             raise PipelineError(f"val_frac must be in (0, 1), got {val_frac}")
         if lr <= 0 or max_epochs < 1 or train_batch_size < 1 or patience < 1:
@@ -437,7 +474,9 @@ class MoSEEditor(Editor):
                          standardize=bool(standardize), lr=float(lr), weight_decay=float(weight_decay),
                          train_batch_size=int(train_batch_size), max_epochs=int(max_epochs),
                          warmup_steps=int(warmup_steps), patience=int(patience), val_frac=float(val_frac),
-                         seed=int(seed), n_init=int(n_init), threads=None if threads is None else int(threads))
+                         seed=int(seed), n_init=int(n_init), threads=None if threads is None else int(threads),
+                         normalize_deltas=bool(normalize_deltas), residual=residual, elbow=elbow,
+                         lr_floor=float(lr_floor))
         self.module: Optional[Site] = None
         self.router: Optional[MoSERouter] = None
         self.info: dict = {}
@@ -492,9 +531,11 @@ class MoSEEditor(Editor):
     def _fit_router(self, q_tr, d_tr, q_va, d_va) -> tuple[MoSERouter, dict]:
         p = self.params
         t0 = time.perf_counter()
-        x, frac = pca_project(d_tr, p["max_components"])
+        # what is clustered (and averaged into the experts): Δ, or Δ / ‖Δ‖ (normalize_deltas)
+        d_cl = d_tr / d_tr.norm(dim=-1, keepdim=True).clamp_min(1e-12) if p.get("normalize_deltas") else d_tr
+        x, frac = pca_project(d_cl, p["max_components"])
         ksel = select_k(x, k_min=p["k_min"], k_max=p["k_max"], rule=p["k_rule"], seed=p["seed"],
-                        n_init=p["n_init"])
+                        n_init=p["n_init"], elbow=p.get("elbow", "chord"))
         if p["k"] is not None:  # fixed K: cluster once more at that K, keep the curves for the record
             from sklearn.cluster import KMeans
 
@@ -503,9 +544,9 @@ class MoSEEditor(Editor):
             ksel.update({"k": k, "rule_used": "fixed", "labels": labels})
         labels = torch.tensor(ksel.pop("labels"))
         k = int(ksel["k"])
-        cents = torch.stack([d_tr[labels == j].mean(0) for j in range(k)])
+        cents = torch.stack([d_cl[labels == j].mean(0) for j in range(k)])
         sizes = [int((labels == j).sum()) for j in range(k)]
-        basis = residual_basis(d_tr, cents, p["rank"])
+        basis = residual_basis(d_tr, cents, p["rank"], p.get("residual", "deflated"))
         t_cluster = time.perf_counter() - t0
         mu, sd = query_stats(q_tr, p["standardize"])
         router = MoSERouter(cents, basis, mu, sd, d_attn=p["d_attn"], hidden=p["hidden"])
@@ -513,7 +554,7 @@ class MoSEEditor(Editor):
         hist = train_router(router, q_tr, d_tr, q_va, d_va, lr=p["lr"], weight_decay=p["weight_decay"],
                             batch_size=p["train_batch_size"], max_epochs=p["max_epochs"],
                             warmup_steps=p["warmup_steps"], patience=p["patience"], seed=p["seed"],
-                            threads=p["threads"])
+                            threads=p["threads"], lr_floor=p.get("lr_floor", 0.0))
         t_train = time.perf_counter() - t0
         with torch.no_grad():
             s_va, a_va = router(q_va)
@@ -617,17 +658,41 @@ class MoSEParams(ResidParams):
     n_init: int = 10
     threads: Optional[int] = 1
     batch_size: int = 16
+    normalize_deltas: bool = False
+    residual: str = "deflated"
+    elbow: str = "chord"
+    lr_floor: float = 0.0
+
+
+#: The authors' released code (``jzhang538/FineSteer``; docs/fidelity.md, "MoSE") on the default
+#: model: layer 12 of 32 scaled by relative depth to 30 layers (11), α 2.5, K by the median of
+#: elbow (largest second difference), silhouette and CH over 4..10 on the raw Δ, the residual
+#: basis as the top 10 PCs of the centred Δ, no query standardisation, batch 136, cosine decay
+#: floored at 0.7 · lr, at most 100 epochs. Not set (not implemented): q and Δ one layer before
+#: the edit (``query_offset``), the router's bias / init / value / γ / τ switches, stopping on
+#: the training loss (``val_frac=0``) and no clipping; their data (docs/fidelity.md items 4–5).
+MOSE_PAPER = {"layer": scaled_layer(12, 32), "alpha": 2.5, "k": None, "k_rule": "median", "elbow": "second_diff",
+              "k_min": 4, "k_max": 10, "normalize_deltas": False, "rank": 10, "residual": "all_pca",
+              "standardize": False, "train_batch_size": 136, "weight_decay": 0.01, "lr": 5e-4, "lr_floor": 0.7,
+              "max_epochs": 100, "patience": 5}
+#: The paper-equation version (``YukinoAsuna/FineSteer`` ``MoSEConfig.preset("MoSE")``): K by CH over
+#: 4..10 on L2-normalised Δ, experts the mean normalised Δ, weight decay 1e-5, constant lr, patience 8.
+MOSE_PAPER_EQ = {**{k: v for k, v in MOSE_PAPER.items() if k != "elbow"}, "k_rule": "ch", "normalize_deltas": True,
+                 "weight_decay": 1e-5, "lr_floor": 1.0, "patience": 8, "val_frac": 0.1}
+MOSE_PRESETS = {"paper": MOSE_PAPER, "paper_eq": MOSE_PAPER_EQ}
 
 
 @register_method("mose", help="MoSE: query-specific vector from a mixture of steering experts (no gate)",
                  family="resid", contract={"params": {"layer": 1, "alpha": 4.0, "max_epochs": 40, "warmup_steps": 5},
-                                           "gen_alpha": 20.0})
+                                           "gen_alpha": 20.0},
+                 presets=MOSE_PRESETS)
 def make_mose(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, where: str = "post", positions: str = "all",
               k: Optional[int] = None, k_rule: str = "ch", k_min: int = 2, k_max: int = 10, max_components: int = 256,
               rank: int = 8, d_attn: Optional[int] = None, hidden: Optional[int] = None, standardize: bool = True,
               lr: float = 5e-4, weight_decay: float = 0.01, train_batch_size: int = 32, max_epochs: int = 200,
               warmup_steps: int = 100, patience: int = 5, val_frac: float = 0.15, seed: int = 0, n_init: int = 10,
-              threads: Optional[int] = 1, batch_size: int = 16) -> Steerer:
+              threads: Optional[int] = 1, batch_size: int = 16, normalize_deltas: bool = False,
+              residual: str = "deflated", elbow: str = "chord", lr_floor: float = 0.0) -> Steerer:
     """MoSE without a gate (the ablation of FineSteer) at ``blocks.{layer}.hook_resid_{where}``; fit on
     response-side pairs (``steerlens fit --method mose --task safety``)."""
     p = MoSEParams.of(locals())
@@ -637,4 +702,5 @@ def make_mose(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, where: str = "p
 
 
 __all__ = ["MoSEEditor", "MoSEEdit", "MoSERouter", "select_k", "elbow_k", "pca_project", "residual_basis",
-           "train_router", "query_stats", "lr_at", "K_RULES", "make_mose", "mose_params", "DEFAULT_LAYER", "MoSEParams"]
+           "train_router", "query_stats", "lr_at", "K_RULES", "make_mose", "mose_params", "DEFAULT_LAYER", "MoSEParams",
+           "ELBOWS", "RESIDUALS", "MOSE_PRESETS"]

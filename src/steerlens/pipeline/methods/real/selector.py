@@ -406,9 +406,20 @@ class REALParams(MethodParams):
         self._set(layers=list_or_none(self.layers), vqae=dict(self.vqae or {}))
 
 
+#: The authors' settings (``liam0949/REAL_ICLR``; docs/fidelity.md, "REAL"): α 15 (σ units, carries
+#: over), H left to the fraction rule (:func:`default_heads`: 48 of 1024 heads, 13 on the default
+#: model), raw activations into the autoencoder, codebook from N(0, 1) with EMA sizes starting at
+#: 0, 20 epochs, one run (no repeats), ties in dataset order. Not set (not implemented): the GRU
+#: scorers, the AE seeing every row of the fold, the row-level balanced AUC split, dropping AUC 0,
+#: the ``gen_end_q`` σ bank and their data (every MC2 choice, plain "Q: … A: …" text, 2 folds).
+REAL_PAPER = {"heads": None, "alpha": 15.0, "tiebreak": "order", "repeats": 1,
+              "vqae": {"standardize": False, "codebook_init": "normal", "ema_init_size": 0.0, "epochs": 20}}
+
+
 @register_method("real", help="REAL: top-H heads by VQ-AE code AUC, ITI-style alpha·w·sigma·theta shifts",
                  family="heads", contract={"params": {"heads": 3, "alpha": 50.0, "vqae": {"epochs": 3}},
-                                           "gen_alpha": 1000.0})
+                                           "gen_alpha": 1000.0},
+                 presets={"paper": REAL_PAPER})
 def make_real(*, heads: Optional[int] = None, alpha: float = 5.0, target: str = "heads", scorer: str = "markov",
               compare: Optional[str] = "logreg", markov_order: int = 1, smoothing: float = 0.5,
               test_frac: float = 0.2, seed: int = 0, layers: Optional[Sequence[int]] = None,
@@ -424,4 +435,4 @@ def make_real(*, heads: Optional[int] = None, alpha: float = 5.0, target: str = 
 
 
 __all__ = ["REALSelector", "RelevanceResult", "real_relevance", "code_usage", "make_real", "default_heads",
-           "top_h_by_auc", "class_folds", "repeat_plan", "DEFAULT_REPEATS", "REALParams"]
+           "top_h_by_auc", "class_folds", "repeat_plan", "DEFAULT_REPEATS", "REALParams", "REAL_PAPER"]
