@@ -370,12 +370,15 @@ class MoSEEdit(Edit):
     """
 
     def __init__(self, site, router: MoSERouter, alpha: float = 1.0, *, positions: str = "all",
-                 scale: Optional[torch.Tensor] = None, gate=None, name: Optional[str] = None) -> None:
+                 scale: Optional[torch.Tensor] = None, gate=None, name: Optional[str] = None,
+                 query: Optional["MoSEQueryRead"] = None) -> None:
         self._init_common(site, positions, alpha, scale, gate, name)
         if self.site.is_head:
             raise EditError(f"{self.site}: MoSE steers a residual site, not heads")
         self.router = router.eval()
         self.router.requires_grad_(False)
+        #: where q comes from when it is read at another site than this one (``query_offset``)
+        self.query = query
 
     def validate(self, model) -> "MoSEEdit":
         super().validate(model)
@@ -394,8 +397,14 @@ class MoSEEdit(Edit):
         st = info.state
         b = act.shape[0]
         if info.prompt_last is not None or "s" not in st:
-            q = (act[torch.arange(b, device=act.device), info.prompt_last.to(act.device)]
-                 if info.prompt_last is not None else act[:, -1])
+            if self.query is not None:
+                q = self.query.holder.get("q")
+                if q is None or q.shape[0] != b:
+                    raise EditError(f"{self.site}: MoSE's query was not read at {self.query.site} in this pass "
+                                    "(its MoSEQueryRead edit must run with it)")
+            else:
+                q = (act[torch.arange(b, device=act.device), info.prompt_last.to(act.device)]
+                     if info.prompt_last is not None else act[:, -1])
             s, a = self.route(q)
             # s(q) in float32 for the report, and once in the activation's device and dtype for
             # every token that follows (not a copy per decode step)
@@ -407,6 +416,25 @@ class MoSEEdit(Edit):
         info.report("expert_weights", a)
         info.report("s_norm", s.norm(dim=-1))
         return st["s_act"]
+
+
+class MoSEQueryRead(Edit):
+    """Reads MoSE's query at an earlier residual site than the one MoSE edits (``query_offset``)
+    and changes nothing: its delta is zero. On every call it keeps each row's activation at the
+    last prompt token (the newest column on a decode call) for the :class:`MoSEEdit` it belongs
+    to, which runs later in the same forward pass."""
+
+    def __init__(self, site, alpha: float = 1.0, *, name: Optional[str] = None) -> None:
+        self._init_common(site, "all", alpha, None, None, name)
+        if self.site.is_head:
+            raise EditError(f"{self.site}: MoSE reads its query at a residual site, not heads")
+        self.holder: dict = {}
+
+    def delta(self, act: torch.Tensor, info: TokenInfo) -> torch.Tensor:
+        b = act.shape[0]
+        self.holder["q"] = (act[torch.arange(b, device=act.device), info.prompt_last.to(act.device)]
+                            if info.prompt_last is not None else act[:, -1])
+        return torch.zeros_like(act)
 
 
 # ----------------------------------------------------------------------------------------
@@ -436,6 +464,10 @@ class MoSEEditor(Editor):
         residual: ``"deflated"`` (default) or ``"all_pca"`` (see :func:`residual_basis`).
         elbow: the elbow rule of ``k_rule="median"``: ``"chord"`` (default) or ``"second_diff"``.
         lr_floor: the cosine schedule ends at ``lr_floor · lr`` (default 0).
+        query_offset: ``0`` (default): q and Δ are read at the edited site; ``-1``: at the input of
+            the edited block (``blocks.L.hook_resid_pre``) while ``s(q)`` is added at its output
+            (the authors' code reads ``hidden_states[L]`` and adds to block L's output). Needs
+            ``where="post"``.
     """
 
     kind = "mose"
@@ -447,7 +479,8 @@ class MoSEEditor(Editor):
                  weight_decay: float = 0.01, train_batch_size: int = 32, max_epochs: int = 200,
                  warmup_steps: int = 100, patience: int = 5, val_frac: float = 0.15, seed: int = 0,
                  n_init: int = 10, threads: Optional[int] = 1, normalize_deltas: bool = False,
-                 residual: str = "deflated", elbow: str = "chord", lr_floor: float = 0.0) -> None:
+                 residual: str = "deflated", elbow: str = "chord", lr_floor: float = 0.0,
+                 query_offset: int = 0) -> None:
         try:
             positions = normalise_positions(positions)
         except EditError as e:
@@ -462,6 +495,8 @@ class MoSEEditor(Editor):
             raise PipelineError(f"residual must be one of {RESIDUALS}, got {residual!r}")
         if elbow not in ELBOWS:
             raise PipelineError(f"elbow must be one of {ELBOWS}, got {elbow!r}")
+        if int(query_offset) not in (0, -1):
+            raise PipelineError(f"query_offset must be 0 or -1, got {query_offset}")
         if not 0.0 <= float(lr_floor) <= 1.0:
             raise PipelineError(f"lr_floor must be in [0, 1], got {lr_floor}")
         if not 0 < val_frac < 1:
@@ -476,7 +511,7 @@ class MoSEEditor(Editor):
                          warmup_steps=int(warmup_steps), patience=int(patience), val_frac=float(val_frac),
                          seed=int(seed), n_init=int(n_init), threads=None if threads is None else int(threads),
                          normalize_deltas=bool(normalize_deltas), residual=residual, elbow=elbow,
-                         lr_floor=float(lr_floor))
+                         lr_floor=float(lr_floor), **({"query_offset": -1} if int(query_offset) else {}))
         self.module: Optional[Site] = None
         self.router: Optional[MoSERouter] = None
         self.info: dict = {}
@@ -491,23 +526,38 @@ class MoSEEditor(Editor):
                                 f"{[str(m) for m in selection.modules]}")
         return selection.modules[0]
 
+    def _read_module(self, selection: Selection) -> Site:
+        """Where q and Δ are read: the edited site, or the input of its block (``query_offset=-1``)."""
+        mod = self._module(selection)
+        if not self.params.get("query_offset", 0):
+            return mod
+        if mod.kind != "resid_post":
+            raise PipelineError(f"query_offset=-1 reads the input of the block whose output MoSE edits; "
+                                f"{mod} is not a block output (use where='post')")
+        return resid_module(mod.layer, "pre")
+
     def query_sites(self, model, selection: Selection) -> list[Site]:
-        return [self._module(selection)]
+        return [self._read_module(selection)]
+
+    def read_sites(self, model, selection: Selection) -> list[Site]:
+        r = self._read_module(selection)
+        return [] if r == self._module(selection) else [r]
 
     # -- fitting -------------------------------------------------------------------------------
     def fit(self, model, acts: ContrastiveActs, selection: Selection) -> None:
         t0 = time.perf_counter()
         mod = self._module(selection)
+        rmod = self._read_module(selection)
         if acts.position != "response_mean":
             raise PipelineError("MoSE is fitted on response-side pairs (position 'response_mean'): the same "
                                 f"prompt with the positive and with the negative reply; got position {acts.position!r}")
         if not acts.paired:
             raise PipelineError("MoSE needs paired data (pos[i] and neg[i] the same prompt with two replies)")
-        pos, neg = acts.module(mod)
-        if mod not in acts.query:
-            raise PipelineError(f"MoSE needs the last-prompt-token activations at {mod} in acts.query "
+        pos, neg = acts.module(rmod)
+        if rmod not in acts.query:
+            raise PipelineError(f"MoSE needs the last-prompt-token activations at {rmod} in acts.query "
                                 "(Steerer.fit reads them through query_sites)")
-        q = acts.query[mod].float()
+        q = acts.query[rmod].float()
         delta = (pos - neg).float()
         if q.shape != delta.shape:
             raise PipelineError(f"{q.shape[0]} queries of width {q.shape[1]} for {delta.shape[0]} differences "
@@ -525,7 +575,7 @@ class MoSEEditor(Editor):
             torch.manual_seed(p["seed"])
             self.router, self.info = self._fit_router(q[tr], delta[tr], q[va], delta[va])
         self.module = mod
-        self.info.update({"n_pairs": n, "n_train": len(tr), "n_val": len(va), "module": str(mod),
+        self.info.update({"n_pairs": n, "n_train": len(tr), "n_val": len(va), "module": str(mod), "read_module": str(rmod),
                           "fit_seconds": round(time.perf_counter() - t0, 3)})
 
     def _fit_router(self, q_tr, d_tr, q_va, d_va) -> tuple[MoSERouter, dict]:
@@ -583,7 +633,11 @@ class MoSEEditor(Editor):
         mod = self._module(selection)
         if mod != self.module:
             raise PipelineError(f"MoSE was fitted at {self.module}, not {mod}")
-        return [MoSEEdit(mod, self.router, alpha, gate=gate, positions=self.params["positions"])]  # type: ignore[arg-type]
+        if not self.params.get("query_offset", 0):
+            return [MoSEEdit(mod, self.router, alpha, gate=gate, positions=self.params["positions"])]  # type: ignore[arg-type]
+        reader = MoSEQueryRead(self._read_module(selection), alpha)
+        return [reader, MoSEEdit(mod, self.router, alpha, gate=gate, positions=self.params["positions"],  # type: ignore[arg-type]
+                                 query=reader)]
 
     def check_model(self, model) -> None:
         if self.router is not None and self.module is not None:
@@ -662,19 +716,21 @@ class MoSEParams(ResidParams):
     residual: str = "deflated"
     elbow: str = "chord"
     lr_floor: float = 0.0
+    query_offset: int = 0
 
 
 #: The authors' released code (``jzhang538/FineSteer``; docs/fidelity.md, "MoSE") on the default
 #: model: layer 12 of 32 scaled by relative depth to 30 layers (11), α 2.5, K by the median of
 #: elbow (largest second difference), silhouette and CH over 4..10 on the raw Δ, the residual
 #: basis as the top 10 PCs of the centred Δ, no query standardisation, batch 136, cosine decay
-#: floored at 0.7 · lr, at most 100 epochs. Not set (not implemented): q and Δ one layer before
-#: the edit (``query_offset``), the router's bias / init / value / γ / τ switches, stopping on
-#: the training loss (``val_frac=0``) and no clipping; their data (docs/fidelity.md items 4–5).
+#: floored at 0.7 · lr, at most 100 epochs, q and Δ read at the input of block 11 and s(q) added at
+#: its output (``query_offset=-1``). Not set (not implemented): the router's bias / init / value /
+#: γ / τ switches, stopping on the training loss (``val_frac=0``); their data (docs/fidelity.md
+#: items 4–5). Gradients are never clipped here, as in their code (their clip call does nothing).
 MOSE_PAPER = {"layer": scaled_layer(12, 32), "alpha": 2.5, "k": None, "k_rule": "median", "elbow": "second_diff",
               "k_min": 4, "k_max": 10, "normalize_deltas": False, "rank": 10, "residual": "all_pca",
               "standardize": False, "train_batch_size": 136, "weight_decay": 0.01, "lr": 5e-4, "lr_floor": 0.7,
-              "max_epochs": 100, "patience": 5}
+              "max_epochs": 100, "patience": 5, "query_offset": -1}
 #: The paper-equation version (``YukinoAsuna/FineSteer`` ``MoSEConfig.preset("MoSE")``): K by CH over
 #: 4..10 on L2-normalised Δ, experts the mean normalised Δ, weight decay 1e-5, constant lr, patience 8.
 MOSE_PAPER_EQ = {**{k: v for k, v in MOSE_PAPER.items() if k != "elbow"}, "k_rule": "ch", "normalize_deltas": True,
@@ -692,7 +748,8 @@ def make_mose(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, where: str = "p
               lr: float = 5e-4, weight_decay: float = 0.01, train_batch_size: int = 32, max_epochs: int = 200,
               warmup_steps: int = 100, patience: int = 5, val_frac: float = 0.15, seed: int = 0, n_init: int = 10,
               threads: Optional[int] = 1, batch_size: int = 16, normalize_deltas: bool = False,
-              residual: str = "deflated", elbow: str = "chord", lr_floor: float = 0.0) -> Steerer:
+              residual: str = "deflated", elbow: str = "chord", lr_floor: float = 0.0,
+              query_offset: int = 0) -> Steerer:
     """MoSE without a gate (the ablation of FineSteer) at ``blocks.{layer}.hook_resid_{where}``; fit on
     response-side pairs (``steerlens fit --method mose --task safety``)."""
     p = MoSEParams.of(locals())
@@ -703,4 +760,4 @@ def make_mose(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, where: str = "p
 
 __all__ = ["MoSEEditor", "MoSEEdit", "MoSERouter", "select_k", "elbow_k", "pca_project", "residual_basis",
            "train_router", "query_stats", "lr_at", "K_RULES", "make_mose", "mose_params", "DEFAULT_LAYER", "MoSEParams",
-           "ELBOWS", "RESIDUALS", "MOSE_PRESETS"]
+           "ELBOWS", "RESIDUALS", "MOSE_PRESETS", "MoSEQueryRead"]
