@@ -111,7 +111,7 @@ def test_mose_and_finesteer_paper_values():
     want = {"layer": 11, "alpha": 2.5, "k_rule": "median", "elbow": "second_diff", "k_min": 4, "k_max": 10,
             "normalize_deltas": False, "rank": 10, "residual": "all_pca", "standardize": False,
             "train_batch_size": 136, "weight_decay": 0.01, "lr_floor": 0.7, "max_epochs": 100, "patience": 5,
-            "query_offset": -1}
+            "val_frac": 0.0, "query_offset": -1, "bias": True, "init": "default", "scale_keys": False}
     for method in ("mose", "finesteer"):
         st = make_steerer(method, preset="paper")
         assert {k: st.method_params[k] for k in want} == want
@@ -123,12 +123,16 @@ def test_mose_and_finesteer_paper_values():
     eq = make_steerer("mose", preset="paper_eq").method_params
     assert (eq["k_rule"], eq["normalize_deltas"], eq["weight_decay"], eq["lr_floor"], eq["patience"]) == (
         "ch", True, 1e-5, 1.0, 8)
+    assert (eq["value"], eq["learn_gamma"], eq["learn_tau"], eq["val_frac"], eq["grad_clip"]) == (
+        False, False, False, 0.1, 1.0)
+    assert eq["train_batch_size"] >= 1_000_000
 
 
 def test_real_paper_values():
     st = make_steerer("real", preset="paper")
     p = st.method_params
     assert (p["heads"], p["alpha"], p["tiebreak"], p["repeats"]) == (None, 15.0, "order", 1)
+    assert (p["drop_zero_auc"], p["saturation_max"]) == (True, 0.05)
     cfg = st.selector.vqae_config
     assert (cfg.standardize, cfg.codebook_init, cfg.ema_init_size, cfg.epochs) == (False, "normal", 0.0, 20)
 
@@ -358,3 +362,135 @@ def test_query_offset_reads_the_block_input_and_adds_at_its_output(tiny, tmp_pat
     torch.testing.assert_close(steered2, steered)
     with pytest.raises(PipelineError, match="query_offset"):
         make_steerer("mose", query_offset=-2)
+
+
+def test_router_switches():
+    from steerlens.pipeline.methods.finesteer.mose import MoSERouter
+
+    g = torch.Generator().manual_seed(0)
+    C, U = torch.randn(3, 8, generator=g) * 5, torch.linalg.qr(torch.randn(8, 2, generator=g))[0]
+    ours = MoSERouter(C, U)
+    assert ours.config() == {"d": 8, "k": 3, "r": 2, "d_attn": 8, "hidden": 8}  # as before
+    assert ours.W_Q.bias is None and torch.equal(ours.W_V.weight, torch.eye(8)) and float(ours.c_scale) > 1
+    assert {"gamma", "log_tau"} <= {n for n, _ in ours.named_parameters()}
+    paper = MoSERouter(C, U, bias=True, init="default", scale_keys=False)
+    assert paper.W_Q.bias is not None and paper.W_V.bias is not None
+    assert not torch.equal(paper.W_V.weight, torch.eye(8)) and float(paper.beta[2].weight.abs().sum()) > 0
+    assert float(paper.c_scale) == 1.0
+    eq = MoSERouter(C, U, bias=True, value=False, learn_gamma=False, learn_tau=False, init="default")
+    names = {n for n, _ in eq.named_parameters()}
+    assert eq.W_V is None and not ({"gamma", "log_tau"} & names)
+    with torch.no_grad():
+        eq.beta[2].weight.zero_()
+        eq.beta[2].bias.zero_()
+        q = torch.randn(4, 8, generator=g)
+        s, a = eq(q)
+    torch.testing.assert_close(s, a @ C)  # no V, gamma fixed at 1: the mixture of the experts themselves
+    for r in (paper, eq):  # an artifact rebuilds the same structure
+        back = MoSERouter.empty(r.config())
+        back.load_state_dict(r.state_dict())
+        torch.testing.assert_close(back(q)[0], r(q)[0])
+    with pytest.raises(PipelineError, match="init"):
+        MoSERouter(C, U, init="zeros")
+
+
+def test_paper_mose_fits_with_its_router(tiny):
+    fast = dict(layer=1, k=2, max_epochs=3, warmup_steps=1, n_init=2)
+    st = make_steerer("mose", preset="paper", **fast).fit(tiny, _safety_pairs())
+    r = st.editor.router
+    assert r.W_Q.bias is not None and float(r.c_scale) == 1.0 and r.config()["bias"] is True
+    assert st.editor.info["read_module"] == "blocks.1.hook_resid_pre"
+    eq = make_steerer("mose", preset="paper_eq", **fast).fit(tiny, _safety_pairs())
+    assert eq.editor.router.W_V is None and max(eq.editor.info["centroid_norms"]) <= 1 + 1e-5
+
+
+def test_val_frac_zero_stops_on_the_training_loss(tiny):
+    acts, site = _mose_acts(torch.ones(60))
+    ed = MoSEEditor(val_frac=0.0, k=3, max_epochs=40, warmup_steps=1, n_init=2, patience=2, seed=0)
+    ed.fit(tiny, acts, Selection([site], torch.ones(1)))
+    tr = ed.info["training"]
+    assert ed.info["n_train"] == 60 and ed.info["n_val"] == 0 and ed.info["val_mse"] is None
+    assert tr["stopped_on"] == "train_loss" and tr["val_mse"] == [] and tr["best_val_mse"] is None
+    losses = tr["train_mse"]
+    assert tr["best_epoch"] == 1 + losses.index(min(losses))  # the best-training-loss weights are kept
+    held = MoSEEditor(k=3, max_epochs=40, warmup_steps=1, n_init=2, patience=2, seed=0)
+    held.fit(tiny, acts, Selection([site], torch.ones(1)))
+    assert held.info["n_val"] > 0 and "stopped_on" not in held.info["training"]
+    with pytest.raises(PipelineError, match="val_frac"):
+        MoSEEditor(val_frac=1.0)
+
+
+def test_grad_clip_bounds_the_step(tiny):
+    acts, site = _mose_acts(torch.ones(60) * 50.0)  # large differences: large gradients
+    kw = dict(k=3, max_epochs=1, warmup_steps=0, n_init=2, seed=0, lr=1e-2, train_batch_size=1_000_000)
+    ups = {}
+    for clip in (None, 1e-3):
+        ed = MoSEEditor(grad_clip=clip, **kw)
+        ed.fit(tiny, acts, Selection([site], torch.ones(1)))
+        ups[clip] = ed.info["training"]["train_mse"][0]
+    assert ups[None] != ups[1e-3]
+    with pytest.raises(PipelineError, match="grad_clip"):
+        MoSEEditor(grad_clip=0.0)
+
+
+def _fake_real(auc, **kw):
+    """A REALSelector whose scoring returns the given AUCs (one per head of layer 0 of 4 heads...)."""
+    from types import SimpleNamespace
+
+    from steerlens.pipeline.methods.real.selector import REALSelector
+
+    auc = torch.tensor(auc)
+    mods = [Site.head(0, i) for i in range(len(auc))]
+    res = SimpleNamespace(auc={"markov": auc}, separation={"markov": torch.arange(len(auc), 0, -1).float()},
+                          train=torch.ones(4, dtype=torch.bool), seconds={}, history={}, dead_codes=torch.zeros(1),
+                          usage=torch.zeros(1))
+    sel = REALSelector(compare=None, **kw)
+    sel.score = lambda model, acts: (mods, res)  # type: ignore[method-assign]
+    return sel
+
+
+def test_drop_zero_auc_and_the_saturation_check():
+    auc = [0.0, 0.7, 0.0, 0.9, 0.6, 0.8]
+    keep = _fake_real(auc, heads=3, tiebreak="order").fit(None, None)
+    assert [m.heads[0] for m in keep.modules] == [3, 5, 1]
+    low = _fake_real(auc, heads=6, tiebreak="order", drop_zero_auc=True).fit(None, None)
+    assert sorted(m.heads[0] for m in low.modules) == [1, 3, 4, 5]  # the zeros are gone, H cut to what is left
+    with pytest.raises(PipelineError, match="only 6 candidates"):
+        _fake_real(auc, heads=7).fit(None, None)  # without dropping, H is still checked
+    sat = [1.0, 0.995, 0.7, 0.6, 0.5, 0.4]  # 2 of 6 at >= 0.99
+    with pytest.raises(PipelineError, match="33% of the 6 candidate modules .* not ranking"):
+        _fake_real(sat, heads=2, saturation_max=0.05).fit(None, None)
+    assert len(_fake_real(sat, heads=2, saturation_max=0.5).fit(None, None).modules) == 2
+    p = make_steerer("real", preset="paper").selector.params
+    assert p["drop_zero_auc"] is True and p["saturation_max"] == 0.05
+    assert "drop_zero_auc" not in make_steerer("real").selector.params  # the default's config as before
+
+
+def test_ae_rows_and_auc_split(monkeypatch):
+    import steerlens.pipeline.methods.real.selector as S
+
+    g = torch.Generator().manual_seed(0)
+    pos, neg = torch.randn(2, 20, 16, generator=g) + 0.5, torch.randn(2, 20, 16, generator=g)
+    cfg = VQAEConfig(n_groups=2, n_codes=4, epochs=1)
+    seen = []
+    real_train = S.train_vqae
+
+    def spy(x, labels, cfg, **kw):
+        seen.append(x.shape[1])
+        return real_train(x, labels, cfg, **kw)
+
+    monkeypatch.setattr(S, "train_vqae", spy)
+    kw = dict(scorers=("markov",), paired=True, progress=False)
+    grouped = S.real_relevance(pos, neg, cfg, **kw)
+    assert torch.equal(grouped.train[:20], grouped.train[20:])  # by pair
+    rows = S.real_relevance(pos, neg, cfg, auc_split="rows_balanced", **kw)
+    assert not torch.equal(rows.train[:20], rows.train[20:])  # each class on its own
+    everything = S.real_relevance(pos, neg, cfg, ae_rows="all", **kw)
+    assert seen == [int(grouped.train.sum()), int(rows.train.sum()), 40]
+    assert torch.equal(everything.train, grouped.train)  # the scorer still holds the same rows out
+    with pytest.raises(PipelineError, match="ae_rows"):
+        S.real_relevance(pos, neg, cfg, ae_rows="some", **kw)
+    with pytest.raises(PipelineError, match="auc_split"):
+        make_steerer("real", auc_split="rows")
+    p = make_steerer("real", preset="paper").selector.params
+    assert (p["ae_rows"], p["auc_split"]) == ("all", "rows_balanced")

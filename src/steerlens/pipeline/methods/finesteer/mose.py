@@ -206,10 +206,19 @@ class MoSERouter(nn.Module):
     a [b, K])``.
     """
 
+    #: the router's switches and their defaults (ours); the authors' code and the paper differ (docs/fidelity.md)
+    SWITCHES = {"bias": False, "value": True, "learn_gamma": True, "learn_tau": True, "init": "identity",
+                "scale_keys": True}
+
     def __init__(self, centroids: torch.Tensor, basis: torch.Tensor, q_mean: Optional[torch.Tensor] = None,
                  q_scale: Optional[torch.Tensor] = None, *, d_attn: Optional[int] = None,
-                 hidden: Optional[int] = None) -> None:
+                 hidden: Optional[int] = None, bias: bool = False, value: bool = True, learn_gamma: bool = True,
+                 learn_tau: bool = True, init: str = "identity", scale_keys: bool = True) -> None:
         super().__init__()
+        if init not in ("identity", "default"):
+            raise PipelineError(f"init must be 'identity' or 'default', got {init!r}")
+        self.switches = {"bias": bool(bias), "value": bool(value), "learn_gamma": bool(learn_gamma),
+                         "learn_tau": bool(learn_tau), "init": init, "scale_keys": bool(scale_keys)}
         k, d = centroids.shape
         r = basis.shape[1]
         if basis.shape[0] != d:
@@ -223,19 +232,29 @@ class MoSERouter(nn.Module):
         self.register_buffer("q_mean", torch.zeros(d) if q_mean is None else q_mean.float().clone())
         self.register_buffer("q_scale", torch.ones(d) if q_scale is None else q_scale.float().clone())
         rms = c.pow(2).mean().sqrt()
-        self.register_buffer("c_scale", rms if float(rms) > 0 else torch.ones(()))
-        self.W_Q = nn.Linear(d, self.d_attn, bias=False)
-        self.W_K = nn.Linear(d, self.d_attn, bias=False)
-        self.W_V = nn.Linear(d, d, bias=False)
+        self.register_buffer("c_scale", rms if float(rms) > 0 and scale_keys else torch.ones(()))
+        self.W_Q = nn.Linear(d, self.d_attn, bias=bool(bias))
+        self.W_K = nn.Linear(d, self.d_attn, bias=bool(bias))
+        self.W_V = nn.Linear(d, d, bias=bool(bias)) if value else None
         with warnings.catch_warnings():  # r = 0 (nothing left outside span(C)) is a valid, empty residual
             warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
             self.beta = nn.Sequential(nn.Linear(d, self.hidden), nn.ReLU(), nn.Linear(self.hidden, r))
-        self.gamma = nn.Parameter(torch.ones(()))
-        self.log_tau = nn.Parameter(torch.zeros(()))
-        with torch.no_grad():
-            self.W_V.weight.copy_(torch.eye(d))
-            self.beta[2].weight.zero_()
-            self.beta[2].bias.zero_()
+        if learn_gamma:
+            self.gamma = nn.Parameter(torch.ones(()))
+        else:
+            self.register_buffer("gamma", torch.ones(()))
+        if learn_tau:
+            self.log_tau = nn.Parameter(torch.zeros(()))
+        else:
+            self.register_buffer("log_tau", torch.zeros(()))
+        if init == "identity":
+            with torch.no_grad():
+                if self.W_V is not None:
+                    self.W_V.weight.copy_(torch.eye(d))
+                    if self.W_V.bias is not None:
+                        self.W_V.bias.zero_()
+                self.beta[2].weight.zero_()
+                self.beta[2].bias.zero_()
 
     @property
     def tau(self) -> torch.Tensor:
@@ -254,17 +273,21 @@ class MoSERouter(nn.Module):
         z = self.standardize(q)
         logits = self.W_Q(z) @ self.W_K(self.C / self.c_scale).T
         a = torch.softmax(logits / (math.sqrt(self.d_attn) * self.tau), dim=-1)
-        s = self.gamma * (a @ self.W_V(self.C) + self.beta(z) @ self.U.T)
+        experts = self.W_V(self.C) if self.W_V is not None else self.C
+        s = self.gamma * (a @ experts + self.beta(z) @ self.U.T)
         return s, a
 
     def config(self) -> dict:
-        return {"d": self.d, "k": self.k, "r": self.r, "d_attn": self.d_attn, "hidden": self.hidden}
+        """The shapes (and the switches that differ from the defaults) :meth:`empty` rebuilds from."""
+        out = {"d": self.d, "k": self.k, "r": self.r, "d_attn": self.d_attn, "hidden": self.hidden}
+        out.update({k: v for k, v in self.switches.items() if v != self.SWITCHES[k]})
+        return out
 
     @classmethod
     def empty(cls, cfg: dict) -> "MoSERouter":
         """An unfitted router of the shapes in ``cfg`` (for loading a state dict)."""
         return cls(torch.zeros(cfg["k"], cfg["d"]), torch.zeros(cfg["d"], cfg["r"]),
-                   d_attn=cfg["d_attn"], hidden=cfg["hidden"])
+                   d_attn=cfg["d_attn"], hidden=cfg["hidden"], **{k: cfg[k] for k in cls.SWITCHES if k in cfg})
 
 
 def query_stats(q: torch.Tensor, standardize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,7 +316,7 @@ def lr_at(step: int, *, lr: float, warmup: int, total: int, floor: float = 0.0) 
 def train_router(router: MoSERouter, q_tr: torch.Tensor, d_tr: torch.Tensor, q_va: torch.Tensor,
                  d_va: torch.Tensor, *, lr: float = 5e-4, weight_decay: float = 0.01, batch_size: int = 32,
                  max_epochs: int = 200, warmup_steps: int = 100, patience: int = 5, seed: int = 0,
-                 threads: Optional[int] = 1, lr_floor: float = 0.0) -> dict:
+                 threads: Optional[int] = 1, lr_floor: float = 0.0, grad_clip: Optional[float] = None) -> dict:
     """Train ``router`` in place (see the module docstring); returns the training history.
 
     Runs on ``threads`` CPU threads (default 1: the router's matrix products are small, so more
@@ -302,11 +325,11 @@ def train_router(router: MoSERouter, q_tr: torch.Tensor, d_tr: torch.Tensor, q_v
     with torch_threads(threads):
         return _train(router, q_tr, d_tr, q_va, d_va, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
                       max_epochs=max_epochs, warmup_steps=warmup_steps, patience=patience, seed=seed,
-                      lr_floor=lr_floor)
+                      lr_floor=lr_floor, grad_clip=grad_clip)
 
 
 def _train(router, q_tr, d_tr, q_va, d_va, *, lr, weight_decay, batch_size, max_epochs, warmup_steps, patience,
-           seed, lr_floor=0.0) -> dict:
+           seed, lr_floor=0.0, grad_clip=None) -> dict:
     g = torch.Generator().manual_seed(int(seed))
     n = q_tr.shape[0]
     bs = max(1, min(int(batch_size), n))
@@ -314,12 +337,14 @@ def _train(router, q_tr, d_tr, q_va, d_va, *, lr, weight_decay, batch_size, max_
     total = max(1, int(max_epochs) * steps_per_epoch)
     opt = torch.optim.AdamW(router.parameters(), lr=lr, weight_decay=weight_decay)
 
+    held_out = q_va.shape[0] > 0  # else: stop on the training loss (the epoch's mean)
+
     def val_mse() -> float:
         router.eval()
         with torch.no_grad():
             return float(((router(q_va)[0] - d_va) ** 2).mean())
 
-    best = val_mse()
+    best = val_mse() if held_out else math.inf
     best_state = {k: v.detach().clone() for k, v in router.state_dict().items()}
     best_epoch, bad, step = 0, 0, 0
     hist_tr, hist_va = [], [best]
@@ -335,12 +360,15 @@ def _train(router, q_tr, d_tr, q_va, d_va, *, lr, weight_decay, batch_size, max_
             loss = ((s - d_tr[idx]) ** 2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(router.parameters(), grad_clip)
             opt.step()
             tot += float(loss.detach()) * len(idx)
             step += 1
         hist_tr.append(tot / n)
-        v = val_mse()
-        hist_va.append(v)
+        v = val_mse() if held_out else tot / n
+        if held_out:
+            hist_va.append(v)
         if v < best:
             best, best_epoch, bad = v, epoch, 0
             best_state = {k: t.detach().clone() for k, t in router.state_dict().items()}
@@ -350,7 +378,8 @@ def _train(router, q_tr, d_tr, q_va, d_va, *, lr, weight_decay, batch_size, max_
                 break
     router.load_state_dict(best_state)
     router.eval()
-    return {"best_epoch": best_epoch, "epochs_run": len(hist_tr), "steps": step, "best_val_mse": best,
+    return {"best_epoch": best_epoch, "epochs_run": len(hist_tr), "steps": step,
+            "best_val_mse": best if held_out else None, **({} if held_out else {"stopped_on": "train_loss"}),
             "train_mse": [round(x, 6) for x in hist_tr], "val_mse": [round(x, 6) for x in hist_va],
             "steps_per_epoch": steps_per_epoch, "stopped_early": len(hist_tr) < int(max_epochs)}
 
@@ -455,7 +484,9 @@ class MoSEEditor(Editor):
         d_attn, hidden: router attention width and β's hidden width (default ``d``).
         standardize: standardise the query per dimension (see the module docstring).
         lr, weight_decay, train_batch_size, max_epochs, warmup_steps, patience: training.
-        val_frac: fraction of the pairs held out for early stopping (at least one pair).
+        val_frac: fraction of the pairs held out for early stopping (at least one pair); ``0``:
+            none held out, training stops on the training loss (the authors' code; the validation
+            figures in ``info`` are then ``None``).
         seed: split, initialisation, shuffling and k-means.
         n_init: k-means restarts per K.
         threads: CPU threads for training (default 1, see :func:`train_router`; ``None``: as set).
@@ -464,6 +495,10 @@ class MoSEEditor(Editor):
         residual: ``"deflated"`` (default) or ``"all_pca"`` (see :func:`residual_basis`).
         elbow: the elbow rule of ``k_rule="median"``: ``"chord"`` (default) or ``"second_diff"``.
         lr_floor: the cosine schedule ends at ``lr_floor · lr`` (default 0).
+        grad_clip: clip the gradient norm to this before each step (default ``None``: no clipping).
+        bias, value, learn_gamma, learn_tau, init, scale_keys: the router's switches (see
+            :class:`MoSERouter`; defaults: ours, no bias, ``W_V`` from the identity, β's head at 0,
+            γ and τ learnt, keys see ``C / rms(C)``).
         query_offset: ``0`` (default): q and Δ are read at the edited site; ``-1``: at the input of
             the edited block (``blocks.L.hook_resid_pre``) while ``s(q)`` is added at its output
             (the authors' code reads ``hidden_states[L]`` and adds to block L's output). Needs
@@ -480,7 +515,15 @@ class MoSEEditor(Editor):
                  warmup_steps: int = 100, patience: int = 5, val_frac: float = 0.15, seed: int = 0,
                  n_init: int = 10, threads: Optional[int] = 1, normalize_deltas: bool = False,
                  residual: str = "deflated", elbow: str = "chord", lr_floor: float = 0.0,
-                 query_offset: int = 0) -> None:
+                 query_offset: int = 0, bias: bool = False, value: bool = True, learn_gamma: bool = True,
+                 learn_tau: bool = True, init: str = "identity", scale_keys: bool = True,
+                 grad_clip: Optional[float] = None) -> None:
+        if grad_clip is not None and not float(grad_clip) > 0:
+            raise PipelineError(f"grad_clip must be > 0 or None, got {grad_clip}")
+        switches = {"bias": bool(bias), "value": bool(value), "learn_gamma": bool(learn_gamma),
+                    "learn_tau": bool(learn_tau), "init": init, "scale_keys": bool(scale_keys)}
+        if init not in ("identity", "default"):
+            raise PipelineError(f"init must be 'identity' or 'default', got {init!r}")
         try:
             positions = normalise_positions(positions)
         except EditError as e:
@@ -499,8 +542,8 @@ class MoSEEditor(Editor):
             raise PipelineError(f"query_offset must be 0 or -1, got {query_offset}")
         if not 0.0 <= float(lr_floor) <= 1.0:
             raise PipelineError(f"lr_floor must be in [0, 1], got {lr_floor}")
-        if not 0 < val_frac < 1:
-            raise PipelineError(f"val_frac must be in (0, 1), got {val_frac}")
+        if not 0 <= val_frac < 1:
+            raise PipelineError(f"val_frac must be in [0, 1), got {val_frac}")
         if lr <= 0 or max_epochs < 1 or train_batch_size < 1 or patience < 1:
             raise PipelineError("lr must be > 0 and max_epochs, train_batch_size, patience >= 1")
         super().__init__(positions=positions, k=None if k is None else int(k), k_min=int(k_min), k_max=int(k_max),
@@ -511,7 +554,9 @@ class MoSEEditor(Editor):
                          warmup_steps=int(warmup_steps), patience=int(patience), val_frac=float(val_frac),
                          seed=int(seed), n_init=int(n_init), threads=None if threads is None else int(threads),
                          normalize_deltas=bool(normalize_deltas), residual=residual, elbow=elbow,
-                         lr_floor=float(lr_floor), **({"query_offset": -1} if int(query_offset) else {}))
+                         lr_floor=float(lr_floor), **({"query_offset": -1} if int(query_offset) else {}),
+                         **{k: v for k, v in switches.items() if v != MoSERouter.SWITCHES[k]},
+                         **({} if grad_clip is None else {"grad_clip": float(grad_clip)}))
         self.module: Optional[Site] = None
         self.router: Optional[MoSERouter] = None
         self.info: dict = {}
@@ -568,7 +613,10 @@ class MoSEEditor(Editor):
         n = delta.shape[0]
         if n < 4:
             raise PipelineError(f"MoSE needs at least 4 pairs (training + validation), got {n}")
-        tr, va = split_indices(n, p["val_frac"], p["seed"])
+        if p["val_frac"] == 0:  # no held-out pairs: stop on the training loss
+            tr, va = torch.arange(n), torch.zeros(0, dtype=torch.long)
+        else:
+            tr, va = split_indices(n, p["val_frac"], p["seed"])
         from threadpoolctl import threadpool_limits
 
         with torch.random.fork_rng(devices=[]), threadpool_limits(p["threads"]), torch_threads(p["threads"]):
@@ -599,24 +647,28 @@ class MoSEEditor(Editor):
         basis = residual_basis(d_tr, cents, p["rank"], p.get("residual", "deflated"))
         t_cluster = time.perf_counter() - t0
         mu, sd = query_stats(q_tr, p["standardize"])
-        router = MoSERouter(cents, basis, mu, sd, d_attn=p["d_attn"], hidden=p["hidden"])
+        router = MoSERouter(cents, basis, mu, sd, d_attn=p["d_attn"], hidden=p["hidden"],
+                            **{k: p[k] for k in MoSERouter.SWITCHES if k in p})
         t0 = time.perf_counter()
         hist = train_router(router, q_tr, d_tr, q_va, d_va, lr=p["lr"], weight_decay=p["weight_decay"],
                             batch_size=p["train_batch_size"], max_epochs=p["max_epochs"],
                             warmup_steps=p["warmup_steps"], patience=p["patience"], seed=p["seed"],
-                            threads=p["threads"], lr_floor=p.get("lr_floor", 0.0))
+                            threads=p["threads"], lr_floor=p.get("lr_floor", 0.0), grad_clip=p.get("grad_clip"))
         t_train = time.perf_counter() - t0
         with torch.no_grad():
             s_va, a_va = router(q_va)
-        # reference predictors on the validation pairs: the training mean (CAA) and zero
-        mean_mse = float(((d_tr.mean(0) - d_va) ** 2).mean())
-        zero_mse = float((d_va ** 2).mean())
-        mose_mse = float(((s_va - d_va) ** 2).mean())
-        ent = float(-(a_va * a_va.clamp_min(1e-12).log()).sum(-1).mean())
+        if q_va.shape[0]:
+            # reference predictors on the validation pairs: the training mean (CAA) and zero
+            mean_mse = float(((d_tr.mean(0) - d_va) ** 2).mean())
+            zero_mse = float((d_va ** 2).mean())
+            mose_mse = float(((s_va - d_va) ** 2).mean())
+            ent = float(-(a_va * a_va.clamp_min(1e-12).log()).sum(-1).mean())
+        else:  # nothing held out (val_frac=0)
+            mean_mse = zero_mse = mose_mse = ent = None
         info = {"k": k, "k_selection": ksel, "pca_explained": frac, "cluster_sizes": sizes,
                 "centroid_norms": [float(c.norm()) for c in cents], "rank": int(basis.shape[1]),
                 "training": hist, "val_mse": mose_mse, "val_mse_mean_vector": mean_mse, "val_mse_zero": zero_mse,
-                "val_r2_vs_mean": 1.0 - mose_mse / mean_mse if mean_mse > 0 else None,
+                "val_r2_vs_mean": 1.0 - mose_mse / mean_mse if mean_mse else None,
                 "val_router_entropy": ent, "gamma": float(router.gamma.detach()), "tau": float(router.tau.detach()),
                 "cluster_seconds": round(t_cluster, 3), "train_seconds": round(t_train, 3)}
         return router, info
@@ -717,6 +769,13 @@ class MoSEParams(ResidParams):
     elbow: str = "chord"
     lr_floor: float = 0.0
     query_offset: int = 0
+    bias: bool = False
+    value: bool = True
+    learn_gamma: bool = True
+    learn_tau: bool = True
+    init: str = "identity"
+    scale_keys: bool = True
+    grad_clip: Optional[float] = None
 
 
 #: The authors' released code (``jzhang538/FineSteer``; docs/fidelity.md, "MoSE") on the default
@@ -724,17 +783,23 @@ class MoSEParams(ResidParams):
 #: elbow (largest second difference), silhouette and CH over 4..10 on the raw Δ, the residual
 #: basis as the top 10 PCs of the centred Δ, no query standardisation, batch 136, cosine decay
 #: floored at 0.7 · lr, at most 100 epochs, q and Δ read at the input of block 11 and s(q) added at
-#: its output (``query_offset=-1``). Not set (not implemented): the router's bias / init / value /
-#: γ / τ switches, stopping on the training loss (``val_frac=0``); their data (docs/fidelity.md
-#: items 4–5). Gradients are never clipped here, as in their code (their clip call does nothing).
+#: its output (``query_offset=-1``), and their router: Q, K, V with bias, PyTorch's initialisation
+#: (no identity V, no zero β head), raw q and C (``standardize=False``, ``scale_keys=False``), γ and
+#: τ learnt, no held-out pairs (``val_frac=0``: stop on the training loss). Not set (not
+#: implemented): their data (docs/fidelity.md items 4–5). Gradients are never clipped here, as in their code (their clip call does nothing).
 MOSE_PAPER = {"layer": scaled_layer(12, 32), "alpha": 2.5, "k": None, "k_rule": "median", "elbow": "second_diff",
               "k_min": 4, "k_max": 10, "normalize_deltas": False, "rank": 10, "residual": "all_pca",
               "standardize": False, "train_batch_size": 136, "weight_decay": 0.01, "lr": 5e-4, "lr_floor": 0.7,
-              "max_epochs": 100, "patience": 5, "query_offset": -1}
+              "max_epochs": 100, "patience": 5, "val_frac": 0.0, "query_offset": -1,
+              "bias": True, "value": True, "learn_gamma": True, "learn_tau": True, "init": "default",
+              "scale_keys": False}
 #: The paper-equation version (``YukinoAsuna/FineSteer`` ``MoSEConfig.preset("MoSE")``): K by CH over
-#: 4..10 on L2-normalised Δ, experts the mean normalised Δ, weight decay 1e-5, constant lr, patience 8.
+#: 4..10 on L2-normalised Δ, experts the mean normalised Δ, no V / γ / τ, full batch (a batch size
+#: above any fit set), weight decay 1e-5, constant lr, 10 % validation, patience 8, gradients clipped at 1.
 MOSE_PAPER_EQ = {**{k: v for k, v in MOSE_PAPER.items() if k != "elbow"}, "k_rule": "ch", "normalize_deltas": True,
-                 "weight_decay": 1e-5, "lr_floor": 1.0, "patience": 8, "val_frac": 0.1}
+                 "weight_decay": 1e-5, "lr_floor": 1.0, "patience": 8, "val_frac": 0.1,
+                 "value": False, "learn_gamma": False, "learn_tau": False, "train_batch_size": 1_000_000,
+                 "grad_clip": 1.0}
 MOSE_PRESETS = {"paper": MOSE_PAPER, "paper_eq": MOSE_PAPER_EQ}
 
 
@@ -749,7 +814,9 @@ def make_mose(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, where: str = "p
               warmup_steps: int = 100, patience: int = 5, val_frac: float = 0.15, seed: int = 0, n_init: int = 10,
               threads: Optional[int] = 1, batch_size: int = 16, normalize_deltas: bool = False,
               residual: str = "deflated", elbow: str = "chord", lr_floor: float = 0.0,
-              query_offset: int = 0) -> Steerer:
+              query_offset: int = 0, bias: bool = False, value: bool = True, learn_gamma: bool = True,
+              learn_tau: bool = True, init: str = "identity", scale_keys: bool = True,
+              grad_clip: Optional[float] = None) -> Steerer:
     """MoSE without a gate (the ablation of FineSteer) at ``blocks.{layer}.hook_resid_{where}``; fit on
     response-side pairs (``steerlens fit --method mose --task safety``)."""
     p = MoSEParams.of(locals())
