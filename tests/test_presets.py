@@ -420,15 +420,27 @@ def test_val_frac_zero_stops_on_the_training_loss(tiny):
         MoSEEditor(val_frac=1.0)
 
 
-def test_grad_clip_bounds_the_step(tiny):
-    acts, site = _mose_acts(torch.ones(60) * 50.0)  # large differences: large gradients
-    kw = dict(k=3, max_epochs=1, warmup_steps=0, n_init=2, seed=0, lr=1e-2, train_batch_size=1_000_000)
-    ups = {}
-    for clip in (None, 1e-3):
-        ed = MoSEEditor(grad_clip=clip, **kw)
-        ed.fit(tiny, acts, Selection([site], torch.ones(1)))
-        ups[clip] = ed.info["training"]["train_mse"][0]
-    assert ups[None] != ups[1e-3]
+def test_grad_clip_clips_every_step(tiny, monkeypatch):
+    acts, site = _mose_acts(torch.ones(60) * 50.0)
+    calls = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *a, **k):
+        params = list(params)
+        norm = real_clip(params, max_norm, *a, **k)
+        after = torch.sqrt(sum((p.grad ** 2).sum() for p in params if p.grad is not None))
+        calls.append((max_norm, float(norm), float(after)))
+        return norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    kw = dict(k=3, max_epochs=2, warmup_steps=0, n_init=2, seed=0, train_batch_size=16, patience=5)
+    ed = MoSEEditor(**kw)
+    ed.fit(tiny, acts, Selection([site], torch.ones(1)))
+    assert calls == []  # default: no clipping
+    ed = MoSEEditor(grad_clip=1.0, **kw)
+    ed.fit(tiny, acts, Selection([site], torch.ones(1)))
+    assert len(calls) == ed.info["training"]["steps"] > 0
+    assert all(m == 1.0 and after <= 1.0 + 1e-4 for m, _, after in calls) and max(n for _, n, _ in calls) > 1.0
     with pytest.raises(PipelineError, match="grad_clip"):
         MoSEEditor(grad_clip=0.0)
 

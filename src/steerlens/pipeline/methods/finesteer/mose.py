@@ -347,7 +347,7 @@ def _train(router, q_tr, d_tr, q_va, d_va, *, lr, weight_decay, batch_size, max_
     best = val_mse() if held_out else math.inf
     best_state = {k: v.detach().clone() for k, v in router.state_dict().items()}
     best_epoch, bad, step = 0, 0, 0
-    hist_tr, hist_va = [], [best]
+    hist_tr, hist_va = [], [best] if held_out else []
     for epoch in range(1, int(max_epochs) + 1):
         router.train()
         perm = torch.randperm(n, generator=g)
