@@ -506,3 +506,18 @@ def test_ae_rows_and_auc_split(monkeypatch):
         make_steerer("real", auc_split="rows")
     p = make_steerer("real", preset="paper").selector.params
     assert (p["ae_rows"], p["auc_split"]) == ("all", "rows_balanced")
+
+
+def test_cli_select_paper_preset(tiny, root, tmp_path, capsys):
+    from steerlens.cli import main
+
+    out = tmp_path / "sel"
+    rc = main(["select", "--method", "real", "--task", "truthfulness", "--preset", "paper", "--model", "tiny-random",
+               "--n", "12", "--heads", "2", "--epochs", "2", "--data-dir", str(root), "--out", str(out), "--quiet"])
+    assert rc == 0
+    run = json.loads((out / "ranking.json").read_text())["run"]
+    # not given: repeats from the preset (1, not the command's 10); given: epochs 2 over the preset's 20
+    assert run["params"]["repeats"] == 1 and run["params"]["vqae"] == {"epochs": 2} and run["params"]["preset"] == "paper"
+    assert main(["select", "--method", "iti", "--preset", "paper", "--model", "tiny-random", "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "method 'iti' has no preset 'paper'; available: default" in capsys.readouterr().err
