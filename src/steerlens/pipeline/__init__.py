@@ -18,8 +18,8 @@ from .contrastive import ContrastiveActs, SimpleContrastiveData
 from .editors import ITIEditor, MeanDiffEditor, PCAEditor, VectorEditor
 from .errors import PipelineError
 from .gates import AlwaysOpen, CalibratedGate, ProbeGate
-from .registry import (available_gates, available_methods, make_gate, make_steerer, register_method,
-                       register_package)
+from .registry import (available_gates, available_methods, make_gate, make_steerer, preset_params, register_method,
+                       register_package, register_preset)
 from .roles import Editor, Gate, GateDecision, Role, Selector, register_role, register_role_alias
 from .selection import Selection, all_head_modules, head_module, resid_module
 from .selectors import FixedSelector, ITISelector, probe_accuracies, top_h_selection
@@ -34,4 +34,5 @@ __all__ = [
     "probe_accuracies", "top_h_selection", "head_module", "resid_module", "all_head_modules",
     "save_steerer", "load_steerer", "ArtifactError", "SimpleContrastiveData", "make_gate", "available_gates",
     "Composition", "CalibratedGate", "ProbeGate", "register_package", "register_role_alias",
+    "register_preset", "preset_params",
 ]

@@ -4,6 +4,7 @@ Examples::
 
     steerlens fit --method caa --task safety --layer 10 --alpha 1 --n 64 --out runs/caa
     steerlens fit --method iti --task truthfulness --heads 16 --alpha 5 --out runs/iti
+    steerlens fit --method odesteer --task truthfulness --preset paper --n 64 --out runs/ode-paper
     steerlens fit --method caa --task safety --layer 14 --alpha 1 --gate scs --gate-param layer=12 \
         --gate-param form='"contrast"' --out runs/caa-scs
     steerlens sweep --method caa --task safety --alphas 0.5,1,2 --layers 8,10,14 --out runs/sweeps/caa-safety
@@ -97,7 +98,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         params["alpha"] = args.alpha
     _gate_args(args, params)
     try:
-        st = make_steerer(args.method, **params)
+        st = make_steerer(args.method, preset=args.preset, **params)
     except PipelineError as e:
         print(f"steerlens fit: {e}", file=sys.stderr)
         return 2
@@ -147,6 +148,8 @@ def _cmd_methods(args: argparse.Namespace) -> int:
             continue
         ps = ", ".join(f"{k}={v!r}" for k, v in info.parameters().items())
         print(f"{name:10s} [{info.family}] {info.help}\n           {ps}")
+        if len(info.preset_names()) > 1:
+            print(f"           presets (--preset): {', '.join(info.preset_names())}")
     from .registry import available_gates
 
     print(f"gates (--gate, any method): {', '.join(g for g in available_gates() if not g.startswith('test_'))}")
@@ -227,6 +230,9 @@ def add_subcommands(sub) -> None:
     f.add_argument("--layer", type=int, default=None, help="residual layer (caa, repe)")
     f.add_argument("--heads", type=int, default=None, help="number of heads H (iti, real)")
     f.add_argument("--alpha", type=float, default=None, help="default strength stored in the artifact")
+    f.add_argument("--preset", default=None,
+                   help="named parameter set of the method: default (its defaults) or paper (the authors' settings, "
+                        "scaled to the model; docs/fidelity.md); --layer/--heads/--alpha/--param override it")
     f.set_defaults(func=_cmd_fit)
 
     s = sub.add_parser("sweep", help="strength sweep over alpha (and layers / H): eval, trade-off plot, best setting")

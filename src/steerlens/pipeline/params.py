@@ -41,9 +41,21 @@ class MethodParams:
             object.__setattr__(self, k, v)
 
 
+#: Layers of the default model (SmolLM2-135M-Instruct), what the ``paper`` presets are scaled to.
+DEFAULT_MODEL_LAYERS = 30
+
+
+def scaled_layer(layer: int, of: int, n_layers: int = DEFAULT_MODEL_LAYERS) -> int:
+    """A published layer carried over by relative depth: ``round(layer / of · n_layers)`` (block
+    13 of 32 → 12 of 30), clipped to ``[0, n_layers − 1]``. The ``paper`` presets use it."""
+    if of < 1 or n_layers < 1:
+        raise ValueError(f"layer counts must be >= 1, got of={of}, n_layers={n_layers}")
+    return int(min(n_layers - 1, max(0, round(layer / of * n_layers))))
+
+
 def list_or_none(xs: Optional[Sequence]) -> Optional[list]:
     """``None`` stays ``None``; any other sequence becomes a list (as recorded in JSON)."""
     return None if xs is None else list(xs)
 
 
-__all__ = ["MethodParams", "list_or_none"]
+__all__ = ["MethodParams", "list_or_none", "scaled_layer", "DEFAULT_MODEL_LAYERS"]

@@ -59,6 +59,12 @@ class MethodInfo:
     hidden: bool = False
     #: what ``steerlens fit`` fits the method on when not told (``{"n": ...}``: the validated size)
     fit_defaults: Optional[dict] = None
+    #: named parameter sets (``{"paper": {...}}``); ``"default"`` (no overrides) is always there
+    presets: Optional[dict] = None
+
+    def preset_names(self) -> list[str]:
+        """The presets this method has: ``"default"`` first, then the registered ones."""
+        return ["default", *sorted(k for k in (self.presets or {}) if k != "default")]
 
     def parameters(self) -> dict[str, Any]:
         """Keyword parameters of the factory and their defaults."""
@@ -72,12 +78,17 @@ _loaded = False
 
 
 def register_method(name: str, *, help: str = "", family: str = "resid", contract: Optional[dict] = None,
-                    hidden: bool = False, fit_defaults: Optional[dict] = None) -> Callable:
+                    hidden: bool = False, fit_defaults: Optional[dict] = None,
+                    presets: Optional[dict] = None) -> Callable:
     """Decorator: register ``factory(**params) -> Steerer`` under ``name`` (in a method package).
 
     ``contract`` tells the contract suite (``tests/test_contract.py``) how to build the method on
     the tiny random model; every registered method runs through it. ``hidden`` methods (test
-    roles) are left out of ``steerlens methods``."""
+    roles) are left out of ``steerlens methods``. ``presets``: named parameter sets
+    (``{"paper": {"C": 1.0, ...}}``, see :func:`preset_params`); ``"default"`` is implicit (the
+    factory's own defaults) and may not be redefined."""
+    if presets and "default" in presets:
+        raise PipelineError(f"method {name!r}: the 'default' preset is the factory's defaults; do not register it")
     key = name.lower()
 
     def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
@@ -85,7 +96,8 @@ def register_method(name: str, *, help: str = "", family: str = "resid", contrac
         if old is not None and (old.factory.__module__, old.factory.__qualname__) != (
                 factory.__module__, factory.__qualname__):
             raise PipelineError(f"method {name!r} is already registered by {old.factory.__module__}")
-        METHODS[key] = MethodInfo(key, factory, help, family, contract, hidden, dict(fit_defaults or {}))
+        METHODS[key] = MethodInfo(key, factory, help, family, contract, hidden, dict(fit_defaults or {}),
+                                  {k: dict(v) for k, v in (presets or {}).items()})
         return factory
 
     return deco
@@ -207,6 +219,40 @@ def fit_size(method: Optional[str], n: Optional[int]) -> Optional[int]:
     return None if info is None else (info.fit_defaults or {}).get("n")
 
 
+def register_preset(method: str, name: str, params: dict) -> None:
+    """Add (or replace) the preset ``name`` of the registered ``method`` (e.g. from another
+    package; a method's own presets are given to :func:`register_method`)."""
+    load_plugins()
+    info = METHODS.get(method.lower())
+    if info is None:
+        raise PipelineError(f"unknown steering method {method!r}; available: {', '.join(sorted(METHODS))}")
+    if name == "default":
+        raise PipelineError("the 'default' preset is the factory's defaults; it cannot be redefined")
+    info.presets = {**(info.presets or {}), name: dict(params)}
+
+
+def preset_params(method: str, preset: Optional[str], params: Optional[dict] = None) -> dict:
+    """The keyword arguments ``method``'s factory gets under ``preset``: the preset's values,
+    then ``params`` on top (explicit options win; a dict-valued parameter such as REAL's ``vqae``
+    is merged one level deep, so ``vqae={"epochs": 3}`` keeps the preset's other ``vqae`` keys).
+    ``None`` and ``"default"`` add nothing (the factory's defaults). An unknown preset is a
+    :class:`PipelineError` listing the method's presets."""
+    params = dict(params or {})
+    if preset is None or preset == "default":
+        return params
+    load_plugins()
+    info = METHODS.get(str(method).lower())
+    if info is None:
+        raise PipelineError(f"unknown steering method {method!r}; available: {', '.join(sorted(METHODS))}")
+    table = (info.presets or {}).get(str(preset))
+    if table is None:
+        raise PipelineError(f"method {info.name!r} has no preset {preset!r}; available: {', '.join(info.preset_names())}")
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in table.items()}
+    for k, v in params.items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def make_gate(gate: Any, **params: Any) -> Gate:
     """An unfitted gate role from its kind (e.g. ``"scs"``, ``"probe"``, ``"always_open"``) and
     parameters; a :class:`Gate` instance is returned as is (then ``params`` must be empty)."""
@@ -225,10 +271,14 @@ def make_gate(gate: Any, **params: Any) -> Gate:
         raise PipelineError(f"gate {gate!r}: {e}; it takes {accepted}") from None
 
 
-def make_steerer(method: str, *, gate: Any = None, gate_params: Optional[dict] = None, **params: Any) -> Any:
+def make_steerer(method: str, *, gate: Any = None, gate_params: Optional[dict] = None, preset: Optional[str] = None,
+                 **params: Any) -> Any:
     """An unfitted steerer for ``method`` (e.g. ``"caa"``, ``"repe"``, ``"iti"``, ``"real"``).
 
     ``params`` go to the method's factory; unknown ones are an error naming the accepted ones.
+    ``preset`` (e.g. ``"paper"``; ``None`` / ``"default"``: the factory's defaults) starts from a
+    named parameter set of the method (:func:`preset_params`); ``params`` override it. A steerer
+    built from a preset other than ``default`` records its name in ``method_params["preset"]``.
     ``gate`` (a gate kind such as ``"scs"`` / ``"probe"``, or a :class:`Gate`) with
     ``gate_params`` gates any method: the factory's steerer gets that gate instead of its own
     (see :meth:`Steerer.with_gate`); fit it with ``fit(model, data, gate_data=...)``.
@@ -237,12 +287,15 @@ def make_steerer(method: str, *, gate: Any = None, gate_params: Optional[dict] =
     info = methods.get(str(method).lower())
     if info is None:
         raise PipelineError(f"unknown steering method {method!r}; available: {', '.join(sorted(methods))}")
+    params = preset_params(info.name, preset, params)
     accepted = info.parameters()
     has_var_kw = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(info.factory).parameters.values())
     bad = [k for k in params if k not in accepted]
     if bad and not has_var_kw:
         raise PipelineError(f"method {info.name!r} does not take {bad}; it takes {sorted(accepted)}")
     st = info.factory(**params)
+    if preset not in (None, "default"):
+        st.method_params = {**st.method_params, "preset": str(preset)}
     if gate is None:
         if gate_params:
             raise PipelineError("gate_params given without gate=")
@@ -250,5 +303,5 @@ def make_steerer(method: str, *, gate: Any = None, gate_params: Optional[dict] =
     return st.with_gate(make_gate(gate, **(gate_params or {})))
 
 
-__all__ = ["register_method", "make_steerer", "fit_size", "make_gate", "available_gates", "available_methods", "METHODS",
+__all__ = ["register_method", "register_preset", "preset_params", "make_steerer", "fit_size", "make_gate", "available_gates", "available_methods", "METHODS",
            "MethodInfo", "load_plugins", "register_package", "method_packages", "METHODS_PACKAGE", "METHOD_PATH_ENV"]

@@ -173,10 +173,15 @@ class Editor(Role):
     activation; strength, gate and positions are applied by the hook layer, so an editor never
     multiplies by them itself. ``query_sites`` (optional) are read at the last prompt token of
     the fitting prompts into ``ContrastiveActs.query``, for editors fitted on prompt states
-    (MoSE's router).
+    (MoSE's router). ``read_sites`` (optional) are sites besides the selected ones whose fitting
+    activations the editor reads (at the data's reading position, e.g. MoSE reading one layer
+    before the one it edits); :meth:`Steerer.fit` captures them after the selection.
     """
 
     def query_sites(self, model, selection: Selection) -> list[Site]:
+        return []
+
+    def read_sites(self, model, selection: Selection) -> list[Site]:
         return []
 
     def fit(self, model, acts: ContrastiveActs, selection: Selection) -> None:

@@ -16,6 +16,11 @@ A spec::
     alpha = 1.0
     fit = { task = "safety", n = 100 } # a fit task of steerlens.pipeline.fitdata (data + gate data)
 
+    [[steerer]]                        # a method with a named parameter set (`steerlens methods` lists them)
+    method = "odesteer"
+    preset = "paper"                   # the authors' settings (docs/fidelity.md); params/alpha override it
+    fit = { task = "truthfulness" }
+
     [[baseline]]                       # optional: evaluated next to the pipeline, e.g. plain CAA
     name = "caa"
     method = "caa"                     # a registered method, with its parameters
@@ -58,7 +63,7 @@ from .. import parallel
 from ..fileio import parse_value
 from .errors import PipelineError
 from .fitdata import FIT_TASKS, fit_data, gate_data
-from .registry import available_methods, fit_size, load_plugins, make_steerer
+from .registry import available_methods, fit_size, load_plugins, make_steerer, preset_params
 from .roles import ROLE_ALIASES, ROLE_TYPES, ROLES, SPEC_DEFAULTS, Role, register_role_alias
 from .steerer import Steerer
 
@@ -133,13 +138,20 @@ def normalise_spec(spec: dict, source: str = "spec") -> dict:
             if st["name"] in names:
                 raise SpecError(f"{source}: two {kind}s named {st['name']!r}")
             names.add(st["name"])
-            keys = {"name", "method", "params", "selector", "gate", "editor", "alpha", "fit"}
+            keys = {"name", "method", "preset", "params", "selector", "gate", "editor", "alpha", "fit"}
             extra = sorted(set(st) - keys)
             if extra:
                 raise SpecError(f"{source}: {kind} {st['name']!r} has unknown keys {extra}; known: {sorted(keys)}")
             if not st.get("method") and not (st.get("selector") and st.get("editor")):
                 raise SpecError(f"{source}: {kind} {st['name']!r} needs a method, or a selector and an editor")
             _check_method_params(st, f"{source}: {kind} {st['name']!r}")
+            if st.get("preset") is not None:
+                if not st.get("method"):
+                    raise SpecError(f"{source}: {kind} {st['name']!r}: preset needs a method")
+                try:
+                    preset_params(st["method"], st["preset"])
+                except PipelineError as e:
+                    raise SpecError(f"{source}: {kind} {st['name']!r}: {e}") from None
             if "task" not in st.get("fit", {}):
                 raise SpecError(f"{source}: {kind} {st['name']!r} needs fit = {{ task = ... }}")
             bad = sorted(set(st["fit"]) - FIT_KEYS)
@@ -201,7 +213,7 @@ def build_steerer(st: dict) -> Steerer:
         params = dict(st.get("params", {}))
         if alpha is not None:
             params["alpha"] = alpha
-        steerer = make_steerer(st["method"], **params)
+        steerer = make_steerer(st["method"], preset=st.get("preset"), **params)
         if st.get("editor"):
             steerer.editor = build_role("editor", st["editor"])
         if st.get("selector"):

@@ -115,6 +115,13 @@ class Steerer:
             acts = self.read_contrastive(m, data, progress=progress)
         if selection is None:
             selection = self.selector.fit(m, acts)
+        extra = [x for x in self.editor.read_sites(m, selection) if x not in acts.pos]
+        if extra:  # sites the editor reads besides the selected ones (e.g. MoSE's query_offset)
+            pos, neg, position = check_data(data)
+            more = self._capture(m, pos + neg, extra, position, progress)
+            n = len(pos)
+            acts.pos.update({s: t[:n] for s, t in more.items()})
+            acts.neg.update({s: t[n:] for s, t in more.items()})
         qsites = self.editor.query_sites(m, selection)
         if qsites:
             pos, _, _ = check_data(data)

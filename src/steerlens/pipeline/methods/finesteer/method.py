@@ -15,7 +15,7 @@ from typing import Any, Optional
 from ...errors import PipelineError
 
 from ...registry import register_method
-from .mose import DEFAULT_LAYER, make_mose
+from .mose import DEFAULT_LAYER, MOSE_PRESETS, make_mose
 from .scs import SCS_GATE_PARAMS, SCSGatedParams
 
 #: the gate kinds FineSteer's stage 1 can be (``gate_kind``)
@@ -73,13 +73,20 @@ class FineSteerParams(SCSGatedParams):
                 **self.pick("select_layers", "select_repeats", "select_margin")}
 
 
+#: FineSteer's presets: MoSE's (``paper``: the authors' code; ``paper_eq``: the paper's equations),
+#: at the fixed layer the preset gives (no REAL layer choice). The SCS gate keeps its settings
+#: (layer 14 as by default, not MoSE's layer): the authors released no gate (docs/fidelity.md, "SCS").
+FINESTEER_PRESETS = {name: {**table, "select_layers": None, "gate_layer": DEFAULT_LAYER}
+                     for name, table in MOSE_PRESETS.items()}
+
+
 @register_method("finesteer", help="FineSteer: a prompt gate (SCS by default; probe, harm_dir) in front of MoSE "
                                    "(stage 2) at the layer REAL picks; fit with response-side pairs and gate_data",
                  family="resid",
                  contract={"params": {"layer": 1, "alpha": 4.0, "gate_layer": 0, "rank_benign": 2, "rank_target": 2,
                                       "fpr": 0.3, "max_epochs": 40, "warmup_steps": 5, "select_layers": None},
                            "gen_alpha": 20.0},
-                 fit_defaults={"n": DEFAULT_FIT_N})
+                 fit_defaults={"n": DEFAULT_FIT_N}, presets=FINESTEER_PRESETS)
 def make_finesteer(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, gate_layer: Optional[int] = None,
                    form: str = "contrast", rank_benign: int = 4, rank_target: int = 4, target_center: str = "benign",
                    normalize: bool = False, fpr: float = 0.05, temperature: Optional[float] = None,
@@ -119,4 +126,4 @@ def _params() -> dict:
 make_finesteer.__signature__ = inspect.Signature(list(_params().values()))
 
 
-__all__ = ["make_finesteer", "FineSteerParams", "GATE_KINDS", "DEFAULT_FIT_N"]
+__all__ = ["make_finesteer", "FineSteerParams", "GATE_KINDS", "DEFAULT_FIT_N", "FINESTEER_PRESETS"]

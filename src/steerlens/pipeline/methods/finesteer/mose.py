@@ -71,23 +71,38 @@ from ...roles import Editor, register_role
 from ...selection import Selection, resid_module
 from ...steerer import Steerer
 from ..baselines import ResidParams
+from ...params import scaled_layer
 from ...registry import register_method
 from ...selectors import FixedSelector
 
 K_RULES = ("ch", "median")
 MEDIAN_RANGE = (4, 10)
+#: the elbow rule inside ``k_rule="median"``: farthest below the chord, or the largest second difference
+ELBOWS = ("chord", "second_diff")
+#: the residual basis: PCs of Δ after removing span(C) (``"deflated"``), or of the centred Δ (``"all_pca"``)
+RESIDUALS = ("deflated", "all_pca")
 
 
 # ----------------------------------------------------------------------------------------
 # Experts: PCA + k-means, K by Calinski-Harabasz (or the median of elbow / silhouette / CH)
 # ----------------------------------------------------------------------------------------
 
-def elbow_k(ks: Sequence[int], inertia: Sequence[float]) -> int:
-    """The elbow of a decreasing inertia curve: the K farthest below the chord joining its first
-    and last points, with both axes scaled to [0, 1] (the first K when the curve is too short)."""
+def elbow_k(ks: Sequence[int], inertia: Sequence[float], rule: str = "chord") -> int:
+    """The elbow of a decreasing inertia curve (the first K when the curve is too short).
+    ``"chord"``: the K farthest below the chord joining its first and last points, both axes
+    scaled to [0, 1]. ``"second_diff"`` (the authors' code): the K with the largest second
+    difference of the min-max-scaled inertia (an interior K; ties: the smallest)."""
     ks = list(ks)
+    if rule not in ELBOWS:
+        raise PipelineError(f"elbow must be one of {ELBOWS}, got {rule!r}")
     if len(ks) < 3:
         return int(ks[0])
+    if rule == "second_diff":
+        y = np.asarray(inertia, float)
+        span = y.max() - y.min()
+        y = (y - y.min()) / span if span > 0 else np.zeros_like(y)
+        d2 = y[:-2] - 2 * y[1:-1] + y[2:]  # at ks[1:-1]
+        return int(ks[1 + int(np.argmax(d2))])
     x = (np.asarray(ks, float) - ks[0]) / (ks[-1] - ks[0])
     y = np.asarray(inertia, float)
     span = y[0] - y[-1]
@@ -97,7 +112,7 @@ def elbow_k(ks: Sequence[int], inertia: Sequence[float]) -> int:
 
 
 def select_k(x: np.ndarray, *, k_min: int = 2, k_max: int = 10, rule: str = "ch", seed: int = 0,
-             n_init: int = 10, median_range: tuple[int, int] = MEDIAN_RANGE) -> dict:
+             n_init: int = 10, median_range: tuple[int, int] = MEDIAN_RANGE, elbow: str = "chord") -> dict:
     """Cluster ``x`` (``[n, p]``) with k-means for every K in ``k_min..k_max`` and in
     ``median_range`` and pick K by ``rule`` (see the module docstring).
 
@@ -137,7 +152,7 @@ def select_k(x: np.ndarray, *, k_min: int = 2, k_max: int = 10, rule: str = "ch"
 
     k_ch = best(ch, main)
     if med:
-        k_el, k_si, k_cm = elbow_k(med, [inertia[k] for k in med]), best(sil, med), best(ch, med)
+        k_el, k_si, k_cm = elbow_k(med, [inertia[k] for k in med], elbow), best(sil, med), best(ch, med)
         k_med = int(sorted([k_el, k_si, k_cm])[1])
     else:
         k_el = k_si = k_cm = k_med = None
@@ -161,13 +176,19 @@ def pca_project(x: torch.Tensor, max_components: int) -> tuple[np.ndarray, float
     return ((x.double() - r.center) @ r.components.T).numpy(), frac
 
 
-def residual_basis(delta: torch.Tensor, centroids: torch.Tensor, rank: int) -> torch.Tensor:
+def residual_basis(delta: torch.Tensor, centroids: torch.Tensor, rank: int, mode: str = "deflated") -> torch.Tensor:
     """``U`` (``[d, r]``, orthonormal columns): the top-``rank`` principal components of the rows
-    of ``delta`` after removing their projection onto the span of ``centroids``; ``r`` is cut to
-    the rank left (``[d, 0]`` if nothing is left); signs fixed as in :func:`steerlens.numerics.pca`."""
+    of ``delta`` after removing their projection onto the span of ``centroids`` (``"deflated"``)
+    or of the centred ``delta`` as it is (``"all_pca"``, the authors' code); ``r`` is cut to the
+    rank left (``[d, 0]`` if nothing is left); signs fixed as in :func:`steerlens.numerics.pca`."""
+    if mode not in RESIDUALS:
+        raise PipelineError(f"residual must be one of {RESIDUALS}, got {mode!r}")
     d = delta.double()
-    q, _ = torch.linalg.qr(centroids.double().T)  # [d, K] orthonormal basis of span(C)
-    r = pca(d - (d @ q) @ q.T)
+    if mode == "deflated":
+        q, _ = torch.linalg.qr(centroids.double().T)  # [d, K] orthonormal basis of span(C)
+        r = pca(d - (d @ q) @ q.T)
+    else:
+        r = pca(d)
     ref = torch.linalg.matrix_norm(d, ord=2).clamp_min(1e-30)  # the differences' own scale
     keep = int(min(rank, int((r.singular_values > ref * 1e-4).sum())))  # float32 inputs: anything smaller is noise
     return r.components[:keep].T.float().contiguous()
@@ -185,10 +206,19 @@ class MoSERouter(nn.Module):
     a [b, K])``.
     """
 
+    #: the router's switches and their defaults (ours); the authors' code and the paper differ (docs/fidelity.md)
+    SWITCHES = {"bias": False, "value": True, "learn_gamma": True, "learn_tau": True, "init": "identity",
+                "scale_keys": True}
+
     def __init__(self, centroids: torch.Tensor, basis: torch.Tensor, q_mean: Optional[torch.Tensor] = None,
                  q_scale: Optional[torch.Tensor] = None, *, d_attn: Optional[int] = None,
-                 hidden: Optional[int] = None) -> None:
+                 hidden: Optional[int] = None, bias: bool = False, value: bool = True, learn_gamma: bool = True,
+                 learn_tau: bool = True, init: str = "identity", scale_keys: bool = True) -> None:
         super().__init__()
+        if init not in ("identity", "default"):
+            raise PipelineError(f"init must be 'identity' or 'default', got {init!r}")
+        self.switches = {"bias": bool(bias), "value": bool(value), "learn_gamma": bool(learn_gamma),
+                         "learn_tau": bool(learn_tau), "init": init, "scale_keys": bool(scale_keys)}
         k, d = centroids.shape
         r = basis.shape[1]
         if basis.shape[0] != d:
@@ -202,19 +232,29 @@ class MoSERouter(nn.Module):
         self.register_buffer("q_mean", torch.zeros(d) if q_mean is None else q_mean.float().clone())
         self.register_buffer("q_scale", torch.ones(d) if q_scale is None else q_scale.float().clone())
         rms = c.pow(2).mean().sqrt()
-        self.register_buffer("c_scale", rms if float(rms) > 0 else torch.ones(()))
-        self.W_Q = nn.Linear(d, self.d_attn, bias=False)
-        self.W_K = nn.Linear(d, self.d_attn, bias=False)
-        self.W_V = nn.Linear(d, d, bias=False)
+        self.register_buffer("c_scale", rms if float(rms) > 0 and scale_keys else torch.ones(()))
+        self.W_Q = nn.Linear(d, self.d_attn, bias=bool(bias))
+        self.W_K = nn.Linear(d, self.d_attn, bias=bool(bias))
+        self.W_V = nn.Linear(d, d, bias=bool(bias)) if value else None
         with warnings.catch_warnings():  # r = 0 (nothing left outside span(C)) is a valid, empty residual
             warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
             self.beta = nn.Sequential(nn.Linear(d, self.hidden), nn.ReLU(), nn.Linear(self.hidden, r))
-        self.gamma = nn.Parameter(torch.ones(()))
-        self.log_tau = nn.Parameter(torch.zeros(()))
-        with torch.no_grad():
-            self.W_V.weight.copy_(torch.eye(d))
-            self.beta[2].weight.zero_()
-            self.beta[2].bias.zero_()
+        if learn_gamma:
+            self.gamma = nn.Parameter(torch.ones(()))
+        else:
+            self.register_buffer("gamma", torch.ones(()))
+        if learn_tau:
+            self.log_tau = nn.Parameter(torch.zeros(()))
+        else:
+            self.register_buffer("log_tau", torch.zeros(()))
+        if init == "identity":
+            with torch.no_grad():
+                if self.W_V is not None:
+                    self.W_V.weight.copy_(torch.eye(d))
+                    if self.W_V.bias is not None:
+                        self.W_V.bias.zero_()
+                self.beta[2].weight.zero_()
+                self.beta[2].bias.zero_()
 
     @property
     def tau(self) -> torch.Tensor:
@@ -233,17 +273,21 @@ class MoSERouter(nn.Module):
         z = self.standardize(q)
         logits = self.W_Q(z) @ self.W_K(self.C / self.c_scale).T
         a = torch.softmax(logits / (math.sqrt(self.d_attn) * self.tau), dim=-1)
-        s = self.gamma * (a @ self.W_V(self.C) + self.beta(z) @ self.U.T)
+        experts = self.W_V(self.C) if self.W_V is not None else self.C
+        s = self.gamma * (a @ experts + self.beta(z) @ self.U.T)
         return s, a
 
     def config(self) -> dict:
-        return {"d": self.d, "k": self.k, "r": self.r, "d_attn": self.d_attn, "hidden": self.hidden}
+        """The shapes (and the switches that differ from the defaults) :meth:`empty` rebuilds from."""
+        out = {"d": self.d, "k": self.k, "r": self.r, "d_attn": self.d_attn, "hidden": self.hidden}
+        out.update({k: v for k, v in self.switches.items() if v != self.SWITCHES[k]})
+        return out
 
     @classmethod
     def empty(cls, cfg: dict) -> "MoSERouter":
         """An unfitted router of the shapes in ``cfg`` (for loading a state dict)."""
         return cls(torch.zeros(cfg["k"], cfg["d"]), torch.zeros(cfg["d"], cfg["r"]),
-                   d_attn=cfg["d_attn"], hidden=cfg["hidden"])
+                   d_attn=cfg["d_attn"], hidden=cfg["hidden"], **{k: cfg[k] for k in cls.SWITCHES if k in cfg})
 
 
 def query_stats(q: torch.Tensor, standardize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,19 +301,22 @@ def query_stats(q: torch.Tensor, standardize: bool = True) -> tuple[torch.Tensor
     return mu, sd.clamp_min(floor)
 
 
-def lr_at(step: int, *, lr: float, warmup: int, total: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+def lr_at(step: int, *, lr: float, warmup: int, total: int, floor: float = 0.0) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``floor · lr`` at ``total``
+    (``floor=0.7``: the authors' schedule; ``1``: constant after warm-up)."""
     if warmup > 0 and step < warmup:
         return lr * (step + 1) / warmup
     span = max(1, total - warmup)
     prog = min(1.0, (step - warmup) / span)
-    return lr * 0.5 * (1.0 + math.cos(math.pi * prog))
+    if floor == 0.0:
+        return lr * 0.5 * (1.0 + math.cos(math.pi * prog))
+    return lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * prog)))
 
 
 def train_router(router: MoSERouter, q_tr: torch.Tensor, d_tr: torch.Tensor, q_va: torch.Tensor,
                  d_va: torch.Tensor, *, lr: float = 5e-4, weight_decay: float = 0.01, batch_size: int = 32,
                  max_epochs: int = 200, warmup_steps: int = 100, patience: int = 5, seed: int = 0,
-                 threads: Optional[int] = 1) -> dict:
+                 threads: Optional[int] = 1, lr_floor: float = 0.0, grad_clip: Optional[float] = None) -> dict:
     """Train ``router`` in place (see the module docstring); returns the training history.
 
     Runs on ``threads`` CPU threads (default 1: the router's matrix products are small, so more
@@ -277,11 +324,12 @@ def train_router(router: MoSERouter, q_tr: torch.Tensor, d_tr: torch.Tensor, q_v
     caller's thread setting)."""
     with torch_threads(threads):
         return _train(router, q_tr, d_tr, q_va, d_va, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                      max_epochs=max_epochs, warmup_steps=warmup_steps, patience=patience, seed=seed)
+                      max_epochs=max_epochs, warmup_steps=warmup_steps, patience=patience, seed=seed,
+                      lr_floor=lr_floor, grad_clip=grad_clip)
 
 
 def _train(router, q_tr, d_tr, q_va, d_va, *, lr, weight_decay, batch_size, max_epochs, warmup_steps, patience,
-           seed) -> dict:
+           seed, lr_floor=0.0, grad_clip=None) -> dict:
     g = torch.Generator().manual_seed(int(seed))
     n = q_tr.shape[0]
     bs = max(1, min(int(batch_size), n))
@@ -289,15 +337,17 @@ def _train(router, q_tr, d_tr, q_va, d_va, *, lr, weight_decay, batch_size, max_
     total = max(1, int(max_epochs) * steps_per_epoch)
     opt = torch.optim.AdamW(router.parameters(), lr=lr, weight_decay=weight_decay)
 
+    held_out = q_va.shape[0] > 0  # else: stop on the training loss (the epoch's mean)
+
     def val_mse() -> float:
         router.eval()
         with torch.no_grad():
             return float(((router(q_va)[0] - d_va) ** 2).mean())
 
-    best = val_mse()
+    best = val_mse() if held_out else math.inf
     best_state = {k: v.detach().clone() for k, v in router.state_dict().items()}
     best_epoch, bad, step = 0, 0, 0
-    hist_tr, hist_va = [], [best]
+    hist_tr, hist_va = [], [best] if held_out else []
     for epoch in range(1, int(max_epochs) + 1):
         router.train()
         perm = torch.randperm(n, generator=g)
@@ -305,17 +355,20 @@ def _train(router, q_tr, d_tr, q_va, d_va, *, lr, weight_decay, batch_size, max_
         for i in range(0, n, bs):
             idx = perm[i:i + bs]
             for grp in opt.param_groups:
-                grp["lr"] = lr_at(step, lr=lr, warmup=warmup_steps, total=total)
+                grp["lr"] = lr_at(step, lr=lr, warmup=warmup_steps, total=total, floor=lr_floor)
             s, _ = router(q_tr[idx])
             loss = ((s - d_tr[idx]) ** 2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(router.parameters(), grad_clip)
             opt.step()
             tot += float(loss.detach()) * len(idx)
             step += 1
         hist_tr.append(tot / n)
-        v = val_mse()
-        hist_va.append(v)
+        v = val_mse() if held_out else tot / n
+        if held_out:
+            hist_va.append(v)
         if v < best:
             best, best_epoch, bad = v, epoch, 0
             best_state = {k: t.detach().clone() for k, t in router.state_dict().items()}
@@ -325,7 +378,8 @@ def _train(router, q_tr, d_tr, q_va, d_va, *, lr, weight_decay, batch_size, max_
                 break
     router.load_state_dict(best_state)
     router.eval()
-    return {"best_epoch": best_epoch, "epochs_run": len(hist_tr), "steps": step, "best_val_mse": best,
+    return {"best_epoch": best_epoch, "epochs_run": len(hist_tr), "steps": step,
+            "best_val_mse": best if held_out else None, **({} if held_out else {"stopped_on": "train_loss"}),
             "train_mse": [round(x, 6) for x in hist_tr], "val_mse": [round(x, 6) for x in hist_va],
             "steps_per_epoch": steps_per_epoch, "stopped_early": len(hist_tr) < int(max_epochs)}
 
@@ -345,12 +399,15 @@ class MoSEEdit(Edit):
     """
 
     def __init__(self, site, router: MoSERouter, alpha: float = 1.0, *, positions: str = "all",
-                 scale: Optional[torch.Tensor] = None, gate=None, name: Optional[str] = None) -> None:
+                 scale: Optional[torch.Tensor] = None, gate=None, name: Optional[str] = None,
+                 query: Optional["MoSEQueryRead"] = None) -> None:
         self._init_common(site, positions, alpha, scale, gate, name)
         if self.site.is_head:
             raise EditError(f"{self.site}: MoSE steers a residual site, not heads")
         self.router = router.eval()
         self.router.requires_grad_(False)
+        #: where q comes from when it is read at another site than this one (``query_offset``)
+        self.query = query
 
     def validate(self, model) -> "MoSEEdit":
         super().validate(model)
@@ -369,8 +426,14 @@ class MoSEEdit(Edit):
         st = info.state
         b = act.shape[0]
         if info.prompt_last is not None or "s" not in st:
-            q = (act[torch.arange(b, device=act.device), info.prompt_last.to(act.device)]
-                 if info.prompt_last is not None else act[:, -1])
+            if self.query is not None:
+                q = self.query.holder.get("q")
+                if q is None or q.shape[0] != b:
+                    raise EditError(f"{self.site}: MoSE's query was not read at {self.query.site} in this pass "
+                                    "(its MoSEQueryRead edit must run with it)")
+            else:
+                q = (act[torch.arange(b, device=act.device), info.prompt_last.to(act.device)]
+                     if info.prompt_last is not None else act[:, -1])
             s, a = self.route(q)
             # s(q) in float32 for the report, and once in the activation's device and dtype for
             # every token that follows (not a copy per decode step)
@@ -382,6 +445,25 @@ class MoSEEdit(Edit):
         info.report("expert_weights", a)
         info.report("s_norm", s.norm(dim=-1))
         return st["s_act"]
+
+
+class MoSEQueryRead(Edit):
+    """Reads MoSE's query at an earlier residual site than the one MoSE edits (``query_offset``)
+    and changes nothing: its delta is zero. On every call it keeps each row's activation at the
+    last prompt token (the newest column on a decode call) for the :class:`MoSEEdit` it belongs
+    to, which runs later in the same forward pass."""
+
+    def __init__(self, site, alpha: float = 1.0, *, name: Optional[str] = None) -> None:
+        self._init_common(site, "all", alpha, None, None, name)
+        if self.site.is_head:
+            raise EditError(f"{self.site}: MoSE reads its query at a residual site, not heads")
+        self.holder: dict = {}
+
+    def delta(self, act: torch.Tensor, info: TokenInfo) -> torch.Tensor:
+        b = act.shape[0]
+        self.holder["q"] = (act[torch.arange(b, device=act.device), info.prompt_last.to(act.device)]
+                            if info.prompt_last is not None else act[:, -1])
+        return torch.zeros_like(act)
 
 
 # ----------------------------------------------------------------------------------------
@@ -402,10 +484,25 @@ class MoSEEditor(Editor):
         d_attn, hidden: router attention width and β's hidden width (default ``d``).
         standardize: standardise the query per dimension (see the module docstring).
         lr, weight_decay, train_batch_size, max_epochs, warmup_steps, patience: training.
-        val_frac: fraction of the pairs held out for early stopping (at least one pair).
+        val_frac: fraction of the pairs held out for early stopping (at least one pair); ``0``:
+            none held out, training stops on the training loss (the authors' code; the validation
+            figures in ``info`` are then ``None``).
         seed: split, initialisation, shuffling and k-means.
         n_init: k-means restarts per K.
         threads: CPU threads for training (default 1, see :func:`train_router`; ``None``: as set).
+        normalize_deltas: cluster the L2-normalised ``Δᵢ`` and take the experts as the mean
+            normalised ``Δᵢ`` per cluster (the paper-equation version); default ``False``.
+        residual: ``"deflated"`` (default) or ``"all_pca"`` (see :func:`residual_basis`).
+        elbow: the elbow rule of ``k_rule="median"``: ``"chord"`` (default) or ``"second_diff"``.
+        lr_floor: the cosine schedule ends at ``lr_floor · lr`` (default 0).
+        grad_clip: clip the gradient norm to this before each step (default ``None``: no clipping).
+        bias, value, learn_gamma, learn_tau, init, scale_keys: the router's switches (see
+            :class:`MoSERouter`; defaults: ours, no bias, ``W_V`` from the identity, β's head at 0,
+            γ and τ learnt, keys see ``C / rms(C)``).
+        query_offset: ``0`` (default): q and Δ are read at the edited site; ``-1``: at the input of
+            the edited block (``blocks.L.hook_resid_pre``) while ``s(q)`` is added at its output
+            (the authors' code reads ``hidden_states[L]`` and adds to block L's output). Needs
+            ``where="post"``.
     """
 
     kind = "mose"
@@ -416,7 +513,17 @@ class MoSEEditor(Editor):
                  hidden: Optional[int] = None, standardize: bool = True, lr: float = 5e-4,
                  weight_decay: float = 0.01, train_batch_size: int = 32, max_epochs: int = 200,
                  warmup_steps: int = 100, patience: int = 5, val_frac: float = 0.15, seed: int = 0,
-                 n_init: int = 10, threads: Optional[int] = 1) -> None:
+                 n_init: int = 10, threads: Optional[int] = 1, normalize_deltas: bool = False,
+                 residual: str = "deflated", elbow: str = "chord", lr_floor: float = 0.0,
+                 query_offset: int = 0, bias: bool = False, value: bool = True, learn_gamma: bool = True,
+                 learn_tau: bool = True, init: str = "identity", scale_keys: bool = True,
+                 grad_clip: Optional[float] = None) -> None:
+        if grad_clip is not None and not float(grad_clip) > 0:
+            raise PipelineError(f"grad_clip must be > 0 or None, got {grad_clip}")
+        switches = {"bias": bool(bias), "value": bool(value), "learn_gamma": bool(learn_gamma),
+                    "learn_tau": bool(learn_tau), "init": init, "scale_keys": bool(scale_keys)}
+        if init not in ("identity", "default"):
+            raise PipelineError(f"init must be 'identity' or 'default', got {init!r}")
         try:
             positions = normalise_positions(positions)
         except EditError as e:
@@ -427,8 +534,16 @@ class MoSEEditor(Editor):
             raise PipelineError(f"k must be >= 1, got {k}")
         if rank < 0:
             raise PipelineError(f"rank must be >= 0, got {rank}")
-        if not 0 < val_frac < 1:
-            raise PipelineError(f"val_frac must be in (0, 1), got {val_frac}")
+        if residual not in RESIDUALS:
+            raise PipelineError(f"residual must be one of {RESIDUALS}, got {residual!r}")
+        if elbow not in ELBOWS:
+            raise PipelineError(f"elbow must be one of {ELBOWS}, got {elbow!r}")
+        if int(query_offset) not in (0, -1):
+            raise PipelineError(f"query_offset must be 0 or -1, got {query_offset}")
+        if not 0.0 <= float(lr_floor) <= 1.0:
+            raise PipelineError(f"lr_floor must be in [0, 1], got {lr_floor}")
+        if not 0 <= val_frac < 1:
+            raise PipelineError(f"val_frac must be in [0, 1), got {val_frac}")
         if lr <= 0 or max_epochs < 1 or train_batch_size < 1 or patience < 1:
             raise PipelineError("lr must be > 0 and max_epochs, train_batch_size, patience >= 1")
         super().__init__(positions=positions, k=None if k is None else int(k), k_min=int(k_min), k_max=int(k_max),
@@ -437,7 +552,11 @@ class MoSEEditor(Editor):
                          standardize=bool(standardize), lr=float(lr), weight_decay=float(weight_decay),
                          train_batch_size=int(train_batch_size), max_epochs=int(max_epochs),
                          warmup_steps=int(warmup_steps), patience=int(patience), val_frac=float(val_frac),
-                         seed=int(seed), n_init=int(n_init), threads=None if threads is None else int(threads))
+                         seed=int(seed), n_init=int(n_init), threads=None if threads is None else int(threads),
+                         normalize_deltas=bool(normalize_deltas), residual=residual, elbow=elbow,
+                         lr_floor=float(lr_floor), **({"query_offset": -1} if int(query_offset) else {}),
+                         **{k: v for k, v in switches.items() if v != MoSERouter.SWITCHES[k]},
+                         **({} if grad_clip is None else {"grad_clip": float(grad_clip)}))
         self.module: Optional[Site] = None
         self.router: Optional[MoSERouter] = None
         self.info: dict = {}
@@ -452,23 +571,38 @@ class MoSEEditor(Editor):
                                 f"{[str(m) for m in selection.modules]}")
         return selection.modules[0]
 
+    def _read_module(self, selection: Selection) -> Site:
+        """Where q and Δ are read: the edited site, or the input of its block (``query_offset=-1``)."""
+        mod = self._module(selection)
+        if not self.params.get("query_offset", 0):
+            return mod
+        if mod.kind != "resid_post":
+            raise PipelineError(f"query_offset=-1 reads the input of the block whose output MoSE edits; "
+                                f"{mod} is not a block output (use where='post')")
+        return resid_module(mod.layer, "pre")
+
     def query_sites(self, model, selection: Selection) -> list[Site]:
-        return [self._module(selection)]
+        return [self._read_module(selection)]
+
+    def read_sites(self, model, selection: Selection) -> list[Site]:
+        r = self._read_module(selection)
+        return [] if r == self._module(selection) else [r]
 
     # -- fitting -------------------------------------------------------------------------------
     def fit(self, model, acts: ContrastiveActs, selection: Selection) -> None:
         t0 = time.perf_counter()
         mod = self._module(selection)
+        rmod = self._read_module(selection)
         if acts.position != "response_mean":
             raise PipelineError("MoSE is fitted on response-side pairs (position 'response_mean'): the same "
                                 f"prompt with the positive and with the negative reply; got position {acts.position!r}")
         if not acts.paired:
             raise PipelineError("MoSE needs paired data (pos[i] and neg[i] the same prompt with two replies)")
-        pos, neg = acts.module(mod)
-        if mod not in acts.query:
-            raise PipelineError(f"MoSE needs the last-prompt-token activations at {mod} in acts.query "
+        pos, neg = acts.module(rmod)
+        if rmod not in acts.query:
+            raise PipelineError(f"MoSE needs the last-prompt-token activations at {rmod} in acts.query "
                                 "(Steerer.fit reads them through query_sites)")
-        q = acts.query[mod].float()
+        q = acts.query[rmod].float()
         delta = (pos - neg).float()
         if q.shape != delta.shape:
             raise PipelineError(f"{q.shape[0]} queries of width {q.shape[1]} for {delta.shape[0]} differences "
@@ -479,22 +613,27 @@ class MoSEEditor(Editor):
         n = delta.shape[0]
         if n < 4:
             raise PipelineError(f"MoSE needs at least 4 pairs (training + validation), got {n}")
-        tr, va = split_indices(n, p["val_frac"], p["seed"])
+        if p["val_frac"] == 0:  # no held-out pairs: stop on the training loss
+            tr, va = torch.arange(n), torch.zeros(0, dtype=torch.long)
+        else:
+            tr, va = split_indices(n, p["val_frac"], p["seed"])
         from threadpoolctl import threadpool_limits
 
         with torch.random.fork_rng(devices=[]), threadpool_limits(p["threads"]), torch_threads(p["threads"]):
             torch.manual_seed(p["seed"])
             self.router, self.info = self._fit_router(q[tr], delta[tr], q[va], delta[va])
         self.module = mod
-        self.info.update({"n_pairs": n, "n_train": len(tr), "n_val": len(va), "module": str(mod),
+        self.info.update({"n_pairs": n, "n_train": len(tr), "n_val": len(va), "module": str(mod), "read_module": str(rmod),
                           "fit_seconds": round(time.perf_counter() - t0, 3)})
 
     def _fit_router(self, q_tr, d_tr, q_va, d_va) -> tuple[MoSERouter, dict]:
         p = self.params
         t0 = time.perf_counter()
-        x, frac = pca_project(d_tr, p["max_components"])
+        # what is clustered (and averaged into the experts): Δ, or Δ / ‖Δ‖ (normalize_deltas)
+        d_cl = d_tr / d_tr.norm(dim=-1, keepdim=True).clamp_min(1e-12) if p.get("normalize_deltas") else d_tr
+        x, frac = pca_project(d_cl, p["max_components"])
         ksel = select_k(x, k_min=p["k_min"], k_max=p["k_max"], rule=p["k_rule"], seed=p["seed"],
-                        n_init=p["n_init"])
+                        n_init=p["n_init"], elbow=p.get("elbow", "chord"))
         if p["k"] is not None:  # fixed K: cluster once more at that K, keep the curves for the record
             from sklearn.cluster import KMeans
 
@@ -503,29 +642,33 @@ class MoSEEditor(Editor):
             ksel.update({"k": k, "rule_used": "fixed", "labels": labels})
         labels = torch.tensor(ksel.pop("labels"))
         k = int(ksel["k"])
-        cents = torch.stack([d_tr[labels == j].mean(0) for j in range(k)])
+        cents = torch.stack([d_cl[labels == j].mean(0) for j in range(k)])
         sizes = [int((labels == j).sum()) for j in range(k)]
-        basis = residual_basis(d_tr, cents, p["rank"])
+        basis = residual_basis(d_tr, cents, p["rank"], p.get("residual", "deflated"))
         t_cluster = time.perf_counter() - t0
         mu, sd = query_stats(q_tr, p["standardize"])
-        router = MoSERouter(cents, basis, mu, sd, d_attn=p["d_attn"], hidden=p["hidden"])
+        router = MoSERouter(cents, basis, mu, sd, d_attn=p["d_attn"], hidden=p["hidden"],
+                            **{k: p[k] for k in MoSERouter.SWITCHES if k in p})
         t0 = time.perf_counter()
         hist = train_router(router, q_tr, d_tr, q_va, d_va, lr=p["lr"], weight_decay=p["weight_decay"],
                             batch_size=p["train_batch_size"], max_epochs=p["max_epochs"],
                             warmup_steps=p["warmup_steps"], patience=p["patience"], seed=p["seed"],
-                            threads=p["threads"])
+                            threads=p["threads"], lr_floor=p.get("lr_floor", 0.0), grad_clip=p.get("grad_clip"))
         t_train = time.perf_counter() - t0
         with torch.no_grad():
             s_va, a_va = router(q_va)
-        # reference predictors on the validation pairs: the training mean (CAA) and zero
-        mean_mse = float(((d_tr.mean(0) - d_va) ** 2).mean())
-        zero_mse = float((d_va ** 2).mean())
-        mose_mse = float(((s_va - d_va) ** 2).mean())
-        ent = float(-(a_va * a_va.clamp_min(1e-12).log()).sum(-1).mean())
+        if q_va.shape[0]:
+            # reference predictors on the validation pairs: the training mean (CAA) and zero
+            mean_mse = float(((d_tr.mean(0) - d_va) ** 2).mean())
+            zero_mse = float((d_va ** 2).mean())
+            mose_mse = float(((s_va - d_va) ** 2).mean())
+            ent = float(-(a_va * a_va.clamp_min(1e-12).log()).sum(-1).mean())
+        else:  # nothing held out (val_frac=0)
+            mean_mse = zero_mse = mose_mse = ent = None
         info = {"k": k, "k_selection": ksel, "pca_explained": frac, "cluster_sizes": sizes,
                 "centroid_norms": [float(c.norm()) for c in cents], "rank": int(basis.shape[1]),
                 "training": hist, "val_mse": mose_mse, "val_mse_mean_vector": mean_mse, "val_mse_zero": zero_mse,
-                "val_r2_vs_mean": 1.0 - mose_mse / mean_mse if mean_mse > 0 else None,
+                "val_r2_vs_mean": 1.0 - mose_mse / mean_mse if mean_mse else None,
                 "val_router_entropy": ent, "gamma": float(router.gamma.detach()), "tau": float(router.tau.detach()),
                 "cluster_seconds": round(t_cluster, 3), "train_seconds": round(t_train, 3)}
         return router, info
@@ -542,7 +685,11 @@ class MoSEEditor(Editor):
         mod = self._module(selection)
         if mod != self.module:
             raise PipelineError(f"MoSE was fitted at {self.module}, not {mod}")
-        return [MoSEEdit(mod, self.router, alpha, gate=gate, positions=self.params["positions"])]  # type: ignore[arg-type]
+        if not self.params.get("query_offset", 0):
+            return [MoSEEdit(mod, self.router, alpha, gate=gate, positions=self.params["positions"])]  # type: ignore[arg-type]
+        reader = MoSEQueryRead(self._read_module(selection), alpha)
+        return [reader, MoSEEdit(mod, self.router, alpha, gate=gate, positions=self.params["positions"],  # type: ignore[arg-type]
+                                 query=reader)]
 
     def check_model(self, model) -> None:
         if self.router is not None and self.module is not None:
@@ -617,17 +764,59 @@ class MoSEParams(ResidParams):
     n_init: int = 10
     threads: Optional[int] = 1
     batch_size: int = 16
+    normalize_deltas: bool = False
+    residual: str = "deflated"
+    elbow: str = "chord"
+    lr_floor: float = 0.0
+    query_offset: int = 0
+    bias: bool = False
+    value: bool = True
+    learn_gamma: bool = True
+    learn_tau: bool = True
+    init: str = "identity"
+    scale_keys: bool = True
+    grad_clip: Optional[float] = None
+
+
+#: The authors' released code (``jzhang538/FineSteer``; docs/fidelity.md, "MoSE") on the default
+#: model: layer 12 of 32 scaled by relative depth to 30 layers (11), α 2.5, K by the median of
+#: elbow (largest second difference), silhouette and CH over 4..10 on the raw Δ, the residual
+#: basis as the top 10 PCs of the centred Δ, no query standardisation, batch 136, cosine decay
+#: floored at 0.7 · lr, at most 100 epochs, q and Δ read at the input of block 11 and s(q) added at
+#: its output (``query_offset=-1``), and their router: Q, K, V with bias, PyTorch's initialisation
+#: (no identity V, no zero β head), raw q and C (``standardize=False``, ``scale_keys=False``), γ and
+#: τ learnt, no held-out pairs (``val_frac=0``: stop on the training loss). Not set (not
+#: implemented): their data (docs/fidelity.md items 4–5). Gradients are never clipped here, as in their code (their clip call does nothing).
+MOSE_PAPER = {"layer": scaled_layer(12, 32), "alpha": 2.5, "k": None, "k_rule": "median", "elbow": "second_diff",
+              "k_min": 4, "k_max": 10, "normalize_deltas": False, "rank": 10, "residual": "all_pca",
+              "standardize": False, "train_batch_size": 136, "weight_decay": 0.01, "lr": 5e-4, "lr_floor": 0.7,
+              "max_epochs": 100, "patience": 5, "val_frac": 0.0, "query_offset": -1,
+              "bias": True, "value": True, "learn_gamma": True, "learn_tau": True, "init": "default",
+              "scale_keys": False}
+#: The paper-equation version (``YukinoAsuna/FineSteer`` ``MoSEConfig.preset("MoSE")``): K by CH over
+#: 4..10 on L2-normalised Δ, experts the mean normalised Δ, no V / γ / τ, full batch (a batch size
+#: above any fit set), weight decay 1e-5, constant lr, 10 % validation, patience 8, gradients clipped at 1.
+MOSE_PAPER_EQ = {**{k: v for k, v in MOSE_PAPER.items() if k != "elbow"}, "k_rule": "ch", "normalize_deltas": True,
+                 "weight_decay": 1e-5, "lr_floor": 1.0, "patience": 8, "val_frac": 0.1,
+                 "value": False, "learn_gamma": False, "learn_tau": False, "train_batch_size": 1_000_000,
+                 "grad_clip": 1.0}
+MOSE_PRESETS = {"paper": MOSE_PAPER, "paper_eq": MOSE_PAPER_EQ}
 
 
 @register_method("mose", help="MoSE: query-specific vector from a mixture of steering experts (no gate)",
                  family="resid", contract={"params": {"layer": 1, "alpha": 4.0, "max_epochs": 40, "warmup_steps": 5},
-                                           "gen_alpha": 20.0})
+                                           "gen_alpha": 20.0},
+                 presets=MOSE_PRESETS)
 def make_mose(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, where: str = "post", positions: str = "all",
               k: Optional[int] = None, k_rule: str = "ch", k_min: int = 2, k_max: int = 10, max_components: int = 256,
               rank: int = 8, d_attn: Optional[int] = None, hidden: Optional[int] = None, standardize: bool = True,
               lr: float = 5e-4, weight_decay: float = 0.01, train_batch_size: int = 32, max_epochs: int = 200,
               warmup_steps: int = 100, patience: int = 5, val_frac: float = 0.15, seed: int = 0, n_init: int = 10,
-              threads: Optional[int] = 1, batch_size: int = 16) -> Steerer:
+              threads: Optional[int] = 1, batch_size: int = 16, normalize_deltas: bool = False,
+              residual: str = "deflated", elbow: str = "chord", lr_floor: float = 0.0,
+              query_offset: int = 0, bias: bool = False, value: bool = True, learn_gamma: bool = True,
+              learn_tau: bool = True, init: str = "identity", scale_keys: bool = True,
+              grad_clip: Optional[float] = None) -> Steerer:
     """MoSE without a gate (the ablation of FineSteer) at ``blocks.{layer}.hook_resid_{where}``; fit on
     response-side pairs (``steerlens fit --method mose --task safety``)."""
     p = MoSEParams.of(locals())
@@ -637,4 +826,5 @@ def make_mose(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, where: str = "p
 
 
 __all__ = ["MoSEEditor", "MoSEEdit", "MoSERouter", "select_k", "elbow_k", "pca_project", "residual_basis",
-           "train_router", "query_stats", "lr_at", "K_RULES", "make_mose", "mose_params", "DEFAULT_LAYER", "MoSEParams"]
+           "train_router", "query_stats", "lr_at", "K_RULES", "make_mose", "mose_params", "DEFAULT_LAYER", "MoSEParams",
+           "ELBOWS", "RESIDUALS", "MOSE_PRESETS", "MoSEQueryRead"]

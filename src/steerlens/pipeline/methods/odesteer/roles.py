@@ -19,6 +19,16 @@ Open choices (parameters of ``make_steerer("odesteer", ...)``):
   generation time). On the default model the response mean gave the better barrier at every
   scanned layer and ``C`` (TruthfulQA val AUC 0.69–0.82 vs 0.60–0.75; ``experiments/odesteer.py``).
   ``"data"`` = whatever the data says. Prompt-only data is always read at the last prompt token.
+- ``read_format``: how response-side pairs are written for reading. ``"chat"`` (default) = the
+  model's chat template (question as user turn, answer as assistant turn); ``"base"`` = the
+  published code's base-model text, plain ``"Q: {question}\nA: {answer}"`` with BOS and no chat
+  template (read as the prompt ``"Q: …\nA:"`` followed by the response ``" {answer}"``, so
+  ``read="response_last"`` is the last token of the whole text). Prompt-only data are not
+  rewritten. The edit still acts on whatever prompts it is given at generation time.
+- ``t_mode``: ``"absolute"`` (default): ``alpha`` is ``T`` itself. ``"relative"``: ``alpha`` is
+  ``θ`` and ``T = θ · median‖x‖`` of the fit activations at the edited layer (the median is
+  fitted with the barrier and kept in the artifact), so the same ``θ`` turns the states by about
+  the same angle (``T/‖x‖`` radians) on any model.
 - strength: ``alpha`` is the integration time ``T`` (see :mod:`.edit`), in the units of the
   residual stream (the edited activation moves at most ``|T|`` in Euclidean norm, since
   ``‖v‖ = 1``). SmolLM2-135M's residual norm is about 150 at layers 10–12, so ``T`` of 10–40
@@ -52,7 +62,7 @@ from ...errors import PipelineError
 from ...roles import Editor, Gate, Selector, register_role
 from ...selection import Selection, resid_module
 from ...steerer import Steerer
-from ...params import MethodParams
+from ...params import MethodParams, scaled_layer
 from ...registry import register_method
 from .barrier import GRADIENTS, Barrier, evaluate_barrier, fit_barrier, heldout_metrics
 from .features import FeatureError, make_features
@@ -67,6 +77,17 @@ DEFAULT_LAYER = 16
 #: than the others). 80 is the main job's setting.
 DEFAULT_T = 80.0
 READS = ("response_last", "response_mean", "data")
+#: how response-side pairs are written for reading (``read_format``)
+READ_FORMATS = ("chat", "base")
+#: what ``alpha`` means (``t_mode``): ``T`` itself, or ``θ`` with ``T = θ · median‖x‖``
+T_MODES = ("absolute", "relative")
+
+
+def base_format(pair) -> tuple[str, str]:
+    """A (question, answer) pair in the published base-model text ``"Q: {q}\nA: {a}"``, split as
+    (prompt ``"Q: {q}\nA:"``, response ``" {a}"``) for a plain-text (no chat template) reading."""
+    q, a = pair
+    return f"Q: {q}\nA:", f" {a}"
 
 
 def barrier_params(features: str = "poly_sketch", n_features: int = 8000, degree: int = 2, gamma: float = 0.1,
@@ -156,13 +177,18 @@ class ODEEditor(Editor):
             ``"loop" | "torchdiffeq"``).
         gradient: ``"closed_form"`` (default) or ``"autograd"``.
         barrier: the barrier's parameters (:func:`barrier_params`).
+        t_mode: ``"absolute"`` (default: the strength is ``T``) or ``"relative"`` (the strength
+            is ``θ``; ``T = θ · t_scale`` with ``t_scale`` the median norm of the fit activations).
     """
 
     kind = "ode_editor"
     family = "resid"
 
     def __init__(self, positions: str = "current_last", steps: int = 10, solver: str = "euler",
-                 backend: str = DEFAULT_BACKEND, gradient: str = "closed_form", barrier: Optional[dict] = None) -> None:
+                 backend: str = DEFAULT_BACKEND, gradient: str = "closed_form", barrier: Optional[dict] = None,
+                 t_mode: str = "absolute") -> None:
+        if t_mode not in T_MODES:
+            raise PipelineError(f"t_mode must be one of {T_MODES}, got {t_mode!r}")
         try:
             positions = normalise_positions(positions)
         except EditError as e:
@@ -175,11 +201,22 @@ class ODEEditor(Editor):
             raise PipelineError(f"steps (N) must be >= 1, got {steps}")
         if gradient not in GRADIENTS:
             raise PipelineError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
+        extra = {} if t_mode == "absolute" else {"t_mode": t_mode}  # absolute: the config as before
         super().__init__(positions=positions, steps=int(steps), solver=solver, backend=backend, gradient=gradient,
-                         barrier=barrier_params(**(barrier or {})))
+                         barrier=barrier_params(**(barrier or {})), **extra)
         self.module: Optional[Site] = None
         self.barrier: Optional[Barrier] = None
         self.stats: dict = {}
+        #: ``T`` per unit of strength: 1 (absolute), the fit activations' median norm (relative)
+        self.t_scale: float = 1.0
+
+    @property
+    def t_mode(self) -> str:
+        return self.params.get("t_mode", "absolute")
+
+    def integration_time(self, alpha: float) -> float:
+        """``T`` for strength ``alpha`` (``alpha`` itself, or ``θ · t_scale`` when relative)."""
+        return float(alpha) * self.t_scale
 
     @property
     def fitted(self) -> bool:
@@ -200,6 +237,9 @@ class ODEEditor(Editor):
         self.stats = {"train_accuracy": train["accuracy"], "train_auc": train["auc"], "fit_seconds": secs,
                       "n_pos": len(pos), "n_neg": len(neg), "prior_term": bar.prior_term,
                       "mean_act_norm": float(norms.mean()), "position": acts.position}
+        if self.t_mode == "relative":
+            self.t_scale = float(norms.median())
+            self.stats["median_act_norm"] = self.t_scale
 
     def edits(self, model, selection: Selection, alpha: float, gate: Optional[HookGate] = None) -> list[Edit]:
         self._require_fitted()
@@ -208,7 +248,8 @@ class ODEEditor(Editor):
             raise PipelineError(f"the editor was fitted on {self.module}, the selection is {selection.modules[0]}")
         from .edit import ODEEdit
 
-        return [ODEEdit(self.module, self.barrier, alpha, steps=self.params["steps"], solver=self.params["solver"],
+        return [ODEEdit(self.module, self.barrier, self.integration_time(alpha), steps=self.params["steps"],
+                        solver=self.params["solver"],
                         backend=self.params["backend"], positions=self.params["positions"], gate=gate)]
 
     def check_model(self, model) -> None:
@@ -220,7 +261,10 @@ class ODEEditor(Editor):
     def extra_state(self) -> dict:
         if self.barrier is None:
             return {}
-        return {"module": str(self.module), "barrier": self.barrier.extra_state(), "stats": self.stats}
+        out = {"module": str(self.module), "barrier": self.barrier.extra_state(), "stats": self.stats}
+        if self.t_mode == "relative":
+            out["t_scale"] = self.t_scale
+        return out
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {} if self.barrier is None else self.barrier.state_dict()
@@ -231,6 +275,7 @@ class ODEEditor(Editor):
         self.module = parse_site(extra["module"])
         self.barrier = Barrier.from_state(extra["barrier"], tensors, self.params["gradient"])
         self.stats = dict(extra.get("stats", {}))
+        self.t_scale = float(extra.get("t_scale", 1.0))
 
 
 class ODESteerer(Steerer):
@@ -238,11 +283,14 @@ class ODESteerer(Steerer):
     docstring). Loading an artifact gives a plain :class:`Steerer` (the reading only matters for
     fitting)."""
 
-    def __init__(self, *args, read: str = "response_mean", **kw) -> None:
+    def __init__(self, *args, read: str = "response_mean", read_format: str = "chat", **kw) -> None:
         if read not in READS:
             raise PipelineError(f"read must be one of {READS}, got {read!r}")
+        if read_format not in READ_FORMATS:
+            raise PipelineError(f"read_format must be one of {READ_FORMATS}, got {read_format!r}")
         super().__init__(*args, **kw)
         self.read = read
+        self.read_format = read_format
 
     def reading(self, data: Any) -> Any:
         """``data`` with its position set to the reading this steerer fits on."""
@@ -253,13 +301,28 @@ class ODESteerer(Steerer):
         out.position = self.read
         return out
 
+    def _base_text(self, data: Any) -> bool:
+        pos, _, _ = check_data(data)
+        return self.read_format == "base" and isinstance(pos[0], (tuple, list))
+
     def read_contrastive(self, model, data: Any, *, progress: bool = False) -> ContrastiveActs:
-        return super().read_contrastive(model, self.reading(data), progress=progress)
+        data = self.reading(data)
+        if not self._base_text(data):
+            return super().read_contrastive(model, data, progress=progress)
+        from ....hooks.activations import capture
+
+        pos, neg, position = check_data(data)
+        items = [base_format(x) for x in pos + neg]
+        sites = self.selector.candidate_sites(model)
+        acts = capture(model, items, sites, position, batch_size=self.batch_size, chat=False, progress=progress)
+        n = len(pos)
+        return ContrastiveActs({s: t[:n] for s, t in acts.items()}, {s: t[n:] for s, t in acts.items()},  # type: ignore[union-attr]
+                               position=position, paired=len(pos) == len(neg))
 
     def fit(self, model, data: Any, *, acts: Optional[ContrastiveActs] = None, **kw) -> "ODESteerer":
         data = self.reading(data)
-        if acts is not None and acts.position != normalise_position(data.position):
-            acts = None  # read at another position (e.g. a sweep's shared capture): read again
+        if acts is not None and (acts.position != normalise_position(data.position) or self._base_text(data)):
+            acts = None  # read at another position or format (e.g. a sweep's shared capture): read again
         super().fit(model, data, acts=acts, **kw)
         return self
 
@@ -294,8 +357,14 @@ class ODESteerParams(MethodParams):
     gradient: str = "closed_form"
     test_frac: float = 0.2
     batch_size: int = 16
+    read_format: str = "chat"
+    t_mode: str = "absolute"
 
     def __post_init__(self) -> None:
+        if self.read_format not in READ_FORMATS:
+            raise PipelineError(f"read_format must be one of {READ_FORMATS}, got {self.read_format!r}")
+        if self.t_mode not in T_MODES:
+            raise PipelineError(f"t_mode must be one of {T_MODES}, got {self.t_mode!r}")
         self._set(**barrier_params(**self.pick(*BARRIER_PARAMS)),
                   layers=None if self.layers is None else [int(x) for x in self.layers])
 
@@ -310,8 +379,21 @@ class ODESteerParams(MethodParams):
         return [int(self.layer)] if self.layers is None else list(self.layers)
 
 
+#: The authors' settings (``ZhaoHongjue/odesteer``; docs/fidelity.md, "ODESteer") on the default
+#: model: block 13 of 32 scaled by relative depth to 30 layers (12), scikit-learn's logistic
+#: regression defaults (C 1, 1000 iterations), 8000 sketch features, Euler with 10 steps, the
+#: base-model reading (last token of plain ``"Q: …\nA: …"``), and ``T`` relative to the residual
+#: norm: ``alpha`` is ``θ``, ``T = θ · median‖x‖``. ``θ = 0.1`` is a placeholder: the authors' T = 5
+#: divided by Llama-3.1-8B's residual norm at block 13 has not been measured here; scan θ in
+#: {0.05, 0.1, 0.2, 0.4} on val. Not set (not implemented): their data (every correct and incorrect
+#: answer, 2 folds of 50 %) and their open-ended evaluation.
+PAPER_PRESET = {"layer": scaled_layer(13, 32), "layers": None, "read": "response_last", "read_format": "base",
+                "C": 1.0, "max_iter": 1000, "n_features": 8000, "t_mode": "relative", "alpha": 0.1,
+                "steps": 10, "solver": "euler", "positions": "current_last"}
+
+
 @register_method("odesteer", help="ODESteer: multi-step flow along a learned barrier's unit gradient (alpha = T)",
-                 family="resid",
+                 family="resid", presets={"paper": PAPER_PRESET},
                  contract={"params": {"layer": 1, "alpha": 0.1, "n_features": 512, "C": 1.0, "tol": 1e-8},
                            "gen_alpha": 0.3})
 def make_odesteer(*, layer: int = DEFAULT_LAYER, layers: Optional[Sequence[int]] = None, alpha: float = DEFAULT_T,
@@ -321,16 +403,17 @@ def make_odesteer(*, layer: int = DEFAULT_LAYER, layers: Optional[Sequence[int]]
                   tol: float = 1e-6,
                   steps: int = 10, solver: str = "euler", backend: str = DEFAULT_BACKEND,
                   gradient: str = "closed_form", test_frac: float = 0.2, seed: int = 0, batch_size: int = 16,
-                  gate: Optional[Gate] = None) -> Steerer:
+                  read_format: str = "chat", t_mode: str = "absolute", gate: Optional[Gate] = None) -> Steerer:
     """ODESteer at ``blocks.{layer}.hook_resid_{where}`` (or the best of ``layers`` by held-out
     barrier AUC); ``alpha`` is the integration time ``T``. ``gate``: any :class:`Gate` role
     (default: always open). See :mod:`steerlens.pipeline.methods.odesteer.roles` for the open choices."""
     p = ODESteerParams.of(locals())
     return ODESteerer(BarrierSelector(p.candidates, p.where, p.test_frac, p.seed, p.barrier),
-                      ODEEditor(p.positions, p.steps, p.solver, p.backend, p.gradient, p.barrier), gate,
+                      ODEEditor(p.positions, p.steps, p.solver, p.backend, p.gradient, p.barrier, p.t_mode), gate,
                       alpha=p.alpha, method="odesteer", method_params=p.record(), batch_size=p.batch_size,
-                      read=p.read)
+                      read=p.read, read_format=p.read_format)
 
 
 __all__ = ["BarrierSelector", "ODEEditor", "ODESteerer", "make_odesteer", "barrier_params", "DEFAULT_LAYER",
-           "DEFAULT_T", "READS", "ODESteerParams", "BARRIER_PARAMS"]
+           "DEFAULT_T", "READS", "READ_FORMATS", "T_MODES", "base_format", "ODESteerParams", "BARRIER_PARAMS",
+           "PAPER_PRESET", "scaled_layer"]

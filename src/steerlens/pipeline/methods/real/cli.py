@@ -23,23 +23,37 @@ from ....cliargs import add_common_args
 
 TASKS = ("truthfulness", "safety")
 DEFAULT_REPEATS = 10  # = steerlens.pipeline.methods.real.selector.DEFAULT_REPEATS (not imported: keeps --help light)
+#: what ``select`` passes when neither an option nor the preset sets it
+_DEFAULTS = {"scorer": "markov", "repeats": DEFAULT_REPEATS, "epochs": 20}
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
     from ....cliargs import model_from_args
-    from ...registry import make_steerer
+    from ...errors import PipelineError
+    from ...registry import make_steerer, preset_params
     from ....fileio import atomic_write_json
     from .diagnostics import write_selection_report
     from ...fitdata import fit_data
     from .selector import default_heads
 
+    try:
+        preset = preset_params(args.method, args.preset)
+    except PipelineError as e:
+        print(f"steerlens select: {e}", file=sys.stderr)
+        return 2
     model = model_from_args(args)
-    heads = args.heads if args.heads is not None else default_heads(model.n_layers * model.n_heads)
+    heads = args.heads if args.heads is not None else preset.get("heads") or default_heads(model.n_layers * model.n_heads)
     params: dict = {"seed": args.seed, "heads": heads}
     if args.method == "real":
-        params.update(scorer=args.scorer, vqae={"epochs": args.epochs}, repeats=args.repeats)
+        # an option not given takes the preset's value, else the command's default
+        given = {"scorer": args.scorer, "repeats": args.repeats}
+        params.update({k: v if v is not None else preset.get(k, _DEFAULTS[k]) for k, v in given.items()})
+        epochs = args.epochs if args.epochs is not None else (preset.get("vqae") or {}).get("epochs", _DEFAULTS["epochs"])
+        params["vqae"] = {"epochs": epochs}
     data = fit_data(args.task, args.n, args.seed, args.data_dir, split=args.split)
-    steerer = make_steerer(args.method, **params)
+    steerer = make_steerer(args.method, preset=args.preset, **params)
+    if args.preset not in (None, "default"):
+        params["preset"] = args.preset
     t0 = time.perf_counter()
     acts = steerer.read_contrastive(model, data, progress=not args.quiet)
     t1 = time.perf_counter()
@@ -73,9 +87,12 @@ def add_select_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--split", default="fit", help="data split to select on (fit | val | test | all)")
     p.add_argument("--n", type=int, default=None, help="number of questions / prompts (default: the whole split)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scorer", choices=("markov", "logreg"), default="markov", help="REAL's ranking scorer")
-    p.add_argument("--epochs", type=int, default=20, help="REAL's VQ-AE epochs")
-    p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
+    p.add_argument("--scorer", choices=("markov", "logreg"), default=None, help="REAL's ranking scorer (default: markov)")
+    p.add_argument("--epochs", type=int, default=None, help="REAL's VQ-AE epochs (default: 20)")
+    p.add_argument("--preset", default=None,
+                   help="named parameter set of the method: default or paper (docs/fidelity.md); the options above "
+                        "override it")
+    p.add_argument("--repeats", type=int, default=None,
                    help=f"REAL: average the held-out AUC over this many runs (folds x seeds; default "
                         f"{DEFAULT_REPEATS}; 1 = a single 80/20 run)")
     add_common_args(p)

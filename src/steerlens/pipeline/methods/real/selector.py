@@ -105,6 +105,8 @@ def real_relevance(
     module_chunk: Optional[int] = None,
     progress: bool = True,
     fold: Optional[tuple[int, int]] = None,
+    ae_rows: str = "train",
+    auc_split: str = "grouped",
 ) -> RelevanceResult:
     """Score ``M`` modules by how well their VQ codes separate ``pos`` from ``neg`` (see module doc).
 
@@ -119,7 +121,17 @@ def real_relevance(
         module_chunk: train at most this many modules at once (bounds memory; ``None`` = all).
         fold: ``(k, n_folds)``: hold out fold ``k`` of a seeded ``n_folds``-fold partition
             (:func:`class_folds`) instead of a random ``test_frac`` split.
+        ae_rows: ``"train"`` (default): the autoencoders see the training rows only; ``"all"``:
+            every row, held-out ones included with their labels (the authors' code; a leak, to
+            reproduce their figures).
+        auc_split: ``"grouped"`` (default): held-out rows by pair when ``paired``; ``"rows_balanced"``
+            (the authors' code): each class split on its own (pairs ignored), then the held-out
+            rows of the larger class cut to the smaller class's count.
     """
+    if ae_rows not in AE_ROWS:
+        raise PipelineError(f"ae_rows must be one of {AE_ROWS}, got {ae_rows!r}")
+    if auc_split not in AUC_SPLITS:
+        raise PipelineError(f"auc_split must be one of {AUC_SPLITS}, got {auc_split!r}")
     cfg = cfg or VQAEConfig()
     if pos.ndim != 3 or neg.ndim != 3 or pos.shape[0] != neg.shape[0] or pos.shape[2] != neg.shape[2]:
         raise PipelineError(f"pos/neg must be [modules, n, d] with equal modules and width; got "
@@ -128,10 +140,14 @@ def real_relevance(
         raise PipelineError("give at least one scorer")
     if not (torch.isfinite(pos).all() and torch.isfinite(neg).all()):
         raise PipelineError("activations contain NaN or inf")
+    by_pair = paired and auc_split == "grouped"
     if fold is None:
-        (trp, trn), (tep, ten) = class_split(pos.shape[1], neg.shape[1], paired, test_frac, seed)
+        (trp, trn), (tep, ten) = class_split(pos.shape[1], neg.shape[1], by_pair, test_frac, seed)
     else:
-        (trp, trn), (tep, ten) = class_folds(pos.shape[1], neg.shape[1], paired, fold[1], fold[0], seed)
+        (trp, trn), (tep, ten) = class_folds(pos.shape[1], neg.shape[1], by_pair, fold[1], fold[0], seed)
+    if auc_split == "rows_balanced":
+        m = min(len(tep), len(ten))
+        tep, ten = tep[:m], ten[:m]
     x = torch.cat([pos, neg], 1).float()
     n_pos = pos.shape[1]
     labels = torch.cat([torch.ones(n_pos, dtype=torch.long), torch.zeros(neg.shape[1], dtype=torch.long)])
@@ -146,8 +162,9 @@ def real_relevance(
     M = x.shape[0]
     step = M if module_chunk is None else max(1, int(module_chunk))
     codes, hist = [], {}
+    ae = train if ae_rows == "train" else torch.ones_like(train)
     for s in range(0, M, step):
-        model, hist = train_vqae(x[s:s + step, train], labels[train], cfg, progress=progress)
+        model, hist = train_vqae(x[s:s + step, ae], labels[ae], cfg, progress=progress)
         codes.append(model.codes(x[s:s + step]))
         del model
     codes_t = torch.cat(codes, 0)
@@ -209,6 +226,11 @@ def repeat_plan(repeats: int, test_frac: float, seed: int) -> list[dict]:
 
 
 _VQ_FIELDS = {f.name for f in fields(VQAEConfig)}
+#: which rows the autoencoders see (``ae_rows``) and how rows are held out for the AUC (``auc_split``)
+AE_ROWS = ("train", "all")
+AUC_SPLITS = ("grouped", "rows_balanced")
+#: the held-out AUC at which a module counts as separating perfectly (``saturation_max``)
+SATURATED_AUC = 0.99
 
 
 def top_h_by_auc(modules: Sequence[Site], auc: torch.Tensor, h: int, score_name: str,
@@ -268,7 +290,14 @@ class REALSelector(Selector):
                  smoothing: float = 0.5, test_frac: float = 0.2, seed: int = 0,
                  layers: Optional[Sequence[int]] = None, module_chunk: Optional[int] = None,
                  vqae: Optional[dict] = None, tiebreak: str = "separation", repeats: int = DEFAULT_REPEATS,
-                 margin: float = 0.0) -> None:
+                 margin: float = 0.0, drop_zero_auc: bool = False, saturation_max: Optional[float] = None,
+                 ae_rows: str = "train", auc_split: str = "grouped") -> None:
+        if ae_rows not in AE_ROWS:
+            raise PipelineError(f"ae_rows must be one of {AE_ROWS}, got {ae_rows!r}")
+        if auc_split not in AUC_SPLITS:
+            raise PipelineError(f"auc_split must be one of {AUC_SPLITS}, got {auc_split!r}")
+        if saturation_max is not None and not 0 <= float(saturation_max) <= 1:
+            raise PipelineError(f"saturation_max must be in [0, 1] (a fraction of modules) or None, got {saturation_max}")
         if not 0 <= float(margin) < 1:
             raise PipelineError(f"margin must be in [0, 1) (an AUC difference), got {margin}")
         if int(repeats) < 1:
@@ -294,7 +323,11 @@ class REALSelector(Selector):
                          smoothing=float(smoothing), test_frac=float(test_frac), seed=int(seed),
                          layers=None if layers is None else [int(x) for x in layers],
                          module_chunk=None if module_chunk is None else int(module_chunk),
-                         vqae=dict(vqae or {}), tiebreak=tiebreak, repeats=int(repeats), margin=float(margin))
+                         vqae=dict(vqae or {}), tiebreak=tiebreak, repeats=int(repeats), margin=float(margin),
+                         **({"drop_zero_auc": True} if drop_zero_auc else {}),
+                         **({} if saturation_max is None else {"saturation_max": float(saturation_max)}),
+                         **({} if ae_rows == "train" else {"ae_rows": ae_rows}),
+                         **({} if auc_split == "grouped" else {"auc_split": auc_split}))
         self.result_info: dict = {}
         self.tensors: dict[str, torch.Tensor] = {}
         self.result: Optional[RelevanceResult] = None
@@ -326,7 +359,8 @@ class REALSelector(Selector):
         kw = dict(scorers=names, scorer_kwargs={"markov": {"order": self.params["markov_order"],
                                                            "smoothing": self.params["smoothing"]}},
                   test_frac=self.params["test_frac"], paired=acts.paired, module_chunk=self.params["module_chunk"],
-                  progress=progress)
+                  progress=progress, ae_rows=self.params.get("ae_rows", "train"),
+                  auc_split=self.params.get("auc_split", "grouped"))
         cfg = self.vqae_config
         R = self.params.get("repeats", 1)
         if R == 1:  # autoencoders from vqae["seed"], offset by the selector's seed (0: unchanged)
@@ -351,8 +385,25 @@ class REALSelector(Selector):
         mods, res = self.score(model, acts)
         h = self.params["heads"] or default_heads(len(mods))
         primary = self.params["scorer"]
+        auc = res.auc[primary]
         tie = res.separation[primary] if self.params["tiebreak"] == "separation" else None
-        sel = top_h_by_auc(mods, res.auc[primary], h, f"heldout_auc_{primary}", tiebreak=tie,
+        sat = self.params.get("saturation_max")
+        if sat is not None:  # a reading so easy that most modules separate perfectly cannot be ranked
+            frac = float((auc >= SATURATED_AUC).float().mean())
+            if frac > sat:
+                raise PipelineError(f"REAL: {frac:.0%} of the {len(mods)} candidate modules reach a held-out AUC >= "
+                                    f"{SATURATED_AUC} (more than saturation_max={sat:.0%}): the task is too easy to "
+                                    "rank modules on; not ranking")
+        ranked = mods
+        if self.params.get("drop_zero_auc"):  # collapsed or failed runs score exactly 0 (the authors drop them)
+            keep = (auc != 0).nonzero().flatten().tolist()
+            ranked, auc = [mods[i] for i in keep], auc[keep]
+            tie = None if tie is None else tie[keep]
+        if len(ranked) < len(mods):
+            if not ranked:
+                raise PipelineError("REAL: every candidate module scored AUC 0 (drop_zero_auc left none to rank)")
+            h = min(h, len(ranked))
+        sel = top_h_by_auc(ranked, auc, h, f"heldout_auc_{primary}", tiebreak=tie,
                            margin=self.params.get("margin", 0.0))
         info = {"modules": [str(m) for m in mods], "n_train": int(res.train.sum()),
                 "n_test": int((~res.train).sum()), "heads": h, "seconds": res.seconds,
@@ -401,27 +452,47 @@ class REALParams(MethodParams):
     batch_size: int = 16
     repeats: int = DEFAULT_REPEATS
     margin: float = 0.0
+    drop_zero_auc: bool = False
+    saturation_max: Optional[float] = None
+    ae_rows: str = "train"
+    auc_split: str = "grouped"
 
     def __post_init__(self) -> None:
         self._set(layers=list_or_none(self.layers), vqae=dict(self.vqae or {}))
 
 
+#: The authors' settings (``liam0949/REAL_ICLR``; docs/fidelity.md, "REAL"): α 15 (σ units, carries
+#: over), H left to the fraction rule (:func:`default_heads`: 48 of 1024 heads, 13 on the default
+#: model), raw activations into the autoencoder, codebook from N(0, 1) with EMA sizes starting at
+#: 0, 20 epochs, one run (no repeats), ties in dataset order, modules at AUC 0 dropped, and the
+#: issue's check: no ranking when more than 5 % of the modules reach AUC >= 0.99, the autoencoders
+#: trained on every row (held-out ones included, as theirs), the class-balanced row-level AUC split.
+#: Not set (not implemented): the GRU scorers, the ``gen_end_q`` σ bank and their data (every MC2
+#: choice, plain "Q: … A: …" text, 2 folds).
+REAL_PAPER = {"heads": None, "alpha": 15.0, "tiebreak": "order", "repeats": 1, "drop_zero_auc": True,
+              "saturation_max": 0.05, "ae_rows": "all", "auc_split": "rows_balanced",
+              "vqae": {"standardize": False, "codebook_init": "normal", "ema_init_size": 0.0, "epochs": 20}}
+
+
 @register_method("real", help="REAL: top-H heads by VQ-AE code AUC, ITI-style alpha·w·sigma·theta shifts",
                  family="heads", contract={"params": {"heads": 3, "alpha": 50.0, "vqae": {"epochs": 3}},
-                                           "gen_alpha": 1000.0})
+                                           "gen_alpha": 1000.0},
+                 presets={"paper": REAL_PAPER})
 def make_real(*, heads: Optional[int] = None, alpha: float = 5.0, target: str = "heads", scorer: str = "markov",
               compare: Optional[str] = "logreg", markov_order: int = 1, smoothing: float = 0.5,
               test_frac: float = 0.2, seed: int = 0, layers: Optional[Sequence[int]] = None,
               module_chunk: Optional[int] = None, vqae: Optional[dict] = None, tiebreak: str = "separation",
               positions: str = "all", sigma_over: str = "all", batch_size: int = 16,
-              repeats: int = DEFAULT_REPEATS, margin: float = 0.0) -> Steerer:
+              repeats: int = DEFAULT_REPEATS, margin: float = 0.0, drop_zero_auc: bool = False,
+              saturation_max: Optional[float] = None, ae_rows: str = "train", auc_split: str = "grouped") -> Steerer:
     """REAL selection (see :class:`REALSelector`) + :class:`~steerlens.pipeline.ITIEditor`."""
     p = REALParams.of(locals())
     sel = REALSelector(**p.pick("heads", "target", "scorer", "compare", "markov_order", "smoothing", "test_frac",
-                                "seed", "layers", "module_chunk", "vqae", "tiebreak", "repeats", "margin"))
+                                "seed", "layers", "module_chunk", "vqae", "tiebreak", "repeats", "margin",
+                                "drop_zero_auc", "saturation_max", "ae_rows", "auc_split"))
     return Steerer(sel, ITIEditor(**p.pick("positions", "sigma_over")), alpha=p.alpha, method="real",
                    method_params=p.record(), batch_size=p.batch_size)
 
 
 __all__ = ["REALSelector", "RelevanceResult", "real_relevance", "code_usage", "make_real", "default_heads",
-           "top_h_by_auc", "class_folds", "repeat_plan", "DEFAULT_REPEATS", "REALParams"]
+           "top_h_by_auc", "class_folds", "repeat_plan", "DEFAULT_REPEATS", "REALParams", "REAL_PAPER"]

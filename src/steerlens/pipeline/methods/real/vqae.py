@@ -72,6 +72,9 @@ class VQAEConfig:
     standardize: bool = True
     codebook_init: str = "data"  # "data" | "normal"
     seed: int = 0
+    #: the EMA cluster sizes' starting value (the EMA sums start at the initial codebook); the
+    #: authors' code starts them at 0, so the first updates pull used codes fully to their data
+    ema_init_size: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -169,7 +172,7 @@ class BatchedVQAE(torch.nn.Module):
             setattr(self, f"{name}_b", torch.nn.Parameter(b))
         cb = torch.randn(self.M, cfg.n_codes, self.d_code, generator=g, dtype=dtype)
         self.register_buffer("codebook", cb)
-        self.register_buffer("ema_size", torch.ones(self.M, cfg.n_codes, dtype=dtype))
+        self.register_buffer("ema_size", torch.full((self.M, cfg.n_codes), float(cfg.ema_init_size), dtype=dtype))
         self.register_buffer("ema_sum", cb.clone())
         self.register_buffer("mu", torch.zeros(self.M, self.d, dtype=dtype))
         self.register_buffer("sd", torch.ones(self.M, self.d, dtype=dtype))
@@ -256,7 +259,7 @@ class BatchedVQAE(torch.nn.Module):
             cb = torch.gather(ze, 1, pick.unsqueeze(-1).expand(-1, -1, self.d_code))
             self.codebook.copy_(cb)
             self.ema_sum.copy_(cb)
-            self.ema_size.fill_(1.0)
+            self.ema_size.fill_(float(cfg.ema_init_size))
         elif cfg.codebook_init != "normal":
             raise VQAEError(f"codebook_init must be 'data' or 'normal', got {cfg.codebook_init!r}")
         return self
