@@ -37,7 +37,8 @@ SHARED = ["advbench", "harmbench", "jailbreakbench"]
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fixed layer (no REAL), fit n 32, 6 prompts per set, "
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny random model, its last layer (no REAL), "
+                                                         "fit n 32, small gate data, 6 prompts per set, "
                                                          "two held-out sources")
     ap.add_argument("--n", type=int, default=24, help="prompts per set")
     ap.add_argument("--gate", default="harm", help="the chosen gate: a name of gate_eval.DEFAULT_GATES")
@@ -46,6 +47,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--open-only", action="store_true",
+                    help="only the gates' open rates per set (one prompt pass each, no generation): "
+                         "writes gate_open.json / gate_open.md")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
 
@@ -63,7 +67,8 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     n = 6 if a.quick else a.n
-    model = steerlens.load_model(a.model) if a.model else steerlens.load_model()
+    name = a.model or ("tiny-random" if a.quick else None)
+    model = steerlens.load_model(name) if name else steerlens.load_model()
     judge = get_judge("clf")
 
     # -- FineSteer as the main job fits it, with SCS (both steerers saved under OUT/fitted and reused)
@@ -75,7 +80,12 @@ def main(argv=None) -> int:
     if a.quick:
         tab.pop("selector", None)
         tab["fit"]["n"] = 32
+        top = model.n_layers - 1
+        tab["params"] = {**tab.get("params", {}), "layer": top, "gate_layer": top, "select_layers": None,
+                         "max_epochs": 5, "warmup_steps": 1, "k": 2}
     spec = G.normalise_spec(a.gate, G.default_gates()[a.gate])
+    if a.quick:
+        spec["layers"] = [min(spec["layers"][0], model.n_layers - 1)]
     if spec["reading"] != "last" or len(spec["layers"]) != 1:
         raise SystemExit(f"gate {a.gate!r} is not deployable as a prompt gate (reading last, one layer)")
     if (fitted / "scs").exists() and (fitted / a.gate).exists() and not a.quick:
@@ -86,7 +96,9 @@ def main(argv=None) -> int:
         print(f"fitted FineSteer (SCS) in {time.time() - t0:.0f} s; sites {[str(s) for s in fs_scs.selection.sites()]}",
               flush=True)
         # -- the chosen gate on the same selector and editor, fitted on the shared sources only
-        gd = G.harm_gate_data(groups=SHARED, hard_negatives=spec["hard_negatives"],
+        gd = G.harm_gate_data(groups=SHARED, hard_negatives=spec["hard_negatives"], max_template_chars=300 if a.quick else 1000,
+                              caps={"harm_fit": 8, "alpaca_fit": 12, "orbench_fit": 6, "aug_harm": 1,
+                                    "aug_benign": 3} if a.quick else None,
                               augment_wrapped=spec["augment_wrapped"], balance=spec["balance"])
         gate = make_gate(spec["kind"], **{**spec["params"], "layer": spec["layers"][0], "fpr": 0.05})
         fs_new = fs_scs.with_gate(gate).fit_gate(model, gd)
@@ -118,6 +130,31 @@ def main(argv=None) -> int:
     sets["wrapped_shared_test"] = [rng.choice(tw).wrap(p) for p in sets["shared_test"]]
 
     conds = {"unsteered": None, "finesteer_scs": fs_scs, f"finesteer_{a.gate}": fs_new}
+    if a.open_only:
+        from steerlens.evals.stats import wilson_ci as wci
+
+        opened = {c: {} for c in list(conds)[1:]}
+        for sname, prompts in sets.items():
+            for c in opened:
+                k = int(conds[c].decide(model, prompts).scale.gt(0).sum())
+                p, lo, hi = wci(k, len(prompts))
+                opened[c][sname] = {"open": p, "ci": [lo, hi], "n": len(prompts)}
+            print(sname, {c: round(opened[c][sname]["open"], 2) for c in opened}, flush=True)
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        doc = {"model": model.name, "gate": a.gate, "n_per_set": n, "fit": tab["fit"], "open": opened,
+               "wall_s": round(time.time() - t0, 1)}
+        atomic_write_json(out / "gate_open.json", doc)
+        lines = [f"# Gate open rate per set: FineSteer's SCS gate vs the `{a.gate}` gate, both fitted on the shared "
+                 f"sources only ({model.name}, n {n} per set; Wilson 95%)", "",
+                 "| set | " + " | ".join(opened) + " |", "|---|" + "---|" * len(opened)]
+        for sname in sets:
+            lines.append(f"| {sname} | " + " | ".join(
+                f"{opened[c][sname]['open']:.2f} [{opened[c][sname]['ci'][0]:.2f}, {opened[c][sname]['ci'][1]:.2f}]"
+                for c in opened) + " |")
+        atomic_write_text(out / "gate_open.md", "\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return 0
     res: dict = {"model": model.name, "n_per_set": n, "gate": a.gate, "gate_spec": spec, "quick": a.quick,
                  "max_new_tokens": a.max_new_tokens, "judge": judge.name, "fit": tab["fit"],
                  "sites": [str(s) for s in fs_scs.selection.sites()], "sets": {k: len(v) for k, v in sets.items()},

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MAIN_DIR = Path("docs/results/main")
 GATES_JSON = Path("docs/results/gates/generalisation.json")
 REACH_JSON = Path("docs/results/gates/reachability.json")
+OPEN_JSON = Path("docs/results/gates/gate_open.json")
 JUDGE_JSON = Path("benchmarks/results/judge/judge_report.json")
 EVAL_BENCH_JSON = Path("docs/results/bench/eval.json")
 
@@ -98,7 +99,25 @@ def render_gates(root: Path) -> str:
     out = "\n".join(lines) + f"\n\n(Source: `{GATES_JSON}`.)"
     if (root / REACH_JSON).exists():
         out += "\n\n" + render_reachability(_load(root, REACH_JSON))
+    if (root / OPEN_JSON).exists():
+        out += "\n\n" + render_gate_open(_load(root, OPEN_JSON))
     return out
+
+
+def render_gate_open(d: dict) -> str:
+    """Open rates of FineSteer's gates when fitted on the main job's data (the shared sources only)."""
+    conds = list(d["open"])
+    sets = list(d["open"][conds[0]])
+    lines = [f"**Fitted on the main job's data.** The open rate of each gate when both are fitted, as the main job "
+             f"fits FineSteer, on the shared AdvBench / HarmBench / JBB fit split only (the `{d['gate']}` gate with its "
+             f"look-alike negatives and fit-family wrappers), on up to {d['n_per_set']} test prompts per set "
+             "[Wilson 95%] (`experiments/gate_e2e.py --open-only`):", "",
+             "| set | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]
+    for s in sets:
+        lines.append(f"| {s} | " + " | ".join(f"{d['open'][c][s]['open']:.2f} [{d['open'][c][s]['ci'][0]:.2f}, "
+                                                f"{d['open'][c][s]['ci'][1]:.2f}] (n={d['open'][c][s]['n']})"
+                                                for c in conds) + " |")
+    return "\n".join(lines) + f"\n\n(Source: `{OPEN_JSON}`.)"
 
 
 def render_reachability(r: dict) -> str:

@@ -137,3 +137,17 @@ def test_gate_reachability_experiment_quick(root, tmp_path):
         assert 0.0 <= t["best_tpr_at_target_fpr"]["tpr_at_fpr"] <= 1.0 and 0.0 <= t["best_auc"]["auc"] <= 1.0
         assert t["reachable"] == (t["best_tpr_at_target_fpr"]["tpr_at_fpr"] >= t["target_tpr"])
     assert res["tasks"].keys() == saved["tasks"].keys()
+
+
+def test_gate_e2e_experiment_quick(root, tmp_path):
+    import gate_e2e
+
+    assert gate_e2e.main(["--quick", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "gate_e2e.json").read_text())
+    assert set(res["results"]) == {"unsteered", "finesteer_scs", "finesteer_harm"}
+    for cond, rows in res["results"].items():
+        assert set(rows) == set(res["sets"])
+        for r in rows.values():
+            assert 0.0 <= r["refusal"] <= 1.0 and len(r["not_complied"]) == r["n"]
+            assert ("gate_open" in r) == (cond != "unsteered")
+    assert "Paired difference" in (tmp_path / "gate_e2e.md").read_text()
