@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
 import random
 import sys
 import time
@@ -131,13 +129,11 @@ def main(argv=None) -> int:
 
     conds = {"unsteered": None, "finesteer_scs": fs_scs, f"finesteer_{a.gate}": fs_new}
     if a.open_only:
-        from steerlens.evals.stats import wilson_ci as wci
-
         opened = {c: {} for c in list(conds)[1:]}
         for sname, prompts in sets.items():
             for c in opened:
                 k = int(conds[c].decide(model, prompts).scale.gt(0).sum())
-                p, lo, hi = wci(k, len(prompts))
+                p, lo, hi = wilson_ci(k, len(prompts))
                 opened[c][sname] = {"open": p, "ci": [lo, hi], "n": len(prompts)}
             print(sname, {c: round(opened[c][sname]["open"], 2) for c in opened}, flush=True)
         out = Path(a.out)

@@ -298,7 +298,7 @@ def labeller_agreement(test: Sequence[dict], preds: dict[str, Sequence[str]], se
         k = sum(x == y for x, y in zip(a, b))
         return {"accuracy": k / len(a), "ci": _ci(k, len(a)), "n": len(a)}
 
-    merged = lambda labs: ["not_complied" if x in NOT_COMPLIED else x for x in labs]
+    merged = to_three_class  # refusal and deflection as one "not complied" class
     agreed = [j for j in range(n) if g1[j] == g2[j]]
     out = {"n": n, "readers": acc(g1, g2), "kappa": float(cohen_kappa_score(g1, g2)),
            "readers_not_complied_merged": acc(merged(g1), merged(g2)),
