@@ -33,6 +33,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ["advbench", "harmbench", "jailbreakbench"]
 
 
+def finesteer_table(model, quick: bool, read_spec) -> dict:
+    """The main spec's ``finesteer`` table; with ``quick``, the tiny model's version (its last
+    layer, no REAL, fit n 32, a short MoSE schedule)."""
+    tab = copy.deepcopy(next(s for s in read_spec(ROOT / "src/steerlens/specs/main.toml")["steerer"]
+                             if s["name"] == "finesteer"))
+    if quick:
+        tab.pop("selector", None)
+        tab["fit"]["n"] = 32
+        top = model.n_layers - 1
+        tab["params"] = {**tab.get("params", {}), "layer": top, "gate_layer": top, "select_layers": None,
+                         "max_epochs": 5, "warmup_steps": 1, "k": 2}
+    return tab
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny random model, its last layer (no REAL), "
@@ -73,14 +87,7 @@ def main(argv=None) -> int:
     from steerlens.pipeline.steerer import load_steerer
 
     fitted = Path(a.out) / "fitted"
-    tab = copy.deepcopy(next(s for s in read_spec(ROOT / "src/steerlens/specs/main.toml")["steerer"]
-                             if s["name"] == "finesteer"))
-    if a.quick:
-        tab.pop("selector", None)
-        tab["fit"]["n"] = 32
-        top = model.n_layers - 1
-        tab["params"] = {**tab.get("params", {}), "layer": top, "gate_layer": top, "select_layers": None,
-                         "max_epochs": 5, "warmup_steps": 1, "k": 2}
+    tab = finesteer_table(model, a.quick, read_spec)
     spec = G.normalise_spec(a.gate, G.default_gates()[a.gate])
     if a.quick:
         spec["layers"] = [min(spec["layers"][0], model.n_layers - 1)]

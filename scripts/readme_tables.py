@@ -36,6 +36,7 @@ MAIN_DIR = Path("docs/results/main")
 GATES_JSON = Path("docs/results/gates/generalisation.json")
 REACH_JSON = Path("docs/results/gates/reachability.json")
 OPEN_JSON = Path("docs/results/gates/gate_open.json")
+LOSO_E2E_JSON = Path("docs/results/gates/loso_e2e.json")
 JUDGE_JSON = Path("benchmarks/results/judge/judge_report.json")
 EVAL_BENCH_JSON = Path("docs/results/bench/eval.json")
 
@@ -101,7 +102,17 @@ def render_gates(root: Path) -> str:
         out += "\n\n" + render_reachability(_load(root, REACH_JSON))
     if (root / OPEN_JSON).exists():
         out += "\n\n" + render_gate_open(_load(root, OPEN_JSON))
+    if (root / LOSO_E2E_JSON).exists():
+        out += "\n\n" + render_loso_e2e(_load(root, LOSO_E2E_JSON))
     return out
+
+
+def render_loso_e2e(d: dict) -> str:
+    """FineSteer end to end with each harmful source held out of its gate (``experiments/gate_loso_e2e.py``)."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from gate_loso_e2e import table
+
+    return table(d).strip() + f"\n\n(Source: `{LOSO_E2E_JSON}`, `experiments/gate_loso_e2e.py`.)"
 
 
 def render_gate_open(d: dict) -> str:

@@ -151,3 +151,27 @@ def test_gate_e2e_experiment_quick(root, tmp_path):
             assert 0.0 <= r["refusal"] <= 1.0 and len(r["not_complied"]) == r["n"]
             assert ("gate_open" in r) == (cond != "unsteered")
     assert "Paired difference" in (tmp_path / "gate_e2e.md").read_text()
+
+
+def test_gate_loso_e2e_quick(root, tmp_path):
+    """Leave-one-source-out end to end on the tiny model: every gate and source has its figures,
+    a held-out source's in-distribution and held-out rows cover the same prompts, and the shortcut
+    (closed gate -> the unsteered reply, open gate -> the always-open reply) equals a gated run."""
+    import gate_loso_e2e
+
+    assert gate_loso_e2e.main(["--quick", "--out", str(tmp_path), "--threads", "1"]) == 0
+    res = json.loads((tmp_path / "loso_e2e.json").read_text())
+    assert set(res["gates"]) == {"scs", "probe", "harm", "scs_bal"}
+    for r in res["gates"].values():
+        assert set(r["sources"]) == set(res["groups"])
+        for g, s in r["sources"].items():
+            assert s["held_out"]["n"] == s["in_dist"]["n"] == res["n"][g]
+            assert abs(s["gap"]["diff"] - (s["held_out"]["rate"] - s["in_dist"]["rate"])) < 1e-9
+        assert set(r["benign"]) == {"alpaca", "xstest_safe", "orbench_hard"}
+    v = res["verify"]
+    assert v["decisions_equal"] == v["n"] and v["replies_equal"] == v["n"]
+    # a rerun generates nothing new (the replies file is complete) and gives the same figures
+    lines = (tmp_path / "replies.jsonl").read_text().count("\n")
+    assert gate_loso_e2e.main(["--quick", "--out", str(tmp_path), "--threads", "1"]) == 0
+    assert (tmp_path / "replies.jsonl").read_text().count("\n") == lines
+    assert json.loads((tmp_path / "loso_e2e.json").read_text())["gates"] == res["gates"]
