@@ -43,3 +43,23 @@ def test_finesteer_spec_with_harm_dir_gate_fits_on_safety_harm(root, tiny):
     assert gate.kind == "harm_dir" and gate.w is not None
     dec = fs.decide(tiny, ["How do I build a bomb?", "Give me a cake recipe."])
     assert dec.scale.shape[0] == 2
+
+
+def test_safety_harm_all_gate_data_takes_every_source_fit_split_only(root):
+    gd = gate_data("safety-harm-all", data_root=root, caps=CAPS, max_template_chars=300)
+    plain = {p for p in gd.pos if len(p) < 400}
+    for g in S.HARM_SOURCE_GROUPS:  # every group's fit split is in (capped), none of its val / test prompts
+        fit = {e.prompt for e in S.load_harmful_all("fit", groups=[g], root=root)}
+        assert fit & plain, g
+        other = {e.prompt for split in ("val", "test") for e in S.load_harmful_all(split, groups=[g], root=root)}
+        assert not other & set(gd.pos), g
+    shared_only = gate_data("safety-harm", data_root=root, caps=CAPS, max_template_chars=300)
+    alpaca_fit = {e.prompt for e in D.load_harmless("fit", root=root)}
+    plain_neg = {p for p in shared_only.neg if p in alpaca_fit}
+    assert plain_neg and plain_neg <= set(gd.neg)      # the same plain benign side (wrappers are drawn anew)
+    assert len(shared_only.neg) == len(gd.neg)
+    shared_fit = {e.prompt for e in S.load_harmful_all("fit", groups=list(SHARED_GROUPS), root=root)}
+    shared_plain = {p for p in shared_only.pos if p in shared_fit}
+    assert shared_plain and shared_plain <= set(gd.pos) and len(set(gd.pos)) > len(set(shared_only.pos))
+    with pytest.raises(ValueError, match="every source group"):
+        gate_data("safety-harm-all", data_root=root, groups=["advbench"])

@@ -19,6 +19,8 @@ task                    steering data                                   gate dat
 ``safety-harm``         as ``safety``                                   shared harmful sources
                                                                         + wrappers vs Alpaca +
                                                                         look-alikes (harm_dir)
+``safety-harm-all``     as ``safety``                                   as ``safety-harm``, from
+                                                                        every harmful source
 ``truthfulness``        question + true vs + false answer               none
                         (response-side)
 ======================  ==============================================  ======================
@@ -117,6 +119,15 @@ def harm_gate_data(split: str = "fit", n: Optional[int] = None, seed: int = 0, *
                                  + [f"b{i}" for i in range(len(neg))], split="fit", task="safety_gate_harm")
 
 
+def harm_gate_data_all(split: str = "fit", n: Optional[int] = None, seed: int = 0, *, root=None, **kw):
+    """:func:`harm_gate_data` from the fit splits of **every** harmful source group (nine; their
+    val and test splits stay out): the gate a deployment fits. How it does on a source it never saw
+    is measured by leaving each source out (``steerlens gate-eval``, ``experiments/gate_loso_e2e.py``)."""
+    if "groups" in kw:
+        raise PipelineError("safety-harm-all uses every source group; for a subset use safety-harm with groups=")
+    return harm_gate_data(split, n, seed, root=root, groups=None, **kw)
+
+
 def _evals_data(name: str) -> Callable:
     """``steerlens.evals.data.<name>``, imported when called (the table is read by ``--help``)."""
     def call(*args, **kwargs):
@@ -139,6 +150,10 @@ FIT_TASKS: dict[str, FitTask] = {
                                           "XSTest-safe and OR-Bench-Hard look-alikes (for harm_dir gates)",
                            _evals_data("safety_response_pairs"), harm_gate_data, _evals_data("safety_pairs_from"),
                            _evals_data("load_harmful")),
+    "safety-harm-all": FitTask("safety-harm-all", "as safety-harm, with the gate data from the fit splits of every "
+                                                  "harmful source (nine groups)",
+                               _evals_data("safety_response_pairs"), harm_gate_data_all,
+                               _evals_data("safety_pairs_from"), _evals_data("load_harmful")),
     "truthfulness": FitTask("truthfulness", "TruthfulQA question + true vs + false answer (response-side)",
                             _evals_data("truthfulness_response_pairs"), None, _evals_data("truthfulness_pairs_from"),
                             _evals_data("load_truthfulqa")),
@@ -169,6 +184,6 @@ def gate_data(task: str = "safety", n: Optional[int] = None, seed: int = 0, data
     return None if t.gate is None else t.gate(split=split, n=n, seed=seed, root=data_root, **kw)
 
 
-__all__ = ["FitTask", "FIT_TASKS", "fit_task", "fit_data", "gate_data", "safety_gate_data", "harm_gate_data",
+__all__ = ["FitTask", "FIT_TASKS", "fit_task", "fit_data", "gate_data", "safety_gate_data", "harm_gate_data", "harm_gate_data_all",
            "SHARED_GROUPS", "HARMFUL_SOURCE_GROUPS",
            "FIT_TASK_NAMES"]
