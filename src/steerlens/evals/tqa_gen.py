@@ -190,7 +190,12 @@ def agreement(auto: Sequence[bool], human: Sequence[bool]) -> dict[str, float]:
     po = sum(x == y for x, y in zip(a, h)) / n
     pa, ph = sum(a) / n, sum(h) / n
     pe = pa * ph + (1 - pa) * (1 - ph)
-    kappa = (po - pe) / (1 - pe) if pe < 1 else (1.0 if po == 1 else 0.0)
+    if pe < 1:
+        from sklearn.metrics import cohen_kappa_score
+
+        kappa = float(cohen_kappa_score(a, h))
+    else:  # both raters constant and equal: sklearn gives nan there
+        kappa = 1.0 if po == 1 else 0.0
     return {"n": n, "accuracy": po, "kappa": kappa, "auto_rate": pa, "human_rate": ph}
 
 
