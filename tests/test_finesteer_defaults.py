@@ -11,7 +11,7 @@ from steerlens.pipeline.gates import ProbeGate
 from steerlens.pipeline.methods.finesteer.harm_gate import HarmDirectionGate
 from steerlens.pipeline.methods.finesteer.method import FineSteerParams
 from steerlens.pipeline.methods.finesteer.scs import SCSGate
-from steerlens.pipeline.registry import available_methods, make_steerer
+from steerlens.pipeline.registry import available_methods, fit_gate_task, make_steerer
 from steerlens.pipeline.spec import build_steerer, read_spec
 
 MAIN = Path(__file__).resolve().parents[1] / "src" / "steerlens" / "specs" / "main.toml"
@@ -32,11 +32,14 @@ def test_cli_default_fit_is_the_main_spec_finesteer():
     assert cli_st.selector.params == spec_st.selector.params
     assert available_methods()["finesteer"].fit_defaults["n"] == tab["fit"]["n"]
     assert tab["fit"]["task"] == "safety" and "gate_n" not in tab["fit"]  # the CLI's gate data: all of the fit split
+    # ... of the task the method's gate is fitted on by default (the spec writes it out)
+    assert fit_gate_task("finesteer", "safety") == tab["fit"]["gate_task"] == "safety-harm-all"
+    assert fit_gate_task("finesteer", "safety", "safety") == "safety" and fit_gate_task("caa", "safety") == "safety"
 
 
 def test_recorded_params_are_the_validated_settings():
     mp = make_steerer("finesteer").method_params
-    assert (mp["gate_kind"], mp["gate_layer"], mp["rank_benign"], mp["rank_target"], mp["fpr"]) == ("scs", 14, 4, 4, 0.05)
+    assert (mp["gate_kind"], mp["gate_layer"], mp["shrinkage"], mp["fpr"]) == ("harm_dir", 16, 0.5, 0.05)
     assert mp["select_layers"] == [12, 8, 10, 14, 16] and mp["select_repeats"] == 3 and mp["select_margin"] == 0.05
 
 

@@ -119,7 +119,7 @@ def test_mose_and_finesteer_paper_values():
             k: v for k, v in want.items() if k not in ("layer", "alpha")}
         assert [str(s) for s in st.selector.modules] == ["blocks.11.hook_resid_post"]  # no REAL layer choice
     fs = make_steerer("finesteer", preset="paper")
-    assert fs.method_params["select_layers"] is None and fs.gate.params["layer"] == 14  # the gate keeps its layer
+    assert fs.method_params["select_layers"] is None and fs.gate.params["layer"] == 16  # the gate keeps its default layer
     eq = make_steerer("mose", preset="paper_eq").method_params
     assert (eq["k_rule"], eq["normalize_deltas"], eq["weight_decay"], eq["lr_floor"], eq["patience"]) == (
         "ch", True, 1e-5, 1.0, 8)

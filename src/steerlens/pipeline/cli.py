@@ -82,7 +82,7 @@ def _gate_args(args: argparse.Namespace, params: dict) -> None:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from .errors import PipelineError
-    from .registry import available_methods, fit_size, make_steerer
+    from .registry import available_methods, fit_gate_task, fit_size, make_steerer
     from .fitdata import fit_data, gate_data
 
     methods = available_methods()
@@ -108,7 +108,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     data = fit_data(args.task, n, args.seed, args.data_dir)
     gdata = None
     if not st.gate.always_open:
-        gdata = gate_data(args.task, args.gate_n, args.seed, args.data_dir, xstest_negatives=args.gate_xstest)
+        gdata = gate_data(fit_gate_task(args.method, args.task), args.gate_n, args.seed, args.data_dir,
+                          **({"xstest_negatives": True} if args.gate_xstest else {}))
     st.fit(model, data, gate_data=gdata, progress=True)
     path = st.save(args.out)
     sel = st.selection

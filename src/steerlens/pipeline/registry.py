@@ -219,6 +219,18 @@ def fit_size(method: Optional[str], n: Optional[int]) -> Optional[int]:
     return None if info is None else (info.fit_defaults or {}).get("n")
 
 
+def fit_gate_task(method: Optional[str], task: str, gate_task: Optional[str] = None) -> str:
+    """The fit task whose gate data a steerer's gate is fitted on: ``gate_task`` when given, else
+    the method's registered default for ``task`` (``register_method(..., fit_defaults={"gate_task":
+    {task: gate task}})``: the data its validated gate was fitted on), else ``task`` itself.
+    ``steerlens fit``, ``steerlens sweep`` and pipeline specs all go through it."""
+    if gate_task is not None:
+        return gate_task
+    load_plugins()
+    info = METHODS.get(method.lower()) if method else None
+    return ((info.fit_defaults or {}).get("gate_task") or {}).get(task, task) if info is not None else task
+
+
 def register_preset(method: str, name: str, params: dict) -> None:
     """Add (or replace) the preset ``name`` of the registered ``method`` (e.g. from another
     package; a method's own presets are given to :func:`register_method`)."""
@@ -303,5 +315,5 @@ def make_steerer(method: str, *, gate: Any = None, gate_params: Optional[dict] =
     return st.with_gate(make_gate(gate, **(gate_params or {})))
 
 
-__all__ = ["register_method", "register_preset", "preset_params", "make_steerer", "fit_size", "make_gate", "available_gates", "available_methods", "METHODS",
+__all__ = ["register_method", "register_preset", "preset_params", "make_steerer", "fit_size", "fit_gate_task", "make_gate", "available_gates", "available_methods", "METHODS",
            "MethodInfo", "load_plugins", "register_package", "method_packages", "METHODS_PACKAGE", "METHOD_PATH_ENV"]

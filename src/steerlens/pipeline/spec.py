@@ -63,7 +63,7 @@ from .. import parallel
 from ..fileio import parse_value
 from .errors import PipelineError
 from .fitdata import FIT_TASKS, fit_data, gate_data
-from .registry import available_methods, fit_size, load_plugins, make_steerer, preset_params
+from .registry import available_methods, fit_gate_task, fit_size, load_plugins, make_steerer, preset_params
 from .roles import ROLE_ALIASES, ROLE_TYPES, ROLES, SPEC_DEFAULTS, Role, register_role_alias
 from .steerer import Steerer
 
@@ -238,7 +238,8 @@ def fit_steerer(model, st: dict, *, data_root=None, progress: bool = True) -> St
     data = fit_data(fit["task"], n, seed, data_root)
     gdata = None
     if not steerer.gate.always_open:
-        gdata = gate_data(fit.get("gate_task", fit["task"]), fit.get("gate_n"), seed, data_root)
+        gdata = gate_data(fit_gate_task(st.get("method"), fit["task"], fit.get("gate_task")), fit.get("gate_n"), seed,
+                          data_root)
         if gdata is None:
             raise SpecError(f"steerer {st['name']!r}: task {fit['task']!r} has no gate data; set fit.gate_task")
     steerer.fit(model, data, gate_data=gdata, progress=progress)

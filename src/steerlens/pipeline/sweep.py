@@ -36,7 +36,7 @@ from .errors import PipelineError
 from .selection import resid_module
 from .steerer import Steerer
 from .fitdata import HARMFUL_SOURCE_GROUPS, fit_data, gate_data
-from .registry import available_methods, make_steerer
+from .registry import available_methods, fit_gate_task, make_steerer
 
 #: Which eval tasks (and task options) a sweep for a given fitting task runs.
 EVAL_PLAN: dict[str, dict[str, dict]] = {
@@ -198,7 +198,7 @@ def sweep(model, method: str, task: str, *, alphas: Sequence[float], layers: Opt
     t0 = time.perf_counter()
     m = as_model(model)
     data = fit_data(task, n_fit, seed, data_root)
-    gdata = gate_data(task, None, seed, data_root)
+    gdata = gate_data(fit_gate_task(method, task), None, seed, data_root)
     fitted = fit_settings(m, method, data, layers=layers, heads=heads, params=params, progress=progress,
                           gate_data=gdata)
     t_fit = time.perf_counter() - t0

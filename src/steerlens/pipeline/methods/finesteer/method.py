@@ -28,16 +28,19 @@ DEFAULT_FIT_N = 96
 @dataclass(frozen=True)
 class FineSteerParams(SCSGatedParams):
     """FineSteer's own parameters (MoSE's come after them in the record). The defaults are the
-    validated settings of the main job (specs/main.toml): SCS at layer 14, contrast, ranks 4/4
-    (the val choice), 5% FPR, alpha 1 (val), and REAL choosing MoSE's layer among
+    validated settings of the main job (specs/main.toml): the ``harm_dir`` gate at layer 16
+    (shrinkage 0.5, 5% FPR; fitted on the ``safety-harm-all`` gate data, the method's default gate
+    task for ``safety``: the gate ``steerlens gate-eval`` chooses, issue 24), alpha 1 (val), and
+    REAL choosing MoSE's layer among
     ``select_layers`` (one VQ-AE per layer, ``select_repeats`` runs; listed in order of preference:
     another layer displaces the first only with an AUC more than ``select_margin`` higher, see
     :class:`~steerlens.pipeline.methods.real.selector.REALSelector`); ``select_layers=None`` keeps
     MoSE at ``layer``. ``gate_kind``: ``"scs"`` (with ``form`` / ranks), ``"probe"`` (``C``) or
     ``"harm_dir"`` (``shrinkage``), all at ``gate_layer`` and calibrated alike (``fpr``)."""
+    gate_layer: Optional[int] = 16
     rank_benign: int = 4
     rank_target: int = 4
-    gate_kind: str = "scs"
+    gate_kind: str = "harm_dir"
     C: float = 0.1
     shrinkage: float = 0.5
     select_layers: Optional[tuple] = (12, 8, 10, 14, 16)
@@ -74,10 +77,9 @@ class FineSteerParams(SCSGatedParams):
 
 
 #: FineSteer's presets: MoSE's (``paper``: the authors' code; ``paper_eq``: the paper's equations),
-#: at the fixed layer the preset gives (no REAL layer choice). The SCS gate keeps its settings
-#: (layer 14 as by default, not MoSE's layer): the authors released no gate (docs/fidelity.md, "SCS").
-FINESTEER_PRESETS = {name: {**table, "select_layers": None, "gate_layer": DEFAULT_LAYER}
-                     for name, table in MOSE_PRESETS.items()}
+#: at the fixed layer the preset gives (no REAL layer choice). The gate keeps its default settings
+#: (not MoSE's layer): the authors released no gate (docs/fidelity.md, "SCS").
+FINESTEER_PRESETS = {name: {**table, "select_layers": None} for name, table in MOSE_PRESETS.items()}
 
 
 @register_method("finesteer", help="FineSteer: a prompt gate (SCS by default; probe, harm_dir) in front of MoSE "
@@ -86,11 +88,12 @@ FINESTEER_PRESETS = {name: {**table, "select_layers": None, "gate_layer": DEFAUL
                  contract={"params": {"layer": 1, "alpha": 4.0, "gate_layer": 0, "rank_benign": 2, "rank_target": 2,
                                       "fpr": 0.3, "max_epochs": 40, "warmup_steps": 5, "select_layers": None},
                            "gen_alpha": 20.0},
-                 fit_defaults={"n": DEFAULT_FIT_N}, presets=FINESTEER_PRESETS)
-def make_finesteer(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, gate_layer: Optional[int] = None,
+                 fit_defaults={"n": DEFAULT_FIT_N, "gate_task": {"safety": "safety-harm-all"}},
+                 presets=FINESTEER_PRESETS)
+def make_finesteer(*, layer: int = DEFAULT_LAYER, alpha: float = 1.0, gate_layer: Optional[int] = 16,
                    form: str = "contrast", rank_benign: int = 4, rank_target: int = 4, target_center: str = "benign",
                    normalize: bool = False, fpr: float = 0.05, temperature: Optional[float] = None,
-                   calib_frac: float = 0.25, seed: int = 0, gate_kind: str = "scs", C: float = 0.1,
+                   calib_frac: float = 0.25, seed: int = 0, gate_kind: str = "harm_dir", C: float = 0.1,
                    shrinkage: float = 0.5, select_layers: Optional[tuple] = (12, 8, 10, 14, 16),
                    select_repeats: int = 3, select_margin: float = 0.05, **mose: Any):
     """MoSE (``mose`` keywords: see :func:`make_mose`) at the residual layer REAL picks among
