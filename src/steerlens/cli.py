@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the per-token trace (and FILE.png, a plot of the first reply)")
     g.set_defaults(func=_cmd_generate)
 
-    d = sub.add_parser("demo", help="the main job: REAL -> SCS -> MoSE / ODESteer vs unsteered and CAA on the default model")
+    d = sub.add_parser("demo", help="the main job: REAL -> harm gate -> MoSE / ODESteer vs unsteered and CAA on the default model")
     add_data_arg(d)
     d.add_argument("--out", default="runs/demo", help="where to write the demo's results")
     d.add_argument("--quick", action="store_true", help="smaller sizes (for smoke tests)")

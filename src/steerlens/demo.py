@@ -5,12 +5,13 @@ It runs the packaged spec ``steerlens/specs/main.toml`` (the same file ``steerle
 1. Load SmolLM2-135M-Instruct (offline; fetched and dequantised once).
 2. Fit, each on the fit split:
    - ``finesteer`` (safety): REAL scores candidate residual layers and picks the one MoSE edits;
-     the SCS subspace gate decides per prompt whether to steer;
+     a harm gate (``harm_dir`` at layer 16, fitted on the fit splits of all nine harmful sources)
+     decides per prompt whether to steer;
    - ``odesteer`` (truthfulness): REAL picks the layer, ODESteer flows along the barrier gradient,
-     behind the same SCS gate inverted (it stands aside on the prompts FineSteer takes);
+     behind the same gate inverted (it stands aside on the prompts FineSteer takes);
    - ``caa``: unconditional CAA, the baseline the gate is meant to improve on.
 3. Print replies to held-out harmful and harmless prompts side by side (unsteered, CAA, the
-   pipeline), each with the SCS gate's decision for that prompt.
+   pipeline), each with the gate's decision for that prompt.
 4. Evaluate unsteered, CAA, each steerer alone and both together on the test split: one table
    (harmful refusal, over-refusal on Alpaca and XSTest safe, TruthfulQA MC1/MC2, MMLU A/B, KL,
    each with its 95% interval), paired differences against the unsteered model and of the
@@ -34,7 +35,7 @@ from typing import Optional
 #: the metrics of the one table, in order: (metric, column title)
 TABLE = [("refusal/harmful", "harmful refusal ↑"), ("refusal/harmless", "Alpaca over-refusal ↓"),
          ("refusal/xstest_safe", "XSTest-safe over-refusal ↓"),
-         ("refusal/heldout", "held-out sources refusal ↑"), ("refusal/wrapped", "wrapped (held-out families) refusal ↑"),
+         ("refusal/heldout", "six other sources refusal ↑"), ("refusal/wrapped", "wrapped (held-out families) refusal ↑"),
          ("truthfulqa/mc1", "MC1 ↑"),
          ("truthfulqa/mc2", "MC2 ↑"), ("utility/mmlu_ab", "MMLU A/B ↑"), ("utility/kl", "KL ↓")]
 
@@ -53,7 +54,8 @@ def quick_spec(spec: dict) -> dict:
     for st in s["steerer"] + s["baseline"]:
         st["fit"]["n"] = min(int(st["fit"].get("n") or 32), 32)
         if st.get("method") == "finesteer" or st.get("gate"):
-            st["fit"]["gate_n"] = 64
+            # 64 harmful vs Alpaca prompts (the harm gate's own data are sized per source, not by n)
+            st["fit"].update(gate_n=64, gate_task="safety")
         sel = st.get("selector")
         if isinstance(sel, dict) and "layers" in sel:
             sel["layers"] = sel["layers"][:2]
