@@ -137,6 +137,15 @@ def test_gate_reachability_experiment_quick(root, tmp_path):
         assert 0.0 <= t["best_tpr_at_target_fpr"]["tpr_at_fpr"] <= 1.0 and 0.0 <= t["best_auc"]["auc"] <= 1.0
         assert t["reachable"] == (t["best_tpr_at_target_fpr"]["tpr_at_fpr"] >= t["target_tpr"])
     assert res["tasks"].keys() == saved["tasks"].keys()
+    # --merge adds another layer's settings to one pair and keeps the rest of the saved result
+    gate_reachability.main(["--quick", "--data-dir", str(root), "--out", str(out), "--layers", "0",
+                            "--task", "orbench_toxic_vs_hard", "--merge"])
+    merged = json.loads(out.read_text())
+    t, t0 = merged["tasks"]["orbench_toxic_vs_hard"], saved["tasks"]["orbench_toxic_vs_hard"]
+    assert t["layers"] == sorted({0} | {r["layer"] for r in t0["settings"]})
+    assert len(t["settings"]) == len(t0["settings"]) + 1
+    assert t["best_auc"]["auc"] == max(r["auc"] for r in t["settings"]) >= t0["best_auc"]["auc"]
+    assert merged["tasks"]["xstest_unsafe_vs_safe"] == saved["tasks"]["xstest_unsafe_vs_safe"]
 
 
 def test_gate_e2e_experiment_quick(root, tmp_path):
