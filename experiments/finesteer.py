@@ -732,7 +732,8 @@ def mose_routing(model, steerers: dict, prompts: list[str], labels: dict, args, 
             "k_median": ks["k_median"], "k_ch": ks["k_ch"], "main_range": ks["main_range"],
             "median_range": ks["median_range"], "cluster_sizes": info["cluster_sizes"],
             "n_pairs": info["n_pairs"], "pca_explained": info.get("pca_explained"),
-            "epochs": info.get("training", {}).get("epochs"), "gamma": info.get("gamma"), "tau": info.get("tau"),
+            "epochs_run": info.get("training", {}).get("epochs_run"), "gamma": info.get("gamma"), "tau": info.get("tau"),
+            "val_r2_vs_mean": info.get("val_r2_vs_mean"),
             "mean_weights": [round(sum(x[j] for x in w) / len(w), 4) for j in range(k)],
             "specialisation": {lab: specialisation(w, cats, n_perm=n_perm, seed=0) for lab, cats in labels.items()}}
         print(f"{name}: K={info['k']} sizes={info['cluster_sizes']} " + ", ".join(
