@@ -601,7 +601,7 @@ def summarize_truthfulness(out: Path) -> dict:
     chosen = json.loads((out / "chosen_alpha.json").read_text())["chosen"]
     test: dict = {}
     for r in rows:
-        if r["phase"] != "test":
+        if r["phase"] != "test" or r["alpha"] != chosen.get(r["method"], 0.0):  # a test row at a replaced choice
             continue
         slot = test.setdefault((r["method"], r["metric"]), {})
         slot.update(dict(zip(r["ids"], r["values"])))
@@ -818,12 +818,19 @@ def render_report(doc: dict) -> str:
         return out + [""]
 
     lines += k_table("Truthfulness: K and expert specialisation", r)
-    lines += ["## Truthfulness: strength on val (MC2)", "", "| method | alpha | val MC2 | n | chosen |",
-              "|---|---|---|---|---|"]
+    lines += ["## Truthfulness: strength on val (chosen by MC2)", "",
+              "| method | alpha | val MC2 | val MC1 | n | chosen |", "|---|---|---|---|---|---|"]
+    vby = {(v["method"], v["alpha"], v["metric"]): v for v in t["val"]}
+    top = {}
+    for v in t["val"]:
+        top[v["method"]] = max(top.get(v["method"], v["alpha"]), v["alpha"])
     for v in t["val"]:
         if v["metric"] == "truthfulqa/mc2":
             pick = "yes" if t["chosen_alpha"].get(v["method"]) == v["alpha"] else ""
-            lines.append(f"| {v['method']} | {v['alpha']:g} | {_fmt_ci(v['value'], v['ci'])} | {v['n']} | {pick} |")
+            pick += " (the grid's largest)" if pick and v["alpha"] == top[v["method"]] else ""
+            v1 = vby.get((v["method"], v["alpha"], "truthfulqa/mc1"))
+            mc1 = _fmt_ci(v1["value"], v1["ci"]) if v1 else "—"
+            lines.append(f"| {v['method']} | {v['alpha']:g} | {_fmt_ci(v['value'], v['ci'])} | {mc1} | {v['n']} | {pick} |")
     lines += ["", "## Truthfulness: test (95% intervals: Wilson for MC1, bootstrap for MC2)", "",
               "| method | alpha | MC1 | MC2 | n |", "|---|---|---|---|---|"]
     by = {(x["method"], x["metric"]): x for x in t["test"]}
