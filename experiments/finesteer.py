@@ -711,7 +711,7 @@ def run_truthfulness_splits(args) -> int:
 def mose_routing(model, steerers: dict, prompts: list[str], labels: dict, args, n_perm: int = 2000) -> dict:
     """Per MoSE steerer: the K each rule picked and the K used, the experts' sizes (fit pairs per
     cluster), the mean routing of ``prompts`` and, per label set ``{name: [label per prompt]}``,
-    the permutation test of :func:`specialisation`."""
+    the permutation test of :func:`specialisation` over the prompts whose label is not ``None``."""
     from steerlens.pipeline.methods.finesteer.mose_diagnostics import route_prompts
 
     rep = {}
@@ -735,7 +735,9 @@ def mose_routing(model, steerers: dict, prompts: list[str], labels: dict, args, 
             "epochs_run": info.get("training", {}).get("epochs_run"), "gamma": info.get("gamma"), "tau": info.get("tau"),
             "val_r2_vs_mean": info.get("val_r2_vs_mean"),
             "mean_weights": [round(sum(x[j] for x in w) / len(w), 4) for j in range(k)],
-            "specialisation": {lab: specialisation(w, cats, n_perm=n_perm, seed=0) for lab, cats in labels.items()}}
+            "specialisation": {lab: specialisation([x for x, c in zip(w, cats) if c is not None],
+                                                   [c for c in cats if c is not None], n_perm=n_perm, seed=0)
+                               for lab, cats in labels.items()}}
         print(f"{name}: K={info['k']} sizes={info['cluster_sizes']} " + ", ".join(
             f"{lab} p={v['p_value']:.3f}" for lab, v in rep[name]["specialisation"].items()), flush=True)
     return rep
@@ -755,7 +757,10 @@ def run_safety_routing(args) -> int:
     harm = D.load_harmful("val")
     report = mose_routing(model, steerers, [e.prompt for e in harm],
                           {"category": [e.meta.get("category") or f"({e.source}, no category)" for e in harm],
-                           "source": [e.source for e in harm]}, args)
+                           "source": [e.source for e in harm],
+                           # the categorised prompts only (AdvBench has none, so "category" above
+                           # also separates AdvBench from the rest)
+                           "category_where_given": [e.meta.get("category") for e in harm]}, args)
     atomic_write_json(out / "mose_report.json", {
         "task": "safety", "model": model.cfg.model_name, "layer": args.layer, "n_fit_pairs": len(data),
         "routed": {"set": "harmful val (every prompt)", "n": len(harm)}, "steerers": report,

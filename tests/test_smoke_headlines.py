@@ -118,8 +118,9 @@ def test_finesteer_experiment_quick_presets_and_report(root, tmp_path):
     assert any(d["a"] == "mose-paper" and d["b"] == "caa" and d["metric"] == "truthfulqa/mc2" for d in summ["paired"])
     assert finesteer.main(["safety", "--quick", "--routing-only", "--preset", "paper", "--out", str(sf)]) == 0
     s = json.loads((sf / "mose_report.json").read_text())
-    assert set(s["steerers"]) == {"mose-paper"} and set(s["steerers"]["mose-paper"]["specialisation"]) == {
-        "category", "source"}
+    sp = s["steerers"]["mose-paper"]["specialisation"]
+    assert set(s["steerers"]) == {"mose-paper"} and set(sp) == {"category", "source", "category_where_given"}
+    assert sp["category"]["n"] == sp["source"]["n"] == s["routed"]["n"] > sp["category_where_given"]["n"] > 0
     assert finesteer.main(["report", "--out", str(rep), "--truthfulness-run", str(tq), "--safety-run", str(sf)]) == 0
     md = (rep / "mose.md").read_text()
     assert "| mose-paper − caa |" in md and "Safety: K" in md and f"**{paper['k']}**" in md
