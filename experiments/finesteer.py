@@ -782,7 +782,8 @@ def write_report(args) -> int:
     summ = json.loads((tq / "summary.json").read_text())
     doc = {"truthfulness": {"run": str(tq), "mose": json.loads((tq / "mose_report.json").read_text()),
                             "chosen_alpha": summ["chosen_alpha"], "val": summ["val"], "test": summ["test"],
-                            "paired": summ["paired"], "headline": summ["headline"]}}
+                            "paired": summ["paired"], "headline": summ["headline"],
+                            "eval_seconds": eval_seconds(tq / "results.jsonl")}}
     if args.safety_run:
         doc["safety"] = {"run": str(args.safety_run),
                          "mose": json.loads((Path(args.safety_run) / "mose_report.json").read_text())}
@@ -790,6 +791,18 @@ def write_report(args) -> int:
     atomic_write_text(dest / "mose.md", render_report(doc))
     print(f"wrote {dest / 'mose.json'} and {dest / 'mose.md'}")
     return 0
+
+
+def eval_seconds(path: Path) -> dict:
+    """Wall seconds of every logged evaluation, summed per phase (across resumed runs too)."""
+    seen: dict = {}
+    for line in open(path):
+        r = json.loads(line)
+        seen[(r["phase"], r.get("fold"), r["method"], r["alpha"])] = r.get("wall_time_s", 0.0)
+    out: dict = {}
+    for (phase, *_), t in seen.items():
+        out[phase] = round(out.get(phase, 0.0) + t, 1)
+    return {**out, "n_evaluations": len(seen)}
 
 
 def render_report(doc: dict) -> str:
@@ -806,11 +819,14 @@ def render_report(doc: dict) -> str:
 
     def k_table(title, rep):
         out = [f"## {title}", "", "| steerer | K rule | elbow | silhouette | CH (median range) | CH (main range) "
-               "| K | expert sizes (fit pairs) |", "|---|---|---|---|---|---|---|---|"]
+               "| K | expert sizes (training pairs) | mean routing weights | routing entropy / log K |",
+               "|---|---|---|---|---|---|---|---|---|---|"]
         for name, v in rep["steerers"].items():
+            sp = next(iter(v["specialisation"].values()))  # every label set routes the same prompts
             out.append(f"| {name} | {v['k_rule_used']} over {v['main_range'][0]}..{v['main_range'][1]} | "
                        f"{v['k_elbow']} | {v['k_silhouette']} | {v['k_ch_median_range']} | {v['k_ch']} | "
-                       f"**{v['k']}** | {v['cluster_sizes']} |")
+                       f"**{v['k']}** | {v['cluster_sizes']} | {v['mean_weights']} | "
+                       f"{sp['mean_entropy']:.3f} / {sp['uniform_entropy']:.3f} |")
         out += ["", f"Specialisation: routing of {rep['routed']['n']} prompts ({rep['routed']['set']}, none fitted "
                 "on); statistic = between-label spread of the expert weights, p by label permutation.", "",
                 "| steerer | label | n | labels | statistic | null mean | p | n_perm | NMI(top expert, label) "
@@ -854,7 +870,8 @@ def render_report(doc: dict) -> str:
                              f"{_fmt_ci(d['truthfulqa/mc1']['value'], d['truthfulqa/mc1']['ci'])} | "
                              f"{_fmt_ci(d['truthfulqa/mc2']['value'], d['truthfulqa/mc2']['ci'])} | "
                              f"{d['truthfulqa/mc2']['n']} |")
-    lines += ["", f"Wall time (s): {r['wall_seconds']}", ""]
+    lines += ["", f"Wall time (s), the last (resumed) invocation: {r['wall_seconds']}; every evaluation logged, "
+              f"summed per phase: {t['eval_seconds']}", ""]
     if "safety" in doc:
         s_ = doc["safety"]["mose"]
         lines += k_table(f"Safety: K and expert specialisation ({s_['n_fit_pairs']} fit pairs, layer {s_['layer']})",
