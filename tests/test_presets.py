@@ -360,6 +360,14 @@ def test_query_offset_reads_the_block_input_and_adds_at_its_output(tiny, tmp_pat
     back = load_steerer(tmp_path / "m", tiny)
     steered2 = capture(tiny, prompts, [site], "last", edits=back.edits(tiny), progress=False)[site]
     torch.testing.assert_close(steered2, steered)
+    # the diagnostics route q read where the router reads it (the block's input), saved or not
+    from steerlens.pipeline.methods.finesteer.mose_diagnostics import route_prompts
+
+    _, want_a = st.editor.route(pre)
+    assert st.editor.query_module == back.editor.query_module == Site.resid(1, "pre")
+    for s_ in (st, back):
+        got = torch.tensor([r["expert_weights"] for r in route_prompts(tiny, s_, prompts)])
+        torch.testing.assert_close(got, want_a, rtol=0, atol=2e-6)
     with pytest.raises(PipelineError, match="query_offset"):
         make_steerer("mose", query_offset=-2)
 

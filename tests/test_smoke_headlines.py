@@ -93,6 +93,40 @@ def test_finesteer_experiment_quick_truthfulness(root, tmp_path):
     assert (out / "results.jsonl").exists()
 
 
+def test_finesteer_experiment_quick_presets_and_report(root, tmp_path):
+    """The paper-preset measurement (docs/results/fidelity/mose.*): MoSE per preset and CAA on the
+    TruthfulQA fit / val / test splits, K per rule, routing specialisation, the safety routing run
+    and the report built from both."""
+    import finesteer
+
+    assert finesteer.split_name(finesteer.method_name("mose", "paper_eq")) == ("mose", "paper_eq")
+    assert finesteer.expand_methods(["caa", "mose"], ["paper", "default"]) == ["caa", "mose-paper", "mose"]
+    tq, sf, rep = tmp_path / "tq", tmp_path / "sf", tmp_path / "rep"
+    assert finesteer.main(["truthfulness", "--quick", "--scheme", "splits", "--preset", "paper,default",
+                           "--methods", "caa,mose", "--alphas-paper", "1,2.5", "--out", str(tq)]) == 0
+    r = json.loads((tq / "mose_report.json").read_text())
+    assert set(r["steerers"]) == {"mose-paper", "mose"} and r["n_test"] == 4 and r["n_val"] == 4
+    paper, ours = r["steerers"]["mose-paper"], r["steerers"]["mose"]
+    assert paper["params"]["query_offset"] == -1 and paper["k_rule_used"] == "median" and ours["k_rule_used"] == "ch"
+    assert 4 <= paper["k"] <= 10 and paper["k"] == sorted([paper["k_elbow"], paper["k_silhouette"],
+                                                           paper["k_ch_median_range"]])[1]
+    assert sum(paper["cluster_sizes"]) == paper["n_pairs"] == r["n_fit_pairs"] == 16
+    spec = paper["specialisation"]["category"]
+    assert spec["n"] == r["routed"]["n"] > 100 and 0 < spec["p_value"] <= 1 and spec["n_perm"] == 2000
+    summ = json.loads((tq / "summary.json").read_text())
+    assert {v["alpha"] for v in summ["val"] if v["method"] == "mose-paper"} == {1.0, 2.5}
+    assert any(d["a"] == "mose-paper" and d["b"] == "caa" and d["metric"] == "truthfulqa/mc2" for d in summ["paired"])
+    assert finesteer.main(["safety", "--quick", "--routing-only", "--preset", "paper", "--out", str(sf)]) == 0
+    s = json.loads((sf / "mose_report.json").read_text())
+    sp = s["steerers"]["mose-paper"]["specialisation"]
+    assert set(s["steerers"]) == {"mose-paper"} and set(sp) == {"category", "source", "category_where_given"}
+    assert sp["category"]["n"] == sp["source"]["n"] == s["routed"]["n"] > sp["category_where_given"]["n"] > 0
+    assert finesteer.main(["report", "--out", str(rep), "--truthfulness-run", str(tq), "--safety-run", str(sf)]) == 0
+    md = (rep / "mose.md").read_text()
+    assert "| mose-paper − caa |" in md and "Safety: K" in md and f"**{paper['k']}**" in md
+    assert json.loads((rep / "mose.json").read_text())["safety"]["mose"]["n_fit_pairs"] == 16
+
+
 def test_odesteer_experiment_quick(root, tmp_path):
     import odesteer
 

@@ -565,6 +565,14 @@ class MoSEEditor(Editor):
     def fitted(self) -> bool:
         return self.router is not None
 
+    @property
+    def query_module(self) -> Optional[Site]:
+        """Where the fitted editor reads q: its edited site, or the input of that block
+        (``query_offset=-1``); ``None`` before fitting."""
+        if self.module is None or not self.params.get("query_offset", 0):
+            return self.module
+        return resid_module(self.module.layer, "pre")
+
     def _module(self, selection: Selection) -> Site:
         if len(selection.modules) != 1 or selection.modules[0].is_head:
             raise PipelineError(f"MoSE steers one residual module; the selection has "
