@@ -39,6 +39,8 @@ OPEN_JSON = Path("docs/results/gates/gate_open.json")
 LOSO_E2E_JSON = Path("docs/results/gates/loso_e2e.json")
 JUDGE_JSON = Path("benchmarks/results/judge/judge_report.json")
 EVAL_BENCH_JSON = Path("docs/results/bench/eval.json")
+MOSE_JSON = Path("docs/results/fidelity/mose.json")
+ODE_MC_JSON = Path("docs/results/fidelity/odesteer_mc.json")
 
 #: files copied from a demo run directory by ``--collect-main`` (relative to the run directory)
 MAIN_FILES = ("eval/results.json", "paired.json", "together.json", "summary.json", "spec.json", "seeds.json")
@@ -151,6 +153,49 @@ def render_reachability(r: dict) -> str:
     return "\n".join(lines) + f"\n\n(Source: `{REACH_JSON}`.)"
 
 
+def _cell(v: dict) -> str:
+    return f"{v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
+
+
+def _diff(v: dict) -> str:
+    return f"{v['value']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]"
+
+
+def render_fidelity(root: Path) -> str:
+    """The seed methods run as their authors run them (``--preset paper``) against ours and the
+    baselines, TruthfulQA MC on the test split (strengths chosen on val)."""
+    out = []
+    if (root / ODE_MC_JSON).exists():
+        d = _load(root, ODE_MC_JSON)
+        t, pu = d["test"], d["paired_vs_unsteered"]
+        n = t["none"]["truthfulqa/mc2"]["n"]
+        out += [f"**ODESteer** (`experiments/odesteer_paper.py`; {d['fit']['n_fit_pairs']} fit pairs, strength by val "
+                f"MC2, test n = {n}; KL on {t['none'].get('utility/kl', {}).get('n', 32)} Alpaca prompts where measured):", "",
+                "| method | strength (val) | MC1 | MC2 | MC2 − unsteered | KL |", "|---|---|---|---|---|---|"]
+        for m, r in t.items():
+            kl = r.get("utility/kl")
+            out.append(f"| {m} | {r['alpha']:g} | {_cell(r['truthfulqa/mc1'])} | {_cell(r['truthfulqa/mc2'])} | "
+                       f"{_diff(pu[m]['truthfulqa/mc2']) if m in pu else '—'} | {_cell(kl) if kl else '—'} |")
+        out += ["", f"(Source: `{ODE_MC_JSON}`.)", ""]
+    if (root / MOSE_JSON).exists():
+        d = _load(root, MOSE_JSON)["truthfulness"]
+        test = {(r["method"], r["metric"]): r for r in d["test"]}
+        pair = {(r["a"], r["b"], r["metric"]): r for r in d["paired"]}
+        meth = list(dict.fromkeys(r["method"] for r in d["test"]))
+        info = d["mose"]
+        out += [f"**MoSE** (`experiments/finesteer.py --preset paper,paper_eq,default`; layer {info['layer']}, "
+                f"{info['n_fit_pairs']} fit pairs, strength by val MC2, test n = {info['n_test']}):", "",
+                "| method | strength (val) | MC1 | MC2 | MC2 − unsteered | MC2 − CAA |", "|---|---|---|---|---|---|"]
+        for m in meth:
+            mc1, mc2 = test[(m, "truthfulqa/mc1")], test[(m, "truthfulqa/mc2")]
+            vs_u = pair.get((m, "none", "truthfulqa/mc2"))
+            vs_c = pair.get((m, "caa", "truthfulqa/mc2"))
+            out.append(f"| {m} | {mc2['alpha']:g} | {_cell(mc1)} | {_cell(mc2)} | {_diff(vs_u) if vs_u else '—'} | "
+                       f"{_diff(vs_c) if vs_c else '—'} |")
+        out += ["", f"(Source: `{MOSE_JSON}`; K, expert sizes and the specialisation tests: `docs/results/fidelity/mose.md`.)"]
+    return "\n".join(out).strip()
+
+
 def render_eval_speed(root: Path) -> str:
     b = _load(root, EVAL_BENCH_JSON)
     r = b["reuse"]
@@ -170,7 +215,7 @@ def render_eval_speed(root: Path) -> str:
 
 
 SECTIONS: dict[str, Callable[[Path], str]] = {"main": render_main, "judge": render_judge, "gates": render_gates,
-                                              "eval_speed": render_eval_speed}
+                                              "eval_speed": render_eval_speed, "fidelity": render_fidelity}
 
 
 # ------------------------------------------------------------------------------------------------
