@@ -145,7 +145,24 @@ def chosen_strengths(res: Results, methods: list[str]) -> dict[str, float]:
     return out
 
 
+def eval_kl(model, res: Results, key: str, edits, exs, base_lp, args, **info) -> torch.Tensor:
+    """Next-token KL(unsteered ‖ steered) on the prompts of ``exs`` (``base_lp``: the unsteered
+    log-probabilities, computed on first use and returned)."""
+    if res.has(key):
+        return base_lp
+    prompts = [e.prompt for e in exs]
+    if base_lp is None:
+        base_lp = steerlens.next_token_logprobs(model, prompts, None, batch_size=args.score_batch)
+    t0 = time.perf_counter()
+    kl = kl_values(model, prompts, edits, base_lp, args.score_batch)
+    res.add(key, {"utility/kl": (kl, [e.id for e in exs])}, wall_time_s=time.perf_counter() - t0, **info)
+    log(f"{key}: kl {sum(kl) / len(kl):.3f}")
+    return base_lp
+
+
 def stage_val(model, args, out: Path, res: Results) -> None:
+    """MC1 / MC2 for every strength of every grid (the choice), then next-token KL on Alpaca *val*
+    prompts for each (a diagnostic beside the choice, not part of it)."""
     sts = fit_all(model, args, out)
     qs = tqa_eval_sets("val", args.n_val, args.seed)[0]
     info = dict(stage="val", split="val")
@@ -154,33 +171,34 @@ def stage_val(model, args, out: Path, res: Results) -> None:
         for a in alphas:
             eval_truth(model, res, f"val|{m}|{a:g}", sts[m].edits(model, alpha=a), qs, [], args, method=m, alpha=a,
                        **info)
+    kl_exs, base_lp = D.load_harmless("val", args.n_kl, args.seed), None
+    for m, alphas in grids(args).items():
+        for a in alphas:
+            base_lp = eval_kl(model, res, f"valkl|{m}|{a:g}", sts[m].edits(model, alpha=a), kl_exs, base_lp, args,
+                              method=m, alpha=a, stage="val-kl", split="val")
 
 
 def stage_test(model, args, out: Path, res: Results) -> None:
     sts = fit_all(model, args, out)
     chosen = chosen_strengths(res, method_names(args))
     qs = tqa_eval_sets("test", args.n_test, args.seed)[0]
-    kl_exs = D.load_harmless("test", args.n_kl, args.seed)
-    klp, kl_ids = [e.prompt for e in kl_exs], [e.id for e in kl_exs]
-    base_lp = None
+    kl_exs, base_lp = D.load_harmless("test", args.n_kl, args.seed), None
     info = dict(stage="test", split="test")
     eval_truth(model, res, "test|none|0", None, qs, [], args, method="none", alpha=0.0, **info)
     for m, a in chosen.items():
         edits = sts[m].edits(model, alpha=a)
         eval_truth(model, res, f"test|{m}|{a:g}", edits, qs, [], args, method=m, alpha=a, **info)
-        key = f"kl|{m}|{a:g}"
-        if not res.has(key):
-            if base_lp is None:
-                base_lp = steerlens.next_token_logprobs(model, klp, None, batch_size=args.score_batch)
-            t0 = time.perf_counter()
-            kl = kl_values(model, klp, edits, base_lp, args.score_batch)
-            res.add(key, {"utility/kl": (kl, kl_ids)}, wall_time_s=time.perf_counter() - t0, method=m, alpha=a,
-                    stage="test-kl", split="test")
-            log(f"{key}: kl {sum(kl) / len(kl):.3f}")
+        base_lp = eval_kl(model, res, f"kl|{m}|{a:g}", edits, kl_exs, base_lp, args, method=m, alpha=a,
+                          stage="test-kl", split="test")
 
 
 # ------------------------------------------------------------------------------------------------
 # stage 4: summary and rendering
+
+
+def _rel(path: str) -> str:
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else path
 
 
 def _stat(r: dict) -> dict:
@@ -193,11 +211,11 @@ def summarize(args, out: Path, res: Results) -> dict:
     t_scale = fit_info.get("odesteer_paper_t_scale")
     s: dict = {"what": "ODESteer paper preset vs our default ODESteer, CAA (layers 12, 16) and ITI: TruthfulQA "
                        "MC1/MC2 on the default model; strengths chosen by val MC2 (ties: smaller), reported on test",
-               "args": {k: v for k, v in vars(args).items() if k not in ("render_docs",)},
+               "args": {k: _rel(v) if k == "json" else v for k, v in vars(args).items() if k != "render_docs"},
                "fit": fit_info, "grids": grids(args), "val": [], "chosen": chosen_strengths(res, methods),
                "test": {}, "paired_vs_unsteered": {}, "paired_odesteer_paper_minus": {}}
     for r in res.rows:
-        if r.get("stage") == "val":
+        if r.get("stage") in ("val", "val-kl"):
             row = {"method": r["method"], "alpha": r["alpha"], "metric": r["metric"], **_stat(r)}
             if r["method"] == "odesteer_paper" and t_scale:
                 row["T"] = r["alpha"] * t_scale
@@ -248,16 +266,18 @@ def render_markdown(s: dict) -> str:
               f"median ‖x‖ at layer {paper_layer(argparse.Namespace(**s['args']))} = "
               f"{t_scale:.1f} (T = θ · that); ITI H = {fit['iti_heads']}.", ""]
     if s["val"]:
-        n = {r["n"] for r in s["val"]}
-        L += [f"**Val** (n = {', '.join(map(str, sorted(n)))} questions; chosen = best MC2, ties: smaller):", "",
-              "| method | strength | MC1 [95% CI] | MC2 [95% CI] | chosen |", "|---|---|---|---|---|"]
+        n = {r["n"] for r in s["val"] if r["metric"] in MC}
+        nkl = {r["n"] for r in s["val"] if r["metric"] == "utility/kl"}
+        L += [f"**Val** (n = {', '.join(map(str, sorted(n)))} questions; chosen = best MC2, ties: smaller; KL on "
+              f"{', '.join(map(str, sorted(nkl))) or '–'} Alpaca val prompts, not used in the choice):", "",
+              "| method | strength | MC1 [95% CI] | MC2 [95% CI] | KL [95% CI] | chosen |", "|---|---|---|---|---|---|"]
         rows: dict = {}
         for r in s["val"]:
             rows.setdefault((r["method"], r["alpha"]), {})[r["metric"]] = r
         for (m, a), d in rows.items():
             mark = "✓" if s["chosen"].get(m) == a else ""
             L.append(f"| {m} | {'–' if m == 'none' else _strength(m, a, t_scale)} | {_fmt(d.get(MC[0]))} | "
-                     f"{_fmt(d.get(MC[1]))} | {mark} |")
+                     f"{_fmt(d.get(MC[1]))} | {_fmt(d.get('utility/kl'))} | {mark} |")
         L.append("")
     if s["test"]:
         n = {v["n"] for d in s["test"].values() for k, v in d.items() if k in MC}

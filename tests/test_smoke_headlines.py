@@ -113,6 +113,8 @@ def test_odesteer_paper_experiment_quick(root, tmp_path):
     assert set(s["paired_odesteer_paper_minus"]) == methods - {"odesteer_paper"}
     assert all(0.0 <= d["truthfulqa/mc2"]["value"] <= 1.0 for d in s["test"].values())
     assert s["fit"]["odesteer_paper_t_scale"] > 0
+    assert {(r["method"], r["alpha"]) for r in s["val"] if r["metric"] == "utility/kl"} == {
+        (m, a) for m, grid in s["grids"].items() for a in grid}
     doc = tmp_path / "doc.md"
     doc.write_text(f"before\n{odesteer_paper.DOC_BEGIN}\nold\n{odesteer_paper.DOC_END}\nafter\n")
     odesteer_paper.render_docs(out / "odesteer_mc.json", doc)
