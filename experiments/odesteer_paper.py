@@ -135,11 +135,15 @@ def fit_all(model, args, out: Path) -> dict:
 # stages 2-3: val and test
 
 
-def chosen_strengths(res: Results, methods: list[str]) -> dict[str, float]:
-    """Per method, the val strength with the best MC2 (ties: the smaller strength)."""
+def chosen_strengths(res: Results, methods: list[str], max_kl: float | None = None) -> dict[str, float]:
+    """Per method, the val strength with the best MC2 (ties: the smaller strength); with ``max_kl``,
+    among the strengths whose val next-token KL is at most ``max_kl``."""
     out = {}
     for m in methods:
         rows = [r for r in res.rows if r.get("stage") == "val" and r["method"] == m and r["metric"] == MC[1]]
+        if max_kl is not None:
+            rows = [r for r in rows if (k := res.get(f"valkl|{m}|{r['alpha']:g}", "utility/kl")) is not None
+                    and k["value"] <= max_kl]
         if rows:
             out[m] = max(rows, key=lambda r: (round(r["value"], 6), -r["alpha"]))["alpha"]
     return out
@@ -180,12 +184,15 @@ def stage_val(model, args, out: Path, res: Results) -> None:
 
 def stage_test(model, args, out: Path, res: Results) -> None:
     sts = fit_all(model, args, out)
-    chosen = chosen_strengths(res, method_names(args))
+    chosen = [(m, a) for m, a in chosen_strengths(res, method_names(args)).items()]
+    if args.max_kl is not None:
+        chosen += [(m, a) for m, a in chosen_strengths(res, method_names(args), args.max_kl).items()
+                   if (m, a) not in chosen]
     qs = tqa_eval_sets("test", args.n_test, args.seed)[0]
     kl_exs, base_lp = D.load_harmless("test", args.n_kl, args.seed), None
     info = dict(stage="test", split="test")
     eval_truth(model, res, "test|none|0", None, qs, [], args, method="none", alpha=0.0, **info)
-    for m, a in chosen.items():
+    for m, a in chosen:
         edits = sts[m].edits(model, alpha=a)
         eval_truth(model, res, f"test|{m}|{a:g}", edits, qs, [], args, method=m, alpha=a, **info)
         base_lp = eval_kl(model, res, f"kl|{m}|{a:g}", edits, kl_exs, base_lp, args, method=m, alpha=a,
@@ -205,22 +212,11 @@ def _stat(r: dict) -> dict:
     return {"value": r["value"], "ci": r["ci"], "n": r["n"]}
 
 
-def summarize(args, out: Path, res: Results) -> dict:
-    methods = method_names(args)
-    fit_info = json.loads((out / "fit_info.json").read_text()) if (out / "fit_info.json").exists() else {}
-    t_scale = fit_info.get("odesteer_paper_t_scale")
-    s: dict = {"what": "ODESteer paper preset vs our default ODESteer, CAA (layers 12, 16) and ITI: TruthfulQA "
-                       "MC1/MC2 on the default model; strengths chosen by val MC2 (ties: smaller), reported on test",
-               "args": {k: _rel(v) if k == "json" else v for k, v in vars(args).items() if k != "render_docs"},
-               "fit": fit_info, "grids": grids(args), "val": [], "chosen": chosen_strengths(res, methods),
-               "test": {}, "paired_vs_unsteered": {}, "paired_odesteer_paper_minus": {}}
-    for r in res.rows:
-        if r.get("stage") in ("val", "val-kl"):
-            row = {"method": r["method"], "alpha": r["alpha"], "metric": r["metric"], **_stat(r)}
-            if r["method"] == "odesteer_paper" and t_scale:
-                row["T"] = r["alpha"] * t_scale
-            s["val"].append(row)
-    test_keys = {"none": "test|none|0", **{m: f"test|{m}|{a:g}" for m, a in s["chosen"].items()}}
+def test_block(res: Results, chosen: dict[str, float]) -> dict:
+    """Test MC1 / MC2 (and KL) of the unsteered model and each method at its ``chosen`` strength,
+    paired differences vs unsteered and ODESteer-paper − each other method."""
+    s: dict = {"test": {}, "paired_vs_unsteered": {}, "paired_odesteer_paper_minus": {}}
+    test_keys = {"none": "test|none|0", **{m: f"test|{m}|{a:g}" for m, a in chosen.items()}}
     for m, key in test_keys.items():
         if not res.has(key):
             continue
@@ -235,6 +231,29 @@ def summarize(args, out: Path, res: Results) -> dict:
         if m not in ("none", "odesteer_paper") and "odesteer_paper" in s["test"]:
             s["paired_odesteer_paper_minus"][m] = {k: paired(res.get(test_keys["odesteer_paper"], k),
                                                              res.get(test_keys[m], k)) for k in MC}
+    return s
+
+
+def summarize(args, out: Path, res: Results) -> dict:
+    methods = method_names(args)
+    fit_info = json.loads((out / "fit_info.json").read_text()) if (out / "fit_info.json").exists() else {}
+    t_scale = fit_info.get("odesteer_paper_t_scale")
+    s: dict = {"what": "ODESteer paper preset vs our default ODESteer, CAA (layers 12, 16) and ITI: TruthfulQA "
+                       "MC1/MC2 on the default model; strengths chosen by val MC2 (ties: smaller), reported on test",
+               "args": {k: _rel(v) if k == "json" else v for k, v in vars(args).items() if k != "render_docs"},
+               "fit": fit_info, "grids": grids(args), "val": [], "chosen": chosen_strengths(res, methods),
+               "test": {}, "paired_vs_unsteered": {}, "paired_odesteer_paper_minus": {}}
+    if args.max_kl is not None:
+        s["kl_budget"] = {"max_val_kl": args.max_kl, "chosen": chosen_strengths(res, methods, args.max_kl)}
+    for r in res.rows:
+        if r.get("stage") in ("val", "val-kl"):
+            row = {"method": r["method"], "alpha": r["alpha"], "metric": r["metric"], **_stat(r)}
+            if r["method"] == "odesteer_paper" and t_scale:
+                row["T"] = r["alpha"] * t_scale
+            s["val"].append(row)
+    s.update(test_block(res, s["chosen"]))
+    if "kl_budget" in s:
+        s["kl_budget"].update(test_block(res, s["kl_budget"]["chosen"]))
     if (out / "timing.jsonl").exists():
         s["stage_wall_s"] = {}
         for line in (out / "timing.jsonl").read_text().splitlines():
@@ -279,26 +298,35 @@ def render_markdown(s: dict) -> str:
             L.append(f"| {m} | {'–' if m == 'none' else _strength(m, a, t_scale)} | {_fmt(d.get(MC[0]))} | "
                      f"{_fmt(d.get(MC[1]))} | {_fmt(d.get('utility/kl'))} | {mark} |")
         L.append("")
-    if s["test"]:
-        n = {v["n"] for d in s["test"].values() for k, v in d.items() if k in MC}
-        L += [f"**Test** (n = {', '.join(map(str, sorted(n)))} questions; KL on Alpaca test prompts):", "",
-              "| method | strength | MC1 [95% CI] | MC2 [95% CI] | KL [95% CI] |", "|---|---|---|---|---|"]
-        for m, d in s["test"].items():
-            L.append(f"| {m} | {'–' if m == 'none' else _strength(m, d['alpha'], t_scale)} | {_fmt(d[MC[0]])} | "
-                     f"{_fmt(d[MC[1]])} | {_fmt(d.get('utility/kl'))} |")
-        L.append("")
-    for title, key in (("method − unsteered", "paired_vs_unsteered"),
-                       ("ODESteer-paper − method", "paired_odesteer_paper_minus")):
-        if s[key]:
-            L += [f"**Paired differences, {title}** (test, per question, bootstrap 95% CI):", "",
-                  "| method | ΔMC1 | ΔMC2 | n |", "|---|---|---|---|"]
-            for m, d in s[key].items():
-                L.append(f"| {m} | {_fmt(d[MC[0]])} | {_fmt(d[MC[1]])} | {d[MC[1]]['n']} |")
-            L.append("")
+    L += _test_markdown(s, "strengths by val MC2", t_scale)
+    if s.get("kl_budget"):
+        L += _test_markdown(s["kl_budget"], f"strengths by val MC2 among val KL ≤ {s['kl_budget']['max_val_kl']:g}",
+                            t_scale)
     if s.get("stage_wall_s"):
         L += ["Wall time per stage (s, shared 2-core CPU): " + ", ".join(
             f"{k} {v:.0f}" for k, v in s["stage_wall_s"].items()), ""]
     return "\n".join(L)
+
+
+def _test_markdown(b: dict, title: str, t_scale: float | None) -> list[str]:
+    L: list[str] = []
+    if b["test"]:
+        n = {v["n"] for d in b["test"].values() for k, v in d.items() if k in MC}
+        L += [f"**Test, {title}** (n = {', '.join(map(str, sorted(n)))} questions; KL on Alpaca test prompts):",
+              "", "| method | strength | MC1 [95% CI] | MC2 [95% CI] | KL [95% CI] |", "|---|---|---|---|---|"]
+        for m, d in b["test"].items():
+            L.append(f"| {m} | {'–' if m == 'none' else _strength(m, d['alpha'], t_scale)} | {_fmt(d[MC[0]])} | "
+                     f"{_fmt(d[MC[1]])} | {_fmt(d.get('utility/kl'))} |")
+        L.append("")
+    for sub, key in (("method − unsteered", "paired_vs_unsteered"),
+                     ("ODESteer-paper − method", "paired_odesteer_paper_minus")):
+        if b[key]:
+            L += [f"**Paired differences, {sub}** ({title}; test, per question, bootstrap 95% CI):", "",
+                  "| method | ΔMC1 | ΔMC2 | n |", "|---|---|---|---|"]
+            for m, d in b[key].items():
+                L.append(f"| {m} | {_fmt(d[MC[0]])} | {_fmt(d[MC[1]])} | {d[MC[1]]['n']} |")
+            L.append("")
+    return L
 
 
 def render_docs(json_path: Path, doc: Path = DOC) -> None:
@@ -347,6 +375,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ode-T", type=floats, default=floats("40,80,160"))
     ap.add_argument("--caa-alphas", type=floats, default=floats("1,3,9"))
     ap.add_argument("--iti-alphas", type=floats, default=floats("5,15"))
+    ap.add_argument("--max-kl", type=float, default=None,
+                    help="also test each method at its best val MC2 among strengths with val next-token KL <= this")
     ap.add_argument("--batch-size", type=int, default=16, help="capture batch size")
     ap.add_argument("--score-batch", type=int, default=32)
     if "--quick" in argv:

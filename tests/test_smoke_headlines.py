@@ -106,8 +106,9 @@ def test_odesteer_paper_experiment_quick(root, tmp_path):
     import odesteer_paper
 
     out = tmp_path / "odp"
-    assert odesteer_paper.main(["--quick", "--out", str(out)]) == 0
+    assert odesteer_paper.main(["--quick", "--out", str(out), "--max-kl", "1e9"]) == 0
     s = json.loads((out / "odesteer_mc.json").read_text())
+    assert s["kl_budget"]["chosen"] == s["chosen"] and set(s["kl_budget"]["test"]) == set(s["test"])
     methods = set(odesteer_paper.grids(odesteer_paper.argparse.Namespace(**s["args"])))
     assert set(s["chosen"]) == methods and set(s["test"]) == methods | {"none"}
     assert set(s["paired_odesteer_paper_minus"]) == methods - {"odesteer_paper"}
