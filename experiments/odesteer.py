@@ -291,6 +291,13 @@ def eval_truth(model, res: Results, key: str, edits, qs, ab_exs, args, **info) -
     log(f"{key}: mc1 {sum(mc1) / len(mc1):.3f} mc2 {sum(mc2) / len(mc2):.3f} ({time.perf_counter() - t0:.0f}s)")
 
 
+def kl_values(model, prompts: list[str], edits, base_lp: torch.Tensor, batch_size: int) -> list[float]:
+    """Per prompt, KL(unsteered ‖ steered) of the next-token distribution (``base_lp``: the
+    unsteered log-probabilities of the same prompts)."""
+    lp = steerlens.next_token_logprobs(model, prompts, edits, batch_size=batch_size)
+    return (base_lp.exp() * (base_lp - lp)).sum(-1).clamp(min=0).tolist()
+
+
 def eval_utility(model, res: Results, key: str, edits, mmlu, kl_prompts, base_lp, args, **info) -> None:
     if res.has(key):
         return
@@ -298,8 +305,7 @@ def eval_utility(model, res: Results, key: str, edits, mmlu, kl_prompts, base_lp
     mm = ab_values(model, mmlu, edits, batch_size=args.score_batch)
     metrics = {"utility/mmlu_ab": (mm, [e.id for e in mmlu])}
     if edits:
-        lp = steerlens.next_token_logprobs(model, [e.prompt for e in kl_prompts], edits, batch_size=args.score_batch)
-        kl = (base_lp.exp() * (base_lp - lp)).sum(-1).clamp(min=0).tolist()
+        kl = kl_values(model, [e.prompt for e in kl_prompts], edits, base_lp, args.score_batch)
     else:
         kl = [0.0] * len(kl_prompts)
     metrics["utility/kl"] = (kl, [e.id for e in kl_prompts])

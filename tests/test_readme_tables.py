@@ -70,3 +70,17 @@ def test_collect_main_copies_a_run_and_the_sites_real_chose(tmp_path):
     assert not list(dest.parent.glob(".main-*")) and not dest.with_name("main.old").exists()
     with pytest.raises(FileNotFoundError):
         rt.collect_main(tmp_path / "nothing", tmp_path)
+
+
+def test_fidelity_odesteer_block_matches_its_json(tmp_path):
+    """docs/fidelity.md's ODESteer-MC block is experiments/odesteer_paper.py's rendering of
+    docs/results/fidelity/odesteer_mc.json, and a hand edit of the block is told apart."""
+    import odesteer_paper as op
+
+    text = op.DOC.read_text(encoding="utf-8")
+    block = text[text.index(op.DOC_BEGIN):text.index(op.DOC_END) + len(op.DOC_END)]
+    doc = tmp_path / "fidelity.md"
+    doc.write_text(text.replace(block, f"{op.DOC_BEGIN}\nhand-edited\n{op.DOC_END}"), encoding="utf-8")
+    assert doc.read_text(encoding="utf-8") != text
+    op.render_docs(op.JSON, doc)
+    assert doc.read_text(encoding="utf-8") == text, "run: python experiments/odesteer_paper.py --render-docs"

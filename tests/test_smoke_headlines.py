@@ -136,6 +136,27 @@ def test_odesteer_experiment_quick(root, tmp_path):
     assert stages == list(odesteer.STAGES)
 
 
+def test_odesteer_paper_experiment_quick(root, tmp_path):
+    import odesteer_paper
+
+    out = tmp_path / "odp"
+    assert odesteer_paper.main(["--quick", "--out", str(out), "--max-kl", "1e9"]) == 0
+    s = json.loads((out / "odesteer_mc.json").read_text())
+    assert s["kl_budget"]["chosen"] == s["chosen"] and set(s["kl_budget"]["test"]) == set(s["test"])
+    methods = set(odesteer_paper.grids(odesteer_paper.argparse.Namespace(**s["args"])))
+    assert set(s["chosen"]) == methods and set(s["test"]) == methods | {"none"}
+    assert set(s["paired_odesteer_paper_minus"]) == methods - {"odesteer_paper"}
+    assert all(0.0 <= d["truthfulqa/mc2"]["value"] <= 1.0 for d in s["test"].values())
+    assert s["fit"]["odesteer_paper_t_scale"] > 0
+    assert {(r["method"], r["alpha"]) for r in s["val"] if r["metric"] == "utility/kl"} == {
+        (m, a) for m, grid in s["grids"].items() for a in grid}
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"before\n{odesteer_paper.DOC_BEGIN}\nold\n{odesteer_paper.DOC_END}\nafter\n")
+    odesteer_paper.render_docs(out / "odesteer_mc.json", doc)
+    text = doc.read_text()
+    assert "old" not in text and "| odesteer_paper |" in text and text.endswith("after\n")
+
+
 def test_scs_gate_experiment_quick(root, tmp_path):
     import scs_gate
 
