@@ -167,16 +167,23 @@ def render_fidelity(root: Path) -> str:
     out = []
     if (root / ODE_MC_JSON).exists():
         d = _load(root, ODE_MC_JSON)
-        t, pu = d["test"], d["paired_vs_unsteered"]
-        n = t["none"]["truthfulqa/mc2"]["n"]
-        out += [f"**ODESteer** (`experiments/odesteer_paper.py`; {d['fit']['n_fit_pairs']} fit pairs, strength by val "
-                f"MC2, test n = {n}; KL on {t['none'].get('utility/kl', {}).get('n', 32)} Alpaca prompts where measured):", "",
-                "| method | strength (val) | MC1 | MC2 | MC2 − unsteered | KL |", "|---|---|---|---|---|---|"]
-        for m, r in t.items():
-            kl = r.get("utility/kl")
-            out.append(f"| {m} | {r['alpha']:g} | {_cell(r['truthfulqa/mc1'])} | {_cell(r['truthfulqa/mc2'])} | "
-                       f"{_diff(pu[m]['truthfulqa/mc2']) if m in pu else '—'} | {_cell(kl) if kl else '—'} |")
-        out += ["", f"(Source: `{ODE_MC_JSON}`.)", ""]
+        n = d["test"]["none"]["truthfulqa/mc2"]["n"]
+        rules = [("by val MC2", d)]
+        if d.get("kl_budget"):
+            rules.append((f"by val MC2 among strengths with val KL <= {d['kl_budget']['max_val_kl']:g}", d["kl_budget"]))
+        for rule, block in rules:
+            t, pu, pp = block["test"], block["paired_vs_unsteered"], block.get("paired_odesteer_paper_minus", {})
+            out += [f"**ODESteer** (`experiments/odesteer_paper.py`; {d['fit']['n_fit_pairs']} "
+                    f"fit pairs, strength {rule}, test n = {n}; next-token KL on Alpaca test prompts):", "",
+                    "| method | strength | MC1 | MC2 | MC2 − unsteered | odesteer_paper − method (MC2) | KL |",
+                    "|---|---|---|---|---|---|---|"]
+            for m, r in t.items():
+                kl = r.get("utility/kl")
+                out.append(f"| {m} | {r['alpha']:g} | {_cell(r['truthfulqa/mc1'])} | {_cell(r['truthfulqa/mc2'])} | "
+                           f"{_diff(pu[m]['truthfulqa/mc2']) if m in pu else '—'} | "
+                           f"{_diff(pp[m]['truthfulqa/mc2']) if m in pp else '—'} | {_cell(kl) if kl else '—'} |")
+            out.append("")
+        out += [f"(Source: `{ODE_MC_JSON}`.)", ""]
     if (root / MOSE_JSON).exists():
         d = _load(root, MOSE_JSON)["truthfulness"]
         test = {(r["method"], r["metric"]): r for r in d["test"]}
