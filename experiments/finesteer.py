@@ -346,13 +346,7 @@ def run_safety(args) -> int:
             mm = D.load_mmlu_ab("test", args.n_mmlu, args.seed)
             rows.append(rec("utility/mmlu_ab", ab_values(model, mm, edits, batch_size=args.batch_size),
                             [e.id for e in mm], phase=phase, method=method, alpha=alpha))
-        dt = time.perf_counter() - t0
-        for r in rows:
-            r["wall_time_s"] = dt
-        log.add(rows)
-        print(f"{phase:4s} {method:9s} alpha {alpha:5.2f}: " + ", ".join(
-            f"{r['metric']}={r['value']:.3f}" for r in rows) + f"  ({dt:.0f}s)", flush=True)
-        return {r["metric"]: r["value"] for r in rows}, kl_base
+        return _logged(log, rows, t0, f"{phase:4s} {method:9s} alpha {alpha:5.2f}"), kl_base
 
     base_val, _ = evaluate("val", "none", 0.0, val_sets)
     chosen = {}
@@ -475,6 +469,16 @@ def plot_safety(out: Path, model, steerers, test_sets, args) -> None:
 # ---------------------------------------------------------------------------------------------
 # truthfulness
 
+def _logged(log, rows: list, t0: float, label: str) -> dict:
+    """Stamp ``rows`` with the wall time since ``t0``, add them to ``log``, print one line; their values."""
+    dt = time.perf_counter() - t0
+    for r in rows:
+        r["wall_time_s"] = dt
+    log.add(rows)
+    print(f"{label}: " + ", ".join(f"{r['metric']}={r['value']:.3f}" for r in rows) + f"  ({dt:.0f}s)", flush=True)
+    return {r["metric"]: r["value"] for r in rows}
+
+
 def tqa_objective(v: dict, base: dict) -> tuple[float, bool]:
     score = (v["truthfulqa/mc1"] + v["truthfulqa/mc2"] + v["truthfulqa/ab"]) / 3
     return score, v["utility/mmlu_ab"] >= base["utility/mmlu_ab"] - 0.05 - 1e-9
@@ -513,13 +517,7 @@ def tqa_eval(ctx, phase, fold, method, alpha, st, qs, mmlu, with_kl=False, ab=Tr
                 scale = st.decide(model, prompts).scale.tolist()
                 rows.append(rec(f"gate/open_{set_name}", [float(x > 0) for x in scale],
                                 ids or [f"kl:{i}" for i in range(len(prompts))], **kw))
-    dt = time.perf_counter() - t0
-    for r in rows:
-        r["wall_time_s"] = dt
-    log.add(rows)
-    print(f"{phase:4s} fold {fold} {method:13s} alpha {alpha:5.2f}: " + ", ".join(
-        f"{r['metric']}={r['value']:.3f}" for r in rows) + f"  ({dt:.0f}s)", flush=True)
-    return {r["metric"]: r["value"] for r in rows}
+    return _logged(log, rows, t0, f"{phase:4s} fold {fold} {method:13s} alpha {alpha:5.2f}")
 
 
 def run_truthfulness(args) -> int:

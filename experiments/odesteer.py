@@ -796,19 +796,13 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=16, help="capture batch size")
     ap.add_argument("--score-batch", type=int, default=32)
     ap.add_argument("--gen-batch", type=int, default=16)
-    if "--quick" in argv:
-        unknown = set(QUICK) - {a.dest for a in ap._actions}
-        assert not unknown, f"QUICK names no option: {unknown}"
-        ap.set_defaults(**QUICK)  # after every add_argument: the quick sizes replace their defaults
+    apply_quick(ap, argv, QUICK)
     args = ap.parse_args(argv)
     args.layers = [int(x) for x in str(args.layers).split(",")]
     args.ablation_variants = [v.strip() for v in args.ablation_variants.split(",") if v.strip()]
     if any(v not in ABLATIONS for v in args.ablation_variants):
         ap.error(f"unknown ablation variants {args.ablation_variants}; known: {list(ABLATIONS)}")
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    bad = [s for s in stages if s not in STAGES]
-    if bad:
-        ap.error(f"unknown stages {bad}; known: {STAGES}")
+    stages = parse_stages(ap, args.stages, STAGES)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
@@ -833,13 +827,35 @@ def main(argv=None) -> int:
                 stage_safety(model, args, out, res)
             elif stage == "trace":
                 stage_trace(model, args, out, res)
-        timing = out / "timing.jsonl"
-        with open(timing, "a") as fh:
-            fh.write(json.dumps({"stage": stage, "wall_s": time.perf_counter() - ts, "cpu_s": time.process_time() - cs,
-                                 "loadavg": os.getloadavg()}) + "\n")
-        log(f"stage {stage} done ({time.perf_counter() - ts:.0f}s wall, {time.process_time() - cs:.0f}s cpu)")
+        stage_timing(out, stage, ts, cs)
     log(f"total {time.perf_counter() - t0:.0f}s wall, {time.process_time() - c0:.0f}s cpu")
     return 0
+
+
+def apply_quick(ap: argparse.ArgumentParser, argv, quick: dict) -> None:
+    """With ``--quick`` in ``argv``, the ``quick`` sizes become the parser's defaults (call after
+    every ``add_argument``); a size naming no option is an error."""
+    if "--quick" in (argv or []):
+        unknown = set(quick) - {a.dest for a in ap._actions}
+        assert not unknown, f"QUICK names no option: {unknown}"
+        ap.set_defaults(**quick)
+
+
+def parse_stages(ap: argparse.ArgumentParser, text: str, known) -> list[str]:
+    """The comma-separated stage names of ``text``; an unknown one ends the parser with an error."""
+    stages = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in stages if s not in known]
+    if bad:
+        ap.error(f"unknown stages {bad}; known: {known}")
+    return stages
+
+
+def stage_timing(out: Path, stage: str, ts: float, cs: float) -> None:
+    """Append one stage's wall and CPU time (and the load average) to ``out/timing.jsonl`` and log it."""
+    with open(out / "timing.jsonl", "a") as fh:
+        fh.write(json.dumps({"stage": stage, "wall_s": time.perf_counter() - ts, "cpu_s": time.process_time() - cs,
+                             "loadavg": os.getloadavg()}) + "\n")
+    log(f"stage {stage} done ({time.perf_counter() - ts:.0f}s wall, {time.process_time() - cs:.0f}s cpu)")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -47,7 +46,7 @@ from steerlens.pipeline.methods.odesteer.roles import PAPER_PRESET
 from steerlens.pipeline.methods.real.selector import default_heads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from odesteer import (Results, _fmt, capture_pairs, contrastive, eval_truth, floats, kl_values, log,  # noqa: E402
+from odesteer import (Results, _fmt, capture_pairs, contrastive, eval_truth, floats, kl_values, log, stage_timing, apply_quick, parse_stages,  # noqa: E402
                       paired, tqa_eval_sets, tqa_pairs)
 
 STAGES = ("fit", "val", "test", "summary")
@@ -379,20 +378,14 @@ def main(argv=None) -> int:
                     help="also test each method at its best val MC2 among strengths with val next-token KL <= this")
     ap.add_argument("--batch-size", type=int, default=16, help="capture batch size")
     ap.add_argument("--score-batch", type=int, default=32)
-    if "--quick" in argv:
-        unknown = set(QUICK) - {a.dest for a in ap._actions}
-        assert not unknown, f"QUICK names no option: {unknown}"
-        ap.set_defaults(**QUICK)
+    apply_quick(ap, argv, QUICK)
     args = ap.parse_args(argv)
     if args.json is None:
         args.json = str(Path(args.out) / "odesteer_mc.json" if args.quick else JSON)
     if args.render_docs:
         render_docs(Path(args.json))
         return 0
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    bad = [s for s in stages if s not in STAGES]
-    if bad:
-        ap.error(f"unknown stages {bad}; known: {STAGES}")
+    stages = parse_stages(ap, args.stages, STAGES)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
@@ -409,10 +402,7 @@ def main(argv=None) -> int:
             stage_test(model, args, out, res)
         else:
             summarize(args, out, res)
-        with open(out / "timing.jsonl", "a") as fh:
-            fh.write(json.dumps({"stage": stage, "wall_s": time.perf_counter() - ts, "cpu_s": time.process_time() - cs,
-                                 "loadavg": os.getloadavg()}) + "\n")
-        log(f"stage {stage} done ({time.perf_counter() - ts:.0f}s wall)")
+        stage_timing(out, stage, ts, cs)
     log(f"total {time.perf_counter() - t0:.0f}s wall")
     return 0
 
