@@ -105,13 +105,21 @@ def test_normalisation_as_recorded_before():
 def test_finesteer_records_mose_then_its_gate():
     from steerlens.pipeline.methods.finesteer.method import FineSteerParams
 
-    st = make_steerer("finesteer", layer=5, rank=3)
+    st = make_steerer("finesteer", layer=5, rank=3, gate_kind="scs", gate_layer=None)
     gate_keys = ["gate_kind", "gate_layer", *(k for k in SCS_GATE_PARAMS if k != "seed"), "select_layers",
                  "select_repeats", "select_margin"]
     mose = make_steerer("mose", layer=5, rank=3).method_params
     assert list(st.method_params) == [*mose, *gate_keys]
-    assert st.method_params == {**mose, **{k: getattr(FineSteerParams(layer=5), k) for k in gate_keys}}
-    assert st.method_params["gate_layer"] == 5 and st.gate.params["layer"] == 5
+    assert st.method_params == {**mose, **{k: getattr(FineSteerParams(layer=5, gate_kind="scs", gate_layer=None), k)
+                                           for k in gate_keys}}
+    assert st.method_params["gate_layer"] == 5 and st.gate.params["layer"] == 5  # gate_layer None: MoSE's layer
+    # the default gate (the main job's harm_dir at layer 16) records its own parameters, not SCS's
+    dflt = make_steerer("finesteer", layer=5, rank=3)
+    harm_keys = ["gate_kind", "gate_layer", "shrinkage", "normalize", "fpr", "temperature", "calib_frac",
+                 "select_layers", "select_repeats", "select_margin"]
+    assert list(dflt.method_params) == [*mose, *harm_keys]
+    assert (dflt.method_params["gate_kind"], dflt.method_params["gate_layer"], dflt.gate.params["layer"]) == (
+        "harm_dir", 16, 16)
     own = {k: p.default for k, p in _signature("finesteer").items()}
     assert all(own[f.name] == f.default for f in dataclasses.fields(FineSteerParams))
     assert issubclass(FineSteerParams, SCSGatedParams)
