@@ -82,7 +82,7 @@ class FineSteerParams(SCSGatedParams):
 FINESTEER_PRESETS = {name: {**table, "select_layers": None} for name, table in MOSE_PRESETS.items()}
 
 
-@register_method("finesteer", help="FineSteer: a prompt gate (SCS by default; probe, harm_dir) in front of MoSE "
+@register_method("finesteer", help="FineSteer: a prompt gate (harm_dir by default; scs, probe) in front of MoSE "
                                    "(stage 2) at the layer REAL picks; fit with response-side pairs and gate_data",
                  family="resid",
                  contract={"params": {"layer": 1, "alpha": 4.0, "gate_layer": 0, "rank_benign": 2, "rank_target": 2,

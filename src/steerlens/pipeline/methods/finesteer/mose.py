@@ -569,9 +569,7 @@ class MoSEEditor(Editor):
     def query_module(self) -> Optional[Site]:
         """Where the fitted editor reads q: its edited site, or the input of that block
         (``query_offset=-1``); ``None`` before fitting."""
-        if self.module is None or not self.params.get("query_offset", 0):
-            return self.module
-        return resid_module(self.module.layer, "pre")
+        return None if self.module is None else self._read_site(self.module)
 
     def _module(self, selection: Selection) -> Site:
         if len(selection.modules) != 1 or selection.modules[0].is_head:
@@ -581,7 +579,9 @@ class MoSEEditor(Editor):
 
     def _read_module(self, selection: Selection) -> Site:
         """Where q and Δ are read: the edited site, or the input of its block (``query_offset=-1``)."""
-        mod = self._module(selection)
+        return self._read_site(self._module(selection))
+
+    def _read_site(self, mod: Site) -> Site:
         if not self.params.get("query_offset", 0):
             return mod
         if mod.kind != "resid_post":

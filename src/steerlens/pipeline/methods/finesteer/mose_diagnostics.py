@@ -41,7 +41,7 @@ def route_prompts(model, steerer, prompts: Sequence[str], *, batch_size: int = 1
     has a gate, ``gate_score`` and ``gate_scale`` (the decision: 0 closed, 1 open)."""
     ed = _editor(steerer)
     prompts = list(prompts)
-    site = getattr(ed, "query_module", None) or ed.module  # the router's input site (query_offset)
+    site = ed.query_module  # the router's input site (query_offset)
     q = capture(model, prompts, [site], "last", batch_size=batch_size, progress=progress)[site]
     s, a = ed.route(q)
     out = [{"expert_weights": [round(float(x), 6) for x in a[i]], "top_expert": int(a[i].argmax()),
