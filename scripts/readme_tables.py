@@ -41,6 +41,7 @@ JUDGE_JSON = Path("benchmarks/results/judge/judge_report.json")
 EVAL_BENCH_JSON = Path("docs/results/bench/eval.json")
 MOSE_JSON = Path("docs/results/fidelity/mose.json")
 ODE_MC_JSON = Path("docs/results/fidelity/odesteer_mc.json")
+REAL_JSON = Path("docs/results/fidelity/real_paper.json")
 
 #: files copied from a demo run directory by ``--collect-main`` (relative to the run directory)
 MAIN_FILES = ("eval/results.json", "paired.json", "together.json", "summary.json", "spec.json", "seeds.json")
@@ -161,6 +162,14 @@ def _diff(v: dict) -> str:
     return f"{v['value']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]"
 
 
+def _cell_ci(v: dict) -> str:
+    return f"{v['mean']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
+
+
+def _diff_ci(v: dict) -> str:
+    return f"{v['mean']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]"
+
+
 def render_fidelity(root: Path) -> str:
     """The seed methods run as their authors run them (``--preset paper``) against ours and the
     baselines, TruthfulQA MC on the test split (strengths chosen on val)."""
@@ -184,6 +193,30 @@ def render_fidelity(root: Path) -> str:
                            f"{_diff(pp[m]['truthfulqa/mc2']) if m in pp else '—'} | {_cell(kl) if kl else '—'} |")
             out.append("")
         out += [f"(Source: `{ODE_MC_JSON}`.)", ""]
+    if (root / REAL_JSON).exists():
+        d = _load(root, REAL_JSON)
+        ag = d.get("agreement", {})
+        out += ["**REAL** (`experiments/real_paper.py`; the authors' reading and 2 folds, REAL `paper` preset vs ITI "
+                "and random H-sets at α 15; TruthfulQA MC of both held-out halves pooled, plain text):", "",
+                "| | REAL | ITI |", "|---|---|---|"]
+        real_keys = [k for k in ag if k.startswith("real_")]
+        for k in real_keys:
+            a = ag[k]
+            out.append(f"| fold 0 vs fold 1 rankings ({k[5:]} scorer vs probe accuracy): Spearman / top-H overlap | "
+                       f"{a['spearman']:.2f} / {a['top_overlap']} of {a['top']} | "
+                       f"{ag['iti']['spearman']:.2f} / {ag['iti']['top_overlap']} of {ag['iti']['top']} |")
+        for f in d.get("folds", []):
+            r = f.get(f"real_{real_keys[0][5:]}") if real_keys else None
+            if r:
+                out.append(f"| fold {f['fold']}: heads at held-out AUC ≥ 0.99 / max AUC (REAL); max probe accuracy (ITI) | "
+                           f"{r['frac_ge_0.99']:.1%} / {r['max']:.3f} | {f['iti_max_acc']:.3f} |")
+        out += ["", "| steering (α 15) | MC1 | MC2 | n |", "|---|---|---|---|"]
+        for c, v in d.get("mc", {}).items():
+            out.append(f"| {c} | {_cell_ci(v['mc1'])} | {_cell_ci(v['mc2'])} | {v['mc2']['n']} |")
+        out += ["", "| paired, per question | ΔMC1 | ΔMC2 |", "|---|---|---|"]
+        for c, v in d.get("paired", {}).items():
+            out.append(f"| {c} | {_diff_ci(v['mc1'])} | {_diff_ci(v['mc2'])} |")
+        out += ["", f"(Source: `{REAL_JSON}`; per-fold tables: `docs/results/fidelity/real_paper.md`.)", ""]
     if (root / MOSE_JSON).exists():
         d = _load(root, MOSE_JSON)["truthfulness"]
         test = {(r["method"], r["metric"]): r for r in d["test"]}

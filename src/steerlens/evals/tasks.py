@@ -216,21 +216,27 @@ def ab_values(model, exs: list[D.Example], steering=None, *, alpha: Optional[flo
 
 
 def mc_values(model, qs: list[D.Example], steering=None, *, alpha: Optional[float] = None, batch_size: int = 16,
-              length_norm: bool = False, progress: bool = False, shared=None) -> tuple[list[float], list[float], int]:
+              length_norm: bool = False, progress: bool = False, shared=None,
+              fmt: str = "chat") -> tuple[list[float], list[float], int]:
     """TruthfulQA MC1 and MC2 per question, and the number of answer choices scored.
 
     Choices are the Best Answer, the other Correct Answers, then the Incorrect Answers, each scored
     by its full log-likelihood given the question. MC1 = the best answer beats every incorrect one;
-    MC2 = the normalised probability mass on the true answers."""
+    MC2 = the normalised probability mass on the true answers. ``fmt`` (:data:`~.data.MC_FORMATS`):
+    ``"chat"`` (default) the question as a user turn of the chat template; ``"qa"`` / ``"qa_primer"``
+    plain text ``"Q: {q}\nA:"``, the latter after the TruthfulQA instruction and six-shot primer
+    (REAL's and ITI's MC scoring), the answer scored as ``" " + answer``."""
     pairs, spans = [], []
     for q in qs:
         trues = [q.meta["best"]] + [a for a in q.meta["correct"] if a != q.meta["best"]]
         if not q.meta["incorrect"]:
             raise D.DataError(f"{q.id}: no incorrect answers to compare against")
         spans.append((len(pairs), len(trues), len(trues) + len(q.meta["incorrect"])))
-        pairs += [(q.prompt, a) for a in trues + q.meta["incorrect"]]
+        prompt, pre = D.mc_prompt(q.prompt, fmt)
+        pairs += [(prompt, pre + a) for a in trues + q.meta["incorrect"]]
     edits = edits_for(steering, model, [p for p, _ in pairs], alpha)
-    ll = _loglik(model, pairs, edits, batch_size, length_norm, progress=progress, shared=shared, steering=steering)
+    ll = _loglik(model, pairs, edits, batch_size, length_norm, chat=None if fmt == "chat" else False,
+                 progress=progress, shared=shared, steering=steering)
     mc1, mc2 = [], []
     for start, n_true, n_all in spans:
         sc = torch.tensor(ll[start:start + n_all], dtype=torch.float64)

@@ -155,9 +155,12 @@ def _summary(values: np.ndarray, seed: int = 0) -> dict:
 
 def select_scores(model, task: str, *, heads: int, repeats: Optional[int] = None, fit_n: Optional[int] = None,
                   seed: int = 0, acts_path: Optional[Union[str, os.PathLike]] = None, data_root=None,
-                  epochs: int = 20, progress: bool = False, real_runs: Optional[dict] = None) -> dict[str, dict]:
-    """REAL's and ITI's scores for every head on the task's ``fit`` split (one capture, optionally
-    cached in ``acts_path``): ``{"real": {"scores", "tiebreak", "std", "selected", "seconds"}, "iti": ...}``.
+                  epochs: int = 20, progress: bool = False, real_runs: Optional[dict] = None,
+                  fit_task: Optional[str] = None, real_preset: Optional[str] = None) -> dict[str, dict]:
+    """REAL's and ITI's scores for every head on the ``fit`` split of fit task ``fit_task``
+    (default: ``task``; one capture, optionally cached in ``acts_path``):
+    ``{"real": {"scores", "tiebreak", "std", "selected", "seconds"}, "iti": ...}``.
+    ``real_preset``: REAL's parameter preset (e.g. ``"paper"``; ``None``: the defaults).
     ``real_runs`` (``{"auc_runs": [R, M], "sep_runs": [R, M]}``, modules layer-major): REAL's
     per-run results computed before with the same data and settings; the first ``repeats`` runs
     are averaged exactly as :class:`~steerlens.pipeline.methods.real.REALSelector` does."""
@@ -166,11 +169,11 @@ def select_scores(model, task: str, *, heads: int, repeats: Optional[int] = None
     from ..pipeline.fitdata import fit_data
 
     m = as_model(model)
-    data = fit_data(task, fit_n, seed, data_root)
+    data = fit_data(fit_task or task, fit_n, seed, data_root)
     real_kw: dict[str, Any] = {"heads": heads, "seed": seed, "vqae": {"epochs": epochs}}
     if repeats is not None:
         real_kw["repeats"] = repeats
-    real = make_steerer("real", **real_kw)
+    real = make_steerer("real", **real_kw, **({"preset": real_preset} if real_preset else {}))
     t0 = time.perf_counter()
     acts = load_acts(acts_path, data) if acts_path else None
     if acts is None:
@@ -223,13 +226,15 @@ def run_causal_check(model, task: str, out_dir: Union[str, os.PathLike], *, spli
                      fit_n: Optional[int] = None, acts_path=None, ablate_split: str = "test", ablate_n: int = 64,
                      random_sets: int = 5, seed: int = 0, data_root=None, metric_kw: Optional[dict] = None,
                      epochs: int = 20, compare: bool = True, progress: bool = True, resume: bool = True,
-                     real_runs: Optional[dict] = None) -> dict:
+                     real_runs: Optional[dict] = None, fit_task: Optional[str] = None,
+                     real_preset: Optional[str] = None) -> dict:
     """See the module docstring. ``exact_heads``: ``"all"`` or a number of heads (half the
     strongest by attribution, half at random). ``resume``: reuse the effect map and the exact
     check already in ``out_dir`` when they were computed on the same examples with the same
     settings. ``real_runs``: REAL's per-run held-out AUCs and d' (``{"auc_runs": [R, M],
     "sep_runs": [R, M]}``, e.g. from ``benchmarks/bench_select_stability.py`` with the same data,
-    seed and settings) instead of training the autoencoders again. Returns the comparison dict
+    seed and settings) instead of training the autoencoders again. ``fit_task`` / ``real_preset``:
+    the selections' fit data and REAL's preset (:func:`select_scores`). Returns the comparison dict
     (also written)."""
     m = as_model(model)
     out = Path(out_dir)
@@ -313,7 +318,8 @@ def run_causal_check(model, task: str, out_dir: Union[str, os.PathLike], *, spli
     if compare:
         # 3. selections
         sels = select_scores(m, task, heads=heads, repeats=repeats, fit_n=fit_n, seed=seed, acts_path=acts_path,
-                             data_root=data_root, epochs=epochs, progress=progress, real_runs=real_runs)
+                             data_root=data_root, epochs=epochs, progress=progress, real_runs=real_runs,
+                             fit_task=fit_task, real_preset=real_preset)
         result["selections"] = {k: {"selected": _fmt_heads(v["selected"]), "score_name": v["score_name"],
                                     "seconds": v["seconds"], **({"repeats": v["repeats"]} if "repeats" in v else {})}
                                 for k, v in sels.items() if k != "_meta"}

@@ -3,6 +3,8 @@
     steerlens patch --task truthfulness --out runs/patch/truthfulness
     steerlens patch --task safety --n 64 --exact-heads all --out runs/patch/safety
     steerlens patch --task safety --no-compare --out runs/patch/map-only
+    steerlens patch --task truthfulness --fit-task truthfulness-mc --preset paper --mc-format qa_primer \
+        --heads 13 --out runs/patch/tqa-paper      # REAL as its authors read and score TruthfulQA
 
 Writes ``effect_map.png`` (layer x head, REAL's and ITI's top-H outlined), ``effect_map.json``
 (every head's mean effect with a bootstrap interval), ``exact_check.json`` (+ scatter) and the
@@ -23,6 +25,8 @@ def _cmd_patch(args: argparse.Namespace) -> int:
     kw = {}
     if args.task == "truthfulness":
         kw = {"max_true": args.max_answers or None, "max_false": args.max_answers or None}
+        if args.mc_format != "chat":
+            kw["fmt"] = args.mc_format
     exact = args.exact_heads if args.exact_heads == "all" else int(args.exact_heads)
     real_runs = None
     if args.real_runs:
@@ -34,7 +38,8 @@ def _cmd_patch(args: argparse.Namespace) -> int:
                            repeats=args.repeats, fit_n=args.fit_n, acts_path=args.acts, ablate_split=args.ablate_split,
                            ablate_n=args.ablate_n, random_sets=args.random_sets, seed=args.seed,
                            data_root=args.data_dir, metric_kw=kw, epochs=args.epochs, compare=not args.no_compare,
-                           progress=not args.quiet, resume=not args.no_resume, real_runs=real_runs)
+                           progress=not args.quiet, resume=not args.no_resume, real_runs=real_runs,
+                           fit_task=args.fit_task, real_preset=args.preset)
     print(json.dumps(res["files"], indent=1))
     return 0
 
@@ -67,6 +72,13 @@ def add_subcommands(sub) -> None:
     p.add_argument("--real-runs", default=None,
                    help="REAL's per-run AUCs from benchmarks/bench_select_stability.py (<out>.runs.pt; same data "
                         "and settings) instead of training REAL's autoencoders again")
+    p.add_argument("--fit-task", default=None,
+                   help="fit task of the selections (default: --task; truthfulness-mc: every answer as a plain-text "
+                        "row, the REAL authors' reading)")
+    p.add_argument("--preset", default=None, help="REAL's parameter preset (e.g. paper; default: REAL's defaults)")
+    p.add_argument("--mc-format", choices=("chat", "qa", "qa_primer"), default="chat",
+                   help="truthfulness: MC2 prompt format (qa_primer: TruthfulQA instruction + six-shot primer, plain "
+                        "text, as the REAL authors score it)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     add_common_args(p)

@@ -95,12 +95,17 @@ def refusal_metric(prompts: Sequence[str], ids: Optional[Sequence[str]] = None,
                            {"openings": list(openings)})
 
 
-def mc2_metric(questions, max_true: Optional[int] = None, max_false: Optional[int] = None) -> BehaviourMetric:
+def mc2_metric(questions, max_true: Optional[int] = None, max_false: Optional[int] = None,
+               fmt: str = "chat") -> BehaviourMetric:
     """Truthfulness: TruthfulQA MC2 per question (``steerlens.evals.data.load_truthfulqa`` examples).
 
     Choices as in :func:`steerlens.evals.tasks.mc_values` (best answer, other correct answers,
     then the incorrect ones); ``max_true`` / ``max_false`` keep only the first so many of each
-    (cheaper; ``None`` = all, the standard MC2)."""
+    (cheaper; ``None`` = all, the standard MC2). ``fmt``: the prompt format of
+    :func:`steerlens.evals.data.mc_prompt` (``"chat"``, ``"qa"``, ``"qa_primer"``); a plain-text
+    format is scored without the chat template (``meta["chat"] = False``)."""
+    from ..evals.data import mc_prompt
+
     items, spans, n_true, ids = [], [], [], []
     for q in questions:
         trues = [q.meta["best"]] + [a for a in q.meta["correct"] if a != q.meta["best"]]
@@ -109,11 +114,13 @@ def mc2_metric(questions, max_true: Optional[int] = None, max_false: Optional[in
             raise ValueError(f"{q.id}: no incorrect answers")
         trues, falses = trues[:max_true] if max_true else trues, falses[:max_false] if max_false else falses
         spans.append((len(items), len(items) + len(trues) + len(falses)))
-        items += [(q.prompt, a) for a in trues + falses]
+        prompt, pre = mc_prompt(q.prompt, fmt)
+        items += [(prompt, pre + a) for a in trues + falses]
         n_true.append(len(trues))
         ids.append(q.id)
     return BehaviourMetric("mc2", ids, items, spans, n_true, "more probability on true answers",
-                           {"max_true": max_true, "max_false": max_false})
+                           {"max_true": max_true, "max_false": max_false,
+                            **({} if fmt == "chat" else {"fmt": fmt, "chat": False})})
 
 
 def task_metric(task: str, split: str = "val", n: Optional[int] = 64, seed: int = 0, root=None,

@@ -51,7 +51,7 @@ def _example_batches(m, metric: BehaviourMetric, batch_size: int,
                      chat: Optional[bool] = None) -> Iterator[tuple[list[int], list[int], Batch]]:
     """Left-padded batches of about ``batch_size`` items that never split an example's items:
     ``(examples, item indices, batch)`` with ``batch.rows`` = the item indices."""
-    toks = tokenize_items(m, metric.items, chat=chat)
+    toks = tokenize_items(m, metric.items, chat=metric.meta.get("chat") if chat is None else chat)
     longest = [max(len(toks[j][0]) for j in range(a, b)) for a, b in metric.spans]
     order = sorted(range(len(metric)), key=lambda i: -longest[i])
     group: list[int] = []

@@ -38,6 +38,8 @@ class ContrastiveActs:
         paired: whether ``pos[i]`` and ``neg[i]`` are two versions of the same example.
         query: optional last-prompt-token activations of the positive examples' prompts
             (query-dependent editors, e.g. MoSE), ``{site: [n_pos, ...]}``.
+        bank: optional activations of the data's unlabelled σ texts at the selected modules
+            (ITI's ``sigma_over="bank"``), ``{site: [n_bank, ...]}``.
     """
 
     pos: dict[Site, torch.Tensor]
@@ -45,6 +47,7 @@ class ContrastiveActs:
     position: str = "last"
     paired: bool = False
     query: dict[Site, torch.Tensor] = field(default_factory=dict)
+    bank: dict[Site, torch.Tensor] = field(default_factory=dict)
 
     @property
     def n_pos(self) -> int:
@@ -66,6 +69,10 @@ class ContrastiveActs:
     def module(self, module: Site) -> tuple[Float[torch.Tensor, "n_pos d"], Float[torch.Tensor, "n_neg d"]]:
         """``(pos, neg)`` activations of one module, ``[n, d]`` each, float32."""
         return self._read(self.pos, module).float(), self._read(self.neg, module).float()
+
+    def bank_module(self, module: Site) -> Float[torch.Tensor, "n_bank d"]:
+        """The σ-bank activations of one module, ``[n_bank, d]``, float32."""
+        return self._read(self.bank, module).float()
 
     def stacked(self, modules: Sequence[Site]) -> tuple[Float[torch.Tensor, "m n_pos d"], Float[torch.Tensor, "m n_neg d"]]:
         """``[m, n, d]`` for modules of equal width (e.g. all heads)."""

@@ -48,13 +48,17 @@ class VectorEditor(Editor):
                       paired: bool) -> tuple[Float[torch.Tensor, "d"], dict[str, float]]:
         raise NotImplementedError
 
+    #: whether :meth:`module_vector` also takes the σ-bank activations (``bank=``)
+    uses_bank = False
+
     def fit(self, model, acts: ContrastiveActs, selection: Selection) -> None:
         vecs, stats = [], {}
         for mod in selection.modules:
             pos, neg = acts.module(mod)
             if not (torch.isfinite(pos).all() and torch.isfinite(neg).all()):
                 raise PipelineError(f"{mod}: activations contain NaN or inf")
-            v, st = self.module_vector(pos, neg, acts.paired)
+            extra = {"bank": acts.bank_module(mod)} if self.uses_bank else {}
+            v, st = self.module_vector(pos, neg, acts.paired, **extra)
             if not torch.isfinite(v).all():
                 raise PipelineError(f"{mod}: fitted vector contains NaN or inf")
             vecs.append(v.float().contiguous())
@@ -153,6 +157,10 @@ class PCAEditor(VectorEditor):
         return v.float(), {"explained_variance": float(var[0]), "mean_proj": float(proj.mean())}
 
 
+#: where ITI's σ is measured (:class:`ITIEditor` ``sigma_over``)
+SIGMA_OVER = ("all", "pos", "neg", "bank")
+
+
 @register_role
 class ITIEditor(VectorEditor):
     """ITI: ``v_m = σ_m θ_m`` with ``θ_m = unit(mean z⁺ − mean z⁻)`` (mass-mean shift) and ``σ_m``
@@ -160,23 +168,35 @@ class ITIEditor(VectorEditor):
     ``θ_m``; steering adds ``alpha · w_m · σ_m · θ_m`` (``w_m = 1`` for ITI, REAL's weights otherwise).
 
     Open choice: ``sigma_over`` = ``"all"`` (default; positive and negative examples together, as
-    in ITI) or ``"pos"`` / ``"neg"``.
+    in ITI), ``"pos"`` / ``"neg"``, or ``"bank"``: over the activations of the fitting data's
+    unlabelled σ texts (``data.bank``; the REAL authors take σ from another reading of the same
+    answers, ``"Q: q A: a Q: <another question>"``, built by
+    :func:`steerlens.evals.data.truthfulness_mc_rows_from`).
     """
 
     kind = "iti"
 
     def __init__(self, positions: str = "all", sigma_over: str = "all") -> None:
-        if sigma_over not in ("all", "pos", "neg"):
-            raise PipelineError(f"sigma_over must be 'all', 'pos' or 'neg', got {sigma_over!r}")
+        if sigma_over not in SIGMA_OVER:
+            raise PipelineError(f"sigma_over must be one of {SIGMA_OVER}, got {sigma_over!r}")
         super().__init__(positions=positions, sigma_over=sigma_over)
 
-    def module_vector(self, pos, neg, paired):
+    @property
+    def uses_bank(self) -> bool:  # type: ignore[override]
+        return self.params["sigma_over"] == "bank"
+
+    def module_vector(self, pos, neg, paired, bank=None):
         diff = pos.mean(0) - neg.mean(0)
         norm = diff.norm()
         if norm == 0:
             raise PipelineError("ITI: the mass-mean shift is zero (identical classes)")
         theta = diff / norm
-        x = {"all": torch.cat([pos, neg]), "pos": pos, "neg": neg}[self.params["sigma_over"]]
+        if self.uses_bank:
+            if bank is None or bank.shape[0] < 2:
+                raise PipelineError("ITI sigma_over='bank' needs at least 2 bank activations per module")
+            x = bank
+        else:
+            x = {"all": torch.cat([pos, neg]), "pos": pos, "neg": neg}[self.params["sigma_over"]]
         sigma = (x @ theta).std()
         return sigma * theta, {"sigma": float(sigma), "shift_norm": float(norm)}
 

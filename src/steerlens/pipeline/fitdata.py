@@ -23,6 +23,9 @@ task                    steering data                                   gate dat
                                                                         every harmful source
 ``truthfulness``        question + true vs + false answer               none
                         (response-side)
+``truthfulness-mc``     every answer choice as its own plain-text row   none
+                        ``"Q: … A: …"``, last token, no chat template
+                        (REAL's authors), with a σ bank
 ======================  ==============================================  ======================
 """
 
@@ -157,6 +160,10 @@ FIT_TASKS: dict[str, FitTask] = {
     "truthfulness": FitTask("truthfulness", "TruthfulQA question + true vs + false answer (response-side)",
                             _evals_data("truthfulness_response_pairs"), None, _evals_data("truthfulness_pairs_from"),
                             _evals_data("load_truthfulqa")),
+    "truthfulness-mc": FitTask("truthfulness-mc", "TruthfulQA: every true and false answer as its own plain-text "
+                                                  "'Q: ... A: ...' row, last token (the REAL authors' reading)",
+                               _evals_data("truthfulness_mc_rows"), None, _evals_data("truthfulness_mc_rows_from"),
+                               _evals_data("load_truthfulqa")),
 }
 
 #: Names of the fit tasks (``--task`` choices of ``steerlens fit``), read off :data:`FIT_TASKS`.

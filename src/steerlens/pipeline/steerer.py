@@ -76,14 +76,15 @@ class Steerer:
     def fitted(self) -> bool:
         return self.selection is not None and self.editor.fitted and self.gate.fitted
 
-    def _capture(self, model, items, sites, position, progress) -> dict[Site, torch.Tensor]:
-        return capture(model, items, sites, position, batch_size=self.batch_size, progress=progress)  # type: ignore[return-value]
+    def _capture(self, model, items, sites, position, progress, chat: Optional[bool] = None) -> dict[Site, torch.Tensor]:
+        return capture(model, items, sites, position, batch_size=self.batch_size, progress=progress,  # type: ignore[return-value]
+                       chat=chat)
 
     def read_contrastive(self, model, data: Any, *, progress: bool = False) -> ContrastiveActs:
         """Capture the selector's candidate sites on both sides in one pass (pos and neg together)."""
         pos, neg, position = check_data(data)
         sites = self.selector.candidate_sites(model)
-        acts = self._capture(model, pos + neg, sites, position, progress)
+        acts = self._capture(model, pos + neg, sites, position, progress, chat=getattr(data, "chat", None))
         n = len(pos)
         paired = bool(getattr(data, "paired", position in RESPONSE_POSITIONS and len(pos) == len(neg)))
         return ContrastiveActs({s: t[:n] for s, t in acts.items()}, {s: t[n:] for s, t in acts.items()},
@@ -118,7 +119,7 @@ class Steerer:
         extra = [x for x in self.editor.read_sites(m, selection) if x not in acts.pos]
         if extra:  # sites the editor reads besides the selected ones (e.g. MoSE's query_offset)
             pos, neg, position = check_data(data)
-            more = self._capture(m, pos + neg, extra, position, progress)
+            more = self._capture(m, pos + neg, extra, position, progress, chat=getattr(data, "chat", None))
             n = len(pos)
             acts.pos.update({s: t[:n] for s, t in more.items()})
             acts.neg.update({s: t[n:] for s, t in more.items()})
@@ -126,7 +127,14 @@ class Steerer:
         if qsites:
             pos, _, _ = check_data(data)
             prompts = [p[0] if isinstance(p, (tuple, list)) else p for p in pos]
-            acts.query = self._capture(m, prompts, qsites, "last", progress)
+            acts.query = self._capture(m, prompts, qsites, "last", progress, chat=getattr(data, "chat", None))
+        if getattr(self.editor, "uses_bank", False):  # ITI's sigma_over="bank": σ from the data's σ texts
+            bank = getattr(data, "bank", None)
+            if not bank:
+                raise PipelineError("the editor takes sigma from a bank of texts (sigma_over='bank'), but the fitting "
+                                    "data has none; use data with a bank (fit task truthfulness-mc)")
+            acts.bank = self._capture(m, list(bank), list(dict.fromkeys(selection.modules)), "last", progress,
+                                      chat=getattr(data, "chat", None))
         self.editor.fit(m, acts, selection)
         if not self.gate.always_open:
             self._fit_gate(m, gate_data if gate_data is not None else data, progress)

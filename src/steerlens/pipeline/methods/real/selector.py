@@ -466,11 +466,12 @@ class REALParams(MethodParams):
 #: model), raw activations into the autoencoder, codebook from N(0, 1) with EMA sizes starting at
 #: 0, 20 epochs, one run (no repeats), ties in dataset order, modules at AUC 0 dropped, and the
 #: issue's check: no ranking when more than 5 % of the modules reach AUC >= 0.99, the autoencoders
-#: trained on every row (held-out ones included, as theirs), the class-balanced row-level AUC split.
-#: Not set (not implemented): the GRU scorers, the ``gen_end_q`` σ bank and their data (every MC2
-#: choice, plain "Q: … A: …" text, 2 folds).
+#: trained on every row (held-out ones included, as theirs), the class-balanced row-level AUC split,
+#: σ over a bank of other texts (``sigma_over="bank"``: fit it on the ``truthfulness-mc`` fit task,
+#: their reading: every answer as a plain "Q: … A: …" row, last token). Their 2-fold protocol and MC
+#: scoring are the experiment's (``experiments/real_paper.py``).
 REAL_PAPER = {"heads": None, "alpha": 15.0, "tiebreak": "order", "repeats": 1, "drop_zero_auc": True,
-              "saturation_max": 0.05, "ae_rows": "all", "auc_split": "rows_balanced",
+              "saturation_max": 0.05, "ae_rows": "all", "auc_split": "rows_balanced", "sigma_over": "bank",
               "vqae": {"standardize": False, "codebook_init": "normal", "ema_init_size": 0.0, "epochs": 20}}
 
 
