@@ -312,11 +312,9 @@ class GRUScorer:
         outs = []
         for t in range(G):
             gh = torch.baddbmm(p["b_hh"].unsqueeze(1), h, p["w_hh"])  # [M, B, 3H]
-            i_r, i_z, i_n = F.embedding(idx[t], flat).chunk(3, -1)
-            h_r, h_z, h_n = gh.chunk(3, -1)
-            r = torch.sigmoid(i_r + h_r)
-            z = torch.sigmoid(i_z + h_z)
-            n = torch.tanh(i_n + r * h_n)
+            gi = F.embedding(idx[t], flat)
+            r, z = torch.sigmoid(gi[..., :2 * H] + gh[..., :2 * H]).chunk(2, -1)  # reset, update gates
+            n = torch.tanh(gi[..., 2 * H:] + r * gh[..., 2 * H:])
             h = n + z * (h - n)  # (1 - z) * n + z * h
             outs.append(h)
         out = torch.stack(outs, 2).reshape(M, B * G, H)
@@ -367,8 +365,10 @@ class GRUScorer:
         return self
 
     @torch.no_grad()
-    def token_loglik(self, codes: Int[torch.Tensor, "M N G"], chunk: int = 256) -> Float[torch.Tensor, "M 2 N G"]:
-        """``log p_c(code_t | input)`` of every code under each class model (input: see ``shift``)."""
+    def token_loglik(self, codes: Int[torch.Tensor, "M N G"],
+                     chunk: Optional[int] = None) -> Float[torch.Tensor, "M 2 N G"]:
+        """``log p_c(code_t | input)`` of every code under each class model (input: see ``shift``).
+        Rows are run ``chunk`` at a time (default: about 8k module-rows per chunk, the fastest on CPU)."""
         if self.params is None:
             raise ScorerError(f"{type(self).__name__} is not fitted")
         _check(codes, None, self.K)
@@ -376,6 +376,7 @@ class GRUScorer:
             raise ScorerError(f"fitted on {self.params[0]['emb'].shape[0]} modules, got {codes.shape[0]}")
         codes = codes.long()
         inputs = self._inputs(codes)
+        chunk = max(1, int(chunk) if chunk is not None else 8192 // max(codes.shape[0], 1))
         out = []
         for p in self.params:
             parts = []
