@@ -135,6 +135,11 @@ def test_real_paper_values():
     assert (p["drop_zero_auc"], p["saturation_max"]) == (True, 0.05)
     cfg = st.selector.vqae_config
     assert (cfg.standardize, cfg.codebook_init, cfg.ema_init_size, cfg.epochs) == (False, "normal", 0.0, 20)
+    # the authors' scorer: per-class GRUs fed the code they predict, the Markov chains beside it
+    assert (p["scorer"], p["compare"]) == ("gru_noshift", "markov")
+    sel = st.selector.params
+    assert (sel["scorer"], sel["compare"]) == ("gru_noshift", "markov") and "gru" not in sel  # GRU defaults
+    assert make_steerer("real", preset="paper", gru={"epochs": 6}).selector.params["gru"] == {"epochs": 6}
 
 
 # ------------------------------------------------------------------------------------------------

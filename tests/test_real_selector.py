@@ -89,7 +89,7 @@ def test_relevance_input_errors():
     with pytest.raises((PipelineError, TypeCheckError), match="modules|M n_neg d"):  # boundary check or its own
         real_relevance(pos, neg[:1], progress=False)
     with pytest.raises(PipelineError):
-        REALSelector(scorer="gru")
+        REALSelector(scorer="lstm")
     with pytest.raises(PipelineError, match="VQ-AE settings"):
         REALSelector(vqae={"epoch": 3})
 

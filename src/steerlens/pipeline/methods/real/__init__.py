@@ -4,13 +4,14 @@ Importing this package registers the steering method ``"real"`` (REAL-selected h
 ITI editor) and the role ``"real_selector"``.
 
 - :mod:`.vqae` — batched VQ autoencoders (all modules as one model) and a per-module reference;
-- :mod:`.scorers` — code-sequence scorers (per-class Markov chains, logistic regression), batched AUC;
+- :mod:`.scorers` — code-sequence scorers (per-class Markov chains, logistic regression, the
+  authors' per-class GRUs, shifted and as they run them), batched AUC;
 - :mod:`.selector` — :func:`real_relevance`, :class:`REALSelector`, ``make_real``;
 - :mod:`.diagnostics` — code usage, dead codes, layer x head heatmap, ranking JSON;
 - :mod:`.cli` — ``steerlens select``.
 """
 
-from .scorers import LogRegScorer, MarkovScorer, batched_auc, ranking_agreement
+from .scorers import GRUNoShiftScorer, GRUScorer, LogRegScorer, MarkovScorer, batched_auc, ranking_agreement
 from .selector import REALSelector, RelevanceResult, default_heads, make_real, real_relevance
 from .vqae import BatchedVQAE, ReferenceVQAE, VQAEConfig, VQAEError, train_reference, train_vqae
 
@@ -30,6 +31,6 @@ register_spec_defaults("real_selector", _spec_defaults)
 
 __all__ = [
     "BatchedVQAE", "ReferenceVQAE", "VQAEConfig", "VQAEError", "train_vqae", "train_reference",
-    "MarkovScorer", "LogRegScorer", "batched_auc", "ranking_agreement",
+    "MarkovScorer", "LogRegScorer", "GRUScorer", "GRUNoShiftScorer", "batched_auc", "ranking_agreement",
     "REALSelector", "RelevanceResult", "real_relevance", "make_real", "default_heads",
 ]

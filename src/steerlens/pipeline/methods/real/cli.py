@@ -87,7 +87,8 @@ def add_select_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--split", default="fit", help="data split to select on (fit | val | test | all)")
     p.add_argument("--n", type=int, default=None, help="number of questions / prompts (default: the whole split)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scorer", choices=("markov", "logreg"), default=None, help="REAL's ranking scorer (default: markov)")
+    p.add_argument("--scorer", choices=("markov", "logreg", "gru", "gru_noshift"), default=None,
+                   help="REAL's ranking scorer (default: markov; the paper preset: gru_noshift)")
     p.add_argument("--epochs", type=int, default=None, help="REAL's VQ-AE epochs (default: 20)")
     p.add_argument("--preset", default=None,
                    help="named parameter set of the method: default or paper (docs/fidelity.md); the options above "

@@ -17,15 +17,31 @@ Two scorers (methods.md, REAL, **open**):
   one-hot features (``features="position"``: a one-hot of the code at each group, ``G·K``
   features; ``"bag"``: counts of each code over the groups, ``K`` features), all modules fitted
   together by L-BFGS on the sum of their (separable, convex) objectives.
+- :class:`GRUScorer` (``"gru"``) and :class:`GRUNoShiftScorer` (``"gru_noshift"``) — the authors'
+  scorer (``liam0949/REAL_ICLR``, ``validation/OneForAll.py``: ``GRUPrior``,
+  ``train_and_evaluate_prior``): one small GRU language model per class over the ``G`` codes
+  (embedding 64, one GRU layer of 64 units, a linear read-out to the ``K`` codes), trained with
+  AdamW (lr 1e-3, weight decay 0.01), batches of 32 rows, gradient norm clipped to 1 per model;
+  score = *length-normalised* log-likelihood ratio (mean log-probability per code, positive-class
+  model minus negative-class model). Their model reads the code sequence itself and is scored on
+  the same sequence, so the input at position ``t`` already holds the target code ``t``
+  (``"gru_noshift"``, as they run it: it can learn to copy its input, and then scores little more
+  than per-code class frequencies). ``"gru"`` is the corrected, autoregressive model: the input at
+  ``t`` is a start token followed by the codes before ``t``. The ``2·M`` models are trained at once
+  as one batched model (parameters with a leading module axis, batched matmuls), not as ``2·M``
+  ``nn.GRU``.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
+import math
+
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
+from tqdm.auto import tqdm
 
 from ....numerics import batched_roc_auc
 
@@ -214,10 +230,185 @@ class LogRegScorer:
         return self._logits(self.w, self.b, self._index(codes))
 
 
-SCORERS = {"markov": MarkovScorer, "logreg": LogRegScorer}
+#: the settings a GRU scorer takes (besides ``n_codes``), with the authors' values as defaults
+GRU_DEFAULTS = {"epochs": 10, "hidden": 64, "emb": 64, "lr": 1e-3, "weight_decay": 0.01, "batch_size": 32,
+                "grad_clip": 1.0, "seed": 0}
 
 
-def make_scorer(name: str, n_codes: int, **kw) -> "MarkovScorer | LogRegScorer":
+class GRUScorer:
+    """Log-likelihood ratio of two per-class GRU code models, all modules trained at once (module doc).
+
+    Each of the ``2·M`` models (class × module) is the authors' ``GRUPrior``: an embedding of the
+    input codes (``emb`` wide), one GRU layer (``hidden`` units, PyTorch's gate equations, zero
+    initial state), a linear map to ``K`` logits per position; PyTorch's default initialisations
+    (embedding N(0, 1), every GRU and read-out weight and bias U(±1/√hidden)). A class's models see
+    only that class's training rows, one shuffled pass per epoch in batches of ``batch_size`` (the
+    last one smaller), mean cross-entropy over the batch's codes, the gradient norm of each model
+    clipped to ``grad_clip`` on its own (``clip_grad_norm_`` per model), then AdamW (betas 0.9,
+    0.999; weight decay on every parameter, as ``AdamW(model.parameters())``). All modules share
+    the row order (one generator, ``seed``); the fit is deterministic given ``seed`` and the
+    thread count.
+
+    Args:
+        n_codes: K.
+        epochs, hidden, emb, lr, weight_decay, batch_size, grad_clip, seed: see above
+            (:data:`GRU_DEFAULTS`: 10, 64, 64, 1e-3, 0.01, 32, 1.0, 0). ``grad_clip=0``: no clipping.
+        progress: a tqdm bar over the epochs.
+    """
+
+    name = "gru"
+    #: the input at position t is (start, c_0, ..., c_{t-1}); False: (c_0, ..., c_t), target included
+    shift = True
+
+    def __init__(self, n_codes: int = 32, epochs: int = 10, hidden: int = 64, emb: int = 64, lr: float = 1e-3,
+                 weight_decay: float = 0.01, batch_size: int = 32, grad_clip: float = 1.0, seed: int = 0,
+                 progress: bool = False) -> None:
+        if int(n_codes) < 2:
+            raise ScorerError(f"n_codes must be >= 2, got {n_codes}")
+        for k, v in (("epochs", epochs), ("hidden", hidden), ("emb", emb), ("batch_size", batch_size)):
+            if int(v) < 1 or int(v) != v:
+                raise ScorerError(f"GRU {k} must be an integer >= 1, got {v}")
+        if not lr > 0:
+            raise ScorerError(f"GRU lr must be > 0, got {lr}")
+        if weight_decay < 0 or grad_clip < 0:
+            raise ScorerError(f"GRU weight_decay and grad_clip must be >= 0, got {weight_decay} and {grad_clip}")
+        self.K, self.epochs, self.hidden, self.emb = int(n_codes), int(epochs), int(hidden), int(emb)
+        self.lr, self.weight_decay, self.batch_size = float(lr), float(weight_decay), int(batch_size)
+        self.grad_clip, self.seed, self.progress = float(grad_clip), int(seed), bool(progress)
+        self.params: Optional[list[dict[str, torch.Tensor]]] = None  # per class (0, 1): {name: [M, ...]}
+        self.history: dict[str, list[float]] = {}
+
+    @property
+    def vocab(self) -> int:
+        """Input symbols: the K codes, plus the start token (index K) when shifted."""
+        return self.K + 1 if self.shift else self.K
+
+    def _inputs(self, codes: torch.Tensor) -> torch.Tensor:
+        if not self.shift:
+            return codes
+        return torch.cat([torch.full_like(codes[..., :1], self.K), codes[..., :-1]], -1)
+
+    def _init(self, M: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        H, E, V, K = self.hidden, self.emb, self.vocab, self.K
+        b = 1.0 / math.sqrt(H)
+
+        def u(*shape):
+            return (torch.rand(*shape, generator=g) * 2 - 1) * b
+
+        # weights stored input-major (x @ W), so a layer is one batched matmul over the modules
+        return {"emb": torch.randn(M, V, E, generator=g), "w_ih": u(M, E, 3 * H), "b_ih": u(M, 3 * H),
+                "w_hh": u(M, H, 3 * H), "b_hh": u(M, 3 * H), "w_out": u(M, H, K), "b_out": u(M, K)}
+
+    def _logits(self, p: dict[str, torch.Tensor], inp: torch.Tensor) -> torch.Tensor:
+        """``[M, B, G, K]`` next-code logits of the models ``p`` on inputs ``inp`` ``[M, B, G]``."""
+        M, B, G = inp.shape
+        H, V = self.hidden, self.vocab
+        # input-gate pre-activations of every symbol, then looked up (= embed, then project)
+        table = torch.baddbmm(p["b_ih"].unsqueeze(1), p["emb"], p["w_ih"])  # [M, V, 3H]
+        offset = (torch.arange(M, device=inp.device) * V).view(M, 1, 1)
+        flat = table.reshape(M * V, 3 * H)
+        idx = (inp + offset).permute(2, 0, 1)  # [G, M, B]: looked up one step at a time (small tensors)
+        h = torch.zeros(M, B, H, dtype=table.dtype, device=table.device)
+        outs = []
+        for t in range(G):
+            gh = torch.baddbmm(p["b_hh"].unsqueeze(1), h, p["w_hh"])  # [M, B, 3H]
+            gi = F.embedding(idx[t], flat)
+            r, z = torch.sigmoid(gi[..., :2 * H] + gh[..., :2 * H]).chunk(2, -1)  # reset, update gates
+            n = torch.tanh(gi[..., 2 * H:] + r * gh[..., 2 * H:])
+            h = n + z * (h - n)  # (1 - z) * n + z * h
+            outs.append(h)
+        out = torch.stack(outs, 2).reshape(M, B * G, H)
+        return torch.baddbmm(p["b_out"].unsqueeze(1), out, p["w_out"]).view(M, B, G, self.K)
+
+    def _train_class(self, codes: torch.Tensor, g: torch.Generator, label: int) -> tuple[dict, list[float]]:
+        M, n, G = codes.shape
+        p = {k: v.requires_grad_() for k, v in self._init(M, g).items()}
+        opt = torch.optim.AdamW(list(p.values()), lr=self.lr, betas=(0.9, 0.999), eps=1e-8,
+                                weight_decay=self.weight_decay)
+        inputs = self._inputs(codes)
+        losses = []
+        bar = tqdm(range(self.epochs), desc=f"GRU{'' if self.shift else ' no-shift'} class {label} x{M}",
+                   disable=not self.progress, leave=False)
+        for _ in bar:
+            perm = torch.randperm(n, generator=g)
+            xs, ys = inputs[:, perm], codes[:, perm]
+            total = 0.0
+            for s in range(0, n, self.batch_size):
+                x, y = xs[:, s:s + self.batch_size], ys[:, s:s + self.batch_size]
+                logits = self._logits(p, x)
+                # per model: mean cross-entropy over its batch's codes; the sum keeps models separate
+                ce = F.cross_entropy(logits.reshape(-1, self.K), y.reshape(-1), reduction="none").view(M, -1).mean(1)
+                opt.zero_grad(set_to_none=True)
+                ce.sum().backward()
+                if self.grad_clip > 0:
+                    with torch.no_grad():
+                        norm = torch.stack([q.grad.reshape(M, -1).pow(2).sum(1) for q in p.values()]).sum(0).sqrt()
+                        coef = (self.grad_clip / (norm + 1e-6)).clamp(max=1.0)
+                        for q in p.values():
+                            q.grad.mul_(coef.view(M, *([1] * (q.ndim - 1))))
+                opt.step()
+                total += float(ce.detach().mean()) * x.shape[1]
+            losses.append(total / n)
+        return {k: v.detach() for k, v in p.items()}, losses
+
+    def fit(self, codes: Int[torch.Tensor, "M N G"], labels: Int[torch.Tensor, "N"]) -> "GRUScorer":
+        y = torch.as_tensor(labels).long()
+        _check(codes, y, self.K)
+        codes = codes.long()
+        g = torch.Generator().manual_seed(self.seed)
+        self.params, self.history = [], {}
+        for c in (0, 1):
+            p, losses = self._train_class(codes[:, y == c], g, c)
+            self.params.append(p)
+            self.history[f"ce_{c}"] = losses
+        self.n_groups = codes.shape[2]
+        return self
+
+    @torch.no_grad()
+    def token_loglik(self, codes: Int[torch.Tensor, "M N G"],
+                     chunk: Optional[int] = None) -> Float[torch.Tensor, "M 2 N G"]:
+        """``log p_c(code_t | input)`` of every code under each class model (input: see ``shift``).
+        Rows are run ``chunk`` at a time (default: about 8k module-rows per chunk, the fastest on CPU)."""
+        if self.params is None:
+            raise ScorerError(f"{type(self).__name__} is not fitted")
+        _check(codes, None, self.K)
+        if self.params[0]["emb"].shape[0] != codes.shape[0]:
+            raise ScorerError(f"fitted on {self.params[0]['emb'].shape[0]} modules, got {codes.shape[0]}")
+        codes = codes.long()
+        inputs = self._inputs(codes)
+        chunk = max(1, int(chunk) if chunk is not None else 8192 // max(codes.shape[0], 1))
+        out = []
+        for p in self.params:
+            parts = []
+            for s in range(0, codes.shape[1], chunk):
+                lp = torch.log_softmax(self._logits(p, inputs[:, s:s + chunk]), -1)
+                parts.append(lp.gather(-1, codes[:, s:s + chunk].unsqueeze(-1)).squeeze(-1))
+            out.append(torch.cat(parts, 1) if parts else codes.new_zeros(codes.shape, dtype=torch.float32))
+        return torch.stack(out, 1)
+
+    def loglik(self, codes: Int[torch.Tensor, "M N G"]) -> Float[torch.Tensor, "M 2 N"]:
+        """Length-normalised log-likelihood (mean log-probability per code) under each class model."""
+        return self.token_loglik(codes).mean(-1)
+
+    def score(self, codes: Int[torch.Tensor, "M N G"]) -> Float[torch.Tensor, "M N"]:
+        ll = self.loglik(codes)
+        return ll[:, 1] - ll[:, 0]
+
+
+class GRUNoShiftScorer(GRUScorer):
+    """:class:`GRUScorer` as the authors run it: the input at position ``t`` is the code sequence
+    itself, target ``t`` included (their ``model(tgt)`` scored against ``tgt``)."""
+
+    name = "gru_noshift"
+    shift = False
+
+
+SCORERS = {"markov": MarkovScorer, "logreg": LogRegScorer, "gru": GRUScorer, "gru_noshift": GRUNoShiftScorer}
+#: the scorers that take the GRU settings (:data:`GRU_DEFAULTS`)
+GRU_SCORERS = ("gru", "gru_noshift")
+
+
+def make_scorer(name: str, n_codes: int, **kw) -> "MarkovScorer | LogRegScorer | GRUScorer":
     try:
         cls = SCORERS[name]
     except KeyError:

@@ -36,7 +36,8 @@ from ...editors import ITIEditor
 from ...params import MethodParams, list_or_none
 from ...registry import register_method
 from ...selectors import class_split, top_h_selection
-from .scorers import batched_auc, batched_separation, make_scorer, ranking_agreement
+from .scorers import (GRU_DEFAULTS, GRU_SCORERS, ScorerError, batched_auc, batched_separation, make_scorer,
+                      ranking_agreement)
 from .vqae import VQAEConfig, train_vqae
 
 #: REAL's published H is 48 of 1024 heads (7B Llama); by default H scales with the candidate count.
@@ -114,7 +115,8 @@ def real_relevance(
         pos, neg: activations ``[M, n, d]`` of every module (same width ``d``).
         cfg: autoencoder hyper-parameters (default :class:`VQAEConfig`).
         scorers: names from :data:`.scorers.SCORERS`; the AUC of each is returned.
-        scorer_kwargs: ``{name: kwargs}`` for the scorers (e.g. ``{"markov": {"order": 0}}``).
+        scorer_kwargs: ``{name: kwargs}`` for the scorers (e.g. ``{"markov": {"order": 0}}``,
+            ``{"gru_noshift": {"epochs": 6}}``; the GRU scorers' bars follow ``progress``).
         test_frac, seed: the held-out split (80/20 by default; ``seed`` also seeds nothing else —
             the autoencoders use ``cfg.seed``).
         paired: ``pos[:, i]`` and ``neg[:, i]`` belong together (split by pair).
@@ -172,7 +174,10 @@ def real_relevance(
     aucs, seps = {}, {}
     kw = scorer_kwargs or {}
     for name in scorers:
-        sc = make_scorer(name, cfg.n_codes, **kw.get(name, {})).fit(codes_t[:, train], labels[train])
+        skw = dict(kw.get(name, {}))
+        if name in GRU_SCORERS:
+            skw.setdefault("progress", progress)
+        sc = make_scorer(name, cfg.n_codes, **skw).fit(codes_t[:, train], labels[train])
         held = sc.score(codes_t[:, test])
         aucs[name] = batched_auc(held, labels[test])
         seps[name] = batched_separation(held, labels[test])
@@ -233,6 +238,21 @@ AUC_SPLITS = ("grouped", "rows_balanced")
 SATURATED_AUC = 0.99
 
 
+def check_gru_settings(gru: Optional[dict]) -> None:
+    """A one-line error for unknown or bad GRU scorer settings (``REALSelector(gru=...)``)."""
+    if not gru:
+        return
+    if not isinstance(gru, dict):
+        raise PipelineError(f"gru must be a dict of GRU scorer settings, got {type(gru).__name__}")
+    bad = sorted(set(gru) - set(GRU_DEFAULTS))
+    if bad:
+        raise PipelineError(f"unknown GRU scorer settings {bad}; known: {sorted(GRU_DEFAULTS)}")
+    try:
+        make_scorer("gru", 2, **gru)
+    except (ScorerError, TypeError, ValueError) as e:
+        raise PipelineError(f"bad GRU scorer settings: {e}") from None
+
+
 def top_h_by_auc(modules: Sequence[Site], auc: torch.Tensor, h: int, score_name: str,
                  tiebreak: Optional[torch.Tensor] = None, margin: float = 0.0) -> Selection:
     """The ``h`` modules with the highest AUC, weights ``AUC / max AUC`` over the selected.
@@ -252,11 +272,17 @@ class REALSelector(Selector):
         heads: H (default ``None``: scaled from the published 48 of 1024 to the candidate count).
         target: ``"heads"`` (every head's ``hook_z``) or ``"resid"`` (every layer's residual).
         where: residual hook for ``target="resid"`` (``"post"``).
-        scorer: the ranking scorer, ``"markov"`` (published-style per-class sequence models,
-            log-likelihood ratio) or ``"logreg"`` (code-usage one-hot); see :mod:`.scorers`.
+        scorer: the ranking scorer, ``"markov"`` (per-class order-1 Markov chains, log-likelihood
+            ratio), ``"logreg"`` (code-usage one-hot), ``"gru_noshift"`` (the authors' per-class GRUs
+            as they run them: the input holds the code being predicted) or ``"gru"`` (the same GRUs,
+            autoregressive); see :mod:`.scorers`.
         compare: a second scorer also run for diagnostics (its AUCs and the ranking agreement are
             stored), or ``None``.
         markov_order, smoothing: the Markov scorer's order (0/1) and pseudo-count.
+        gru: settings of both GRU scorers (keys of :data:`.scorers.GRU_DEFAULTS`: ``epochs``,
+            ``hidden``, ``emb``, ``lr``, ``weight_decay``, ``batch_size``, ``grad_clip``, ``seed``;
+            the authors' values are the defaults). Each run offsets ``seed`` as it offsets the
+            autoencoders' (``1000·seed`` for one run, the run's ``init_offset`` for repeats).
         tiebreak: ``"separation"`` (default) orders modules of equal AUC by the held-out d' of their
             scores (AUCs saturate at 1.0 on easy data, e.g. refusal vs compliance, where ordering
             ties by module index would pick the first layers); ``"order"``: by module index.
@@ -291,7 +317,7 @@ class REALSelector(Selector):
                  layers: Optional[Sequence[int]] = None, module_chunk: Optional[int] = None,
                  vqae: Optional[dict] = None, tiebreak: str = "separation", repeats: int = DEFAULT_REPEATS,
                  margin: float = 0.0, drop_zero_auc: bool = False, saturation_max: Optional[float] = None,
-                 ae_rows: str = "train", auc_split: str = "grouped") -> None:
+                 ae_rows: str = "train", auc_split: str = "grouped", gru: Optional[dict] = None) -> None:
         if ae_rows not in AE_ROWS:
             raise PipelineError(f"ae_rows must be one of {AE_ROWS}, got {ae_rows!r}")
         if auc_split not in AUC_SPLITS:
@@ -318,6 +344,7 @@ class REALSelector(Selector):
         bad = sorted(set(vqae or {}) - _VQ_FIELDS)
         if bad:
             raise PipelineError(f"unknown VQ-AE settings {bad}; known: {sorted(_VQ_FIELDS)}")
+        check_gru_settings(gru)
         super().__init__(heads=None if heads is None else int(heads), target=target, where=where, scorer=scorer,
                          compare=None if compare == scorer else compare, markov_order=int(markov_order),
                          smoothing=float(smoothing), test_frac=float(test_frac), seed=int(seed),
@@ -327,7 +354,8 @@ class REALSelector(Selector):
                          **({"drop_zero_auc": True} if drop_zero_auc else {}),
                          **({} if saturation_max is None else {"saturation_max": float(saturation_max)}),
                          **({} if ae_rows == "train" else {"ae_rows": ae_rows}),
-                         **({} if auc_split == "grouped" else {"auc_split": auc_split}))
+                         **({} if auc_split == "grouped" else {"auc_split": auc_split}),
+                         **({"gru": dict(gru)} if gru else {}))
         self.result_info: dict = {}
         self.tensors: dict[str, torch.Tensor] = {}
         self.result: Optional[RelevanceResult] = None
@@ -356,8 +384,15 @@ class REALSelector(Selector):
         mods = self.candidates(model)
         pos, neg = acts.stacked(mods)
         names = [self.params["scorer"]] + ([self.params["compare"]] if self.params["compare"] else [])
-        kw = dict(scorers=names, scorer_kwargs={"markov": {"order": self.params["markov_order"],
-                                                           "smoothing": self.params["smoothing"]}},
+        gru = self.params.get("gru", {})
+
+        def scorer_kwargs(offset: int) -> dict:
+            # the GRUs are initialised and shuffled from their seed offset like the autoencoders
+            g = {**gru, "seed": int(gru.get("seed", GRU_DEFAULTS["seed"])) + offset}
+            return {"markov": {"order": self.params["markov_order"], "smoothing": self.params["smoothing"]},
+                    **{name: dict(g) for name in GRU_SCORERS}}
+
+        kw = dict(scorers=names,
                   test_frac=self.params["test_frac"], paired=acts.paired, module_chunk=self.params["module_chunk"],
                   progress=progress, ae_rows=self.params.get("ae_rows", "train"),
                   auc_split=self.params.get("auc_split", "grouped"))
@@ -365,12 +400,14 @@ class REALSelector(Selector):
         R = self.params.get("repeats", 1)
         if R == 1:  # autoencoders from vqae["seed"], offset by the selector's seed (0: unchanged)
             run_cfg = VQAEConfig(**{**cfg.to_dict(), "seed": cfg.seed + 1000 * self.params["seed"]})
-            return mods, real_relevance(pos, neg, run_cfg, seed=self.params["seed"], **kw)
+            return mods, real_relevance(pos, neg, run_cfg, seed=self.params["seed"],
+                                        scorer_kwargs=scorer_kwargs(1000 * self.params["seed"]), **kw)
         runs = []
         for plan in repeat_plan(R, self.params["test_frac"], self.params["seed"]):
             run_cfg = VQAEConfig(**{**cfg.to_dict(), "seed": cfg.seed + plan["init_offset"]})
             runs.append(real_relevance(pos, neg, run_cfg, seed=plan["partition_seed"],
-                                       fold=(plan["fold"], plan["n_folds"]), **kw))
+                                       fold=(plan["fold"], plan["n_folds"]),
+                                       scorer_kwargs=scorer_kwargs(plan["init_offset"]), **kw))
         first = runs[0]
         res = RelevanceResult(
             {k: torch.stack([r.auc[k] for r in runs]).mean(0) for k in names},
@@ -456,9 +493,11 @@ class REALParams(MethodParams):
     saturation_max: Optional[float] = None
     ae_rows: str = "train"
     auc_split: str = "grouped"
+    gru: Optional[dict] = None
 
     def __post_init__(self) -> None:
-        self._set(layers=list_or_none(self.layers), vqae=dict(self.vqae or {}))
+        self._set(layers=list_or_none(self.layers), vqae=dict(self.vqae or {}),
+                  gru=None if self.gru is None else dict(self.gru))
 
 
 #: The authors' settings (``liam0949/REAL_ICLR``; docs/fidelity.md, "REAL"): α 15 (σ units, carries
@@ -467,10 +506,13 @@ class REALParams(MethodParams):
 #: 0, 20 epochs, one run (no repeats), ties in dataset order, modules at AUC 0 dropped, and the
 #: issue's check: no ranking when more than 5 % of the modules reach AUC >= 0.99, the autoencoders
 #: trained on every row (held-out ones included, as theirs), the class-balanced row-level AUC split,
-#: σ over a bank of other texts (``sigma_over="bank"``: fit it on the ``truthfulness-mc`` fit task,
-#: their reading: every answer as a plain "Q: … A: …" row, last token). Their 2-fold protocol and MC
-#: scoring are the experiment's (``experiments/real_paper.py``).
+#: their scorer: per-class GRUs whose input holds the code being predicted (``gru_noshift``; 10
+#: epochs, hidden 64, AdamW 1e-3 / 0.01, batch 32, clip 1 are the GRU defaults), with the Markov
+#: chains as the comparison, and σ over a bank of other texts (``sigma_over="bank"``: fit it on the
+#: ``truthfulness-mc`` fit task, their reading: every answer as a plain "Q: … A: …" row, last token).
+#: Their 2-fold protocol and MC scoring are the experiment's (``experiments/real_paper.py``).
 REAL_PAPER = {"heads": None, "alpha": 15.0, "tiebreak": "order", "repeats": 1, "drop_zero_auc": True,
+              "scorer": "gru_noshift", "compare": "markov",
               "saturation_max": 0.05, "ae_rows": "all", "auc_split": "rows_balanced", "sigma_over": "bank",
               "vqae": {"standardize": False, "codebook_init": "normal", "ema_init_size": 0.0, "epochs": 20}}
 
@@ -485,12 +527,13 @@ def make_real(*, heads: Optional[int] = None, alpha: float = 5.0, target: str = 
               module_chunk: Optional[int] = None, vqae: Optional[dict] = None, tiebreak: str = "separation",
               positions: str = "all", sigma_over: str = "all", batch_size: int = 16,
               repeats: int = DEFAULT_REPEATS, margin: float = 0.0, drop_zero_auc: bool = False,
-              saturation_max: Optional[float] = None, ae_rows: str = "train", auc_split: str = "grouped") -> Steerer:
+              saturation_max: Optional[float] = None, ae_rows: str = "train", auc_split: str = "grouped",
+              gru: Optional[dict] = None) -> Steerer:
     """REAL selection (see :class:`REALSelector`) + :class:`~steerlens.pipeline.ITIEditor`."""
     p = REALParams.of(locals())
     sel = REALSelector(**p.pick("heads", "target", "scorer", "compare", "markov_order", "smoothing", "test_frac",
                                 "seed", "layers", "module_chunk", "vqae", "tiebreak", "repeats", "margin",
-                                "drop_zero_auc", "saturation_max", "ae_rows", "auc_split"))
+                                "drop_zero_auc", "saturation_max", "ae_rows", "auc_split", "gru"))
     return Steerer(sel, ITIEditor(**p.pick("positions", "sigma_over")), alpha=p.alpha, method="real",
                    method_params=p.record(), batch_size=p.batch_size)
 
