@@ -270,6 +270,9 @@ def summarize(out: Path) -> dict:
         pooled["random (mean of sets)"]["ids"] = pooled[rand[0]]["ids"]
     for c, v in pooled.items():
         res["mc"][c] = {m: _ci(v[m]) for m in ("mc1", "mc2")}
+    fmts = sorted({r.get("fmt", "qa") for r in done.values()})
+    if fmts:
+        res["mc_format"] = fmts[0] if len(fmts) == 1 else fmts
     pairs = [("real", "none"), ("iti", "none"), ("random (mean of sets)", "none"), ("real", "iti"),
              ("real", "random (mean of sets)"), ("iti", "random (mean of sets)")]
     for a, b in pairs:
@@ -309,7 +312,10 @@ def render(s: dict) -> str:
             name = ("fold 0 vs fold 1: " + k) if not k.startswith("fold") else k.replace("_vs_", " vs ")
             lines.append(f"| {name} | {a['spearman']:.2f} | {a['top_overlap']} / {a['top']} |")
     if s["mc"]:
-        lines += ["", "**TruthfulQA MC, both held-out halves pooled** (plain text, instruction + six-shot primer):",
+        fmt = s.get("mc_format", "qa")
+        how = {"qa": "plain text `Q: …\\nA:`, 0-shot", "qa_primer": "plain text, instruction + six-shot primer",
+               "chat": "chat template"}.get(fmt, str(fmt))
+        lines += ["", f"**TruthfulQA MC, both held-out halves pooled** ({how}):",
                   "", "| config | MC1 [95% CI] | MC2 [95% CI] | n |", "|---|---|---|---|"]
         for c, v in s["mc"].items():
             lines.append(f"| {c} | {_f(v['mc1'])} | {_f(v['mc2'])} | {v['mc2']['n']} |")

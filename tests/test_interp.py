@@ -203,5 +203,8 @@ def test_patch_ablation_resumes_from_its_saved_values(tmp_path, root, monkeypatc
     resumed = C.run_causal_check(tiny, "safety", out, **kw)
     assert len(json.loads((out / "ablation_values.json").read_text())["values"]) == 1 + 3 + 2
     fresh = C.run_causal_check(tiny, "safety", tmp_path / "q", **kw)
+    for k in ("real", "iti"):  # the saturation summary of each ranking's scores
+        summ = fresh["selections"][k]["score_summary"]
+        assert 0.0 <= summ["frac_ge_0.99"] <= 1.0 and summ["median"] <= summ["max"]
     for name, v in fresh["ablation"]["sets"].items():
         assert resumed["ablation"]["sets"][name]["mean"] == pytest.approx(v["mean"], abs=1e-6)

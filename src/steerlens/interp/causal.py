@@ -324,6 +324,10 @@ def run_causal_check(model, task: str, out_dir: Union[str, os.PathLike], *, spli
                                     "seconds": v["seconds"], **({"repeats": v["repeats"]} if "repeats" in v else {})}
                                 for k, v in sels.items() if k != "_meta"}
         result["fit_data"] = sels["_meta"]
+        for k in ("real", "iti"):  # how easy the reading is: REAL's saturation check reads these
+            g = sels[k]["scores"][~torch.isnan(sels[k]["scores"])]
+            result["selections"][k]["score_summary"] = {"max": float(g.max()), "median": float(g.median()),
+                                                        "frac_ge_0.99": float((g >= 0.99).float().mean())}
         outlines = {f"REAL top-{heads}": (sels["real"]["selected"], "black"),
                     f"ITI top-{heads}": (sels["iti"]["selected"], "limegreen")}
         # 4. rank agreement with causal importance
