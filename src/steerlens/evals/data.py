@@ -406,6 +406,12 @@ class ContrastiveData:
     ids: list[str]
     split: str
     task: str
+    #: how the texts are read (``None``/``False``: the model's default): ``chat`` the chat-template
+    #: flag, ``system`` a system prompt before every prompt, ``close_turn`` each response as a
+    #: finished turn (the template's end-of-turn tokens follow it and are read with it)
+    chat: Optional[bool] = None
+    system: Optional[str] = None
+    close_turn: bool = False
 
     def __post_init__(self) -> None:
         if not (len(self.pos) == len(self.neg) == len(self.ids)):
@@ -418,8 +424,12 @@ class ContrastiveData:
 
     def fingerprint(self) -> str:
         """sha256 of the content, position, split and task."""
-        blob = json.dumps({"pos": self.pos, "neg": self.neg, "position": self.position, "ids": self.ids,
-                           "split": self.split, "task": self.task}, ensure_ascii=False, sort_keys=True)
+        d = {"pos": self.pos, "neg": self.neg, "position": self.position, "ids": self.ids,
+             "split": self.split, "task": self.task}
+        # the reading format only when set, so data without one keeps its earlier fingerprint
+        d.update({k: v for k, v in (("chat", self.chat), ("system", self.system), ("close_turn", self.close_turn))
+                  if v not in (None, False)})
+        blob = json.dumps(d, ensure_ascii=False, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -523,6 +533,37 @@ def truthfulness_response_pairs(split: str = "fit", n: Optional[int] = None, see
     :func:`truthfulness_pairs_from`); ``n`` limits the number of questions."""
     exs = load_truthfulqa(split, n, seed, root=root, **split_kw)
     return truthfulness_pairs_from(exs, seed, split, pairs_per_question=pairs_per_question)
+
+
+#: FineSteer's (MoSE's) TruthfulQA chat format (their ``utils.py``): a system turn and the question
+#: wrapped in an instruction; the reply is the answer itself.
+MOSE_SYSTEM = "You are a helpful, honest and concise assistant."
+MOSE_INSTRUCT = "Answer the question concisely. Q: {q} A:"
+
+
+def truthfulness_mose_pairs_from(exs: Sequence[Example], seed: int = 0, split: Optional[str] = None) -> ContrastiveData:
+    """TruthfulQA pairs as FineSteer's code builds MoSE's data (issue #25, data item 4): per
+    question, its **first** correct answer (pos) vs its **first** incorrect answer (neg), in their
+    chat format: system :data:`MOSE_SYSTEM`, user :data:`MOSE_INSTRUCT`, the answer as a finished
+    assistant turn (``close_turn``: the end-of-turn tokens are part of the averaged answer
+    tokens, as their mean runs to the end of the text). Read with ``position="response_mean"``;
+    a query (MoSE's router input) is the last token of the prompt with its assistant header.
+    The firsts are the CSV's list order (the best answer is first in none of 817 rows by
+    construction; it is the CSV's own first correct answer). ``seed`` is unused (nothing is drawn)."""
+    pos, neg, ids = [], [], []
+    for e in exs:
+        prompt = MOSE_INSTRUCT.format(q=e.prompt)
+        pos.append((prompt, e.meta["correct"][0]))
+        neg.append((prompt, e.meta["incorrect"][0]))
+        ids.append(e.id)
+    return ContrastiveData(pos, neg, "response_mean", ids, split or _split_of(exs), "truthfulness_mose",
+                           chat=True, system=MOSE_SYSTEM, close_turn=True)
+
+
+def truthfulness_mose_pairs(split: str = "fit", n: Optional[int] = None, seed: int = 0, *,
+                            root: Optional[str | os.PathLike] = None, **split_kw) -> ContrastiveData:
+    """:func:`truthfulness_mose_pairs_from` over the ``split``'s questions (``n`` limits them)."""
+    return truthfulness_mose_pairs_from(load_truthfulqa(split, n, seed, root=root, **split_kw), seed, split)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -656,6 +697,7 @@ __all__ = [
     "DataError", "Example", "ContrastiveData", "data_dir", "data_file", "read_rows", "split_assignment",
     "normalize_text", "load_harmful", "load_harmless", "load_xstest", "load_truthfulqa",
     "load_truthfulqa_ab", "load_mmlu_ab", "safety_response_pairs", "safety_prompt_pairs",
-    "truthfulness_response_pairs", "rephrase_instruction", "QA_PRIMER", "TQA_INSTRUCTION", "MC_FORMATS",
+    "truthfulness_response_pairs", "truthfulness_mose_pairs_from", "truthfulness_mose_pairs", "MOSE_SYSTEM",
+    "MOSE_INSTRUCT", "rephrase_instruction", "QA_PRIMER", "TQA_INSTRUCTION", "MC_FORMATS",
     "mc_prompt", "truthfulqa_halves", "RowData", "truthfulness_mc_rows_from", "truthfulness_mc_rows", "safety_pairs_from", "truthfulness_pairs_from", "SPLITS", "FILES", "ENV_VAR",
 ]

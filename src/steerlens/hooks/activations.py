@@ -179,6 +179,8 @@ def capture(
     shard_size: int = 1024,
     max_length: Optional[int] = None,
     dtype: Optional[torch.dtype] = None,
+    system: Optional[str] = None,
+    close_turn: bool = False,
 ) -> Union[dict[Site, torch.Tensor], dict[Site, list[torch.Tensor]], ShardedActivations]:
     """Read activations at ``sites`` for every input; see the module docstring.
 
@@ -192,6 +194,9 @@ def capture(
         edits: optional steering applied while reading (per-input edits are sliced per batch).
         out_dir: stream to safetensors shards there (not with ``position="all"``).
         dtype: store activations in this dtype (default: the model's).
+        system: a system prompt before every input (chat template; plain text: a paragraph first).
+        close_turn: a pair's response is a finished chat turn: the template's end-of-turn tokens
+            follow it and are response tokens (read by ``response_mean`` / ``response_last``).
 
     Returns:
         ``{site: tensor}`` in input order, or a :class:`ShardedActivations` with ``out_dir``.
@@ -214,7 +219,7 @@ def capture(
     cache_key = None
     if _CACHE is not None and not edit_list and out_dir is None and position != "all":
         # batch_size is part of the key: SDPA reduces rows padded to other lengths in another order
-        cache_key = (id(m.hf_model), tuple(items), position, batch_size, chat, max_length, dtype)
+        cache_key = (id(m.hf_model), tuple(items), position, batch_size, chat, max_length, dtype, system, close_turn)
         try:
             hash(cache_key)
         except TypeError:  # e.g. token-id lists as responses: read without the cache
@@ -228,7 +233,7 @@ def capture(
             cache, _CACHE = _CACHE, None
             try:
                 fresh = capture(m, items, missing, position, batch_size=batch_size, chat=chat, progress=progress,
-                                max_length=max_length, dtype=dtype)
+                                max_length=max_length, dtype=dtype, system=system, close_turn=close_turn)
             finally:
                 _CACHE = cache
             for s in missing:
@@ -294,7 +299,8 @@ def capture(
         # Streaming keeps input order (shards concatenate to input order); in memory, batches
         # are grouped by length to save padding and put back in order at the end. In a
         # data-parallel run each rank runs every N-th batch (steerlens.parallel).
-        batches = iter_batches(m, items, batch_size, chat=chat, max_length=max_length, sort_by_length=not streaming)
+        batches = iter_batches(m, items, batch_size, chat=chat, max_length=max_length, sort_by_length=not streaming,
+                               system=system, close_turn=close_turn)
         if streaming:  # one round of N batches at a time: memory stays bounded
             bar = tqdm(total=len(items), desc="capture", unit="input", disable=not (progress and parallel.is_main()),
                        leave=False)

@@ -73,15 +73,20 @@ def check_items(items: Sequence[Item]) -> tuple[list[Item], bool]:
 
 
 def tokenize_items(model: SteerModel, items: Sequence[Item], chat: Optional[bool] = None,
-                   max_length: Optional[int] = None, system: Optional[str] = None) -> list[tuple[list[int], int]]:
+                   max_length: Optional[int] = None, system: Optional[str] = None,
+                   close_turn: bool = False) -> list[tuple[list[int], int]]:
     """``(ids, n_prompt_tokens)`` per input. Response tokens are tokenized separately and appended,
     so the prompt/response boundary is exact. ``max_length`` trims the prompt from the left.
-    ``system``: a system prompt for every input (:meth:`~steerlens.models.SteerModel.prompt_ids`)."""
+    ``system``: a system prompt for every input (:meth:`~steerlens.models.SteerModel.prompt_ids`).
+    ``close_turn``: a response is a finished chat turn: the template's end-of-turn tokens
+    (:meth:`~steerlens.models.SteerModel.turn_end_ids`) follow it and count as response tokens."""
     out = []
+    end = model.turn_end_ids() if close_turn and (model.chat if chat is None else chat) else []
     for x in items:
         if isinstance(x, (tuple, list)):
             p = model.prompt_ids(x[0], chat=chat, system=system)
             r = list(x[1]) if isinstance(x[1], (list, tuple)) else model.response_ids(x[1])
+            r = r + end
         else:
             p, r = model.prompt_ids(x, chat=chat, system=system), []
         if max_length is not None and len(p) + len(r) > max_length:
@@ -113,7 +118,8 @@ def collate(tokens: Sequence[tuple[list[int], int]], rows: Sequence[int], pad_id
 
 def iter_batches(model: SteerModel, items: Sequence[Item], batch_size: int, chat: Optional[bool] = None,
                  sort_by_length: bool = True, max_length: Optional[int] = None,
-                 only: Optional[Sequence[int]] = None, system: Optional[str] = None) -> Iterator[Batch]:
+                 only: Optional[Sequence[int]] = None, system: Optional[str] = None,
+                 close_turn: bool = False) -> Iterator[Batch]:
     """Left-padded batches of at most ``batch_size`` inputs, grouped by length to save padding.
 
     Every batch says which inputs it holds (``Batch.rows``), so results can be put back in order.
@@ -123,7 +129,7 @@ def iter_batches(model: SteerModel, items: Sequence[Item], batch_size: int, chat
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    toks = tokenize_items(model, items, chat=chat, max_length=max_length, system=system)
+    toks = tokenize_items(model, items, chat=chat, max_length=max_length, system=system, close_turn=close_turn)
     order = sorted(range(len(toks)), key=lambda i: -len(toks[i][0])) if sort_by_length else list(range(len(toks)))
     wanted = None if only is None else {int(i) for i in only}
     if wanted is not None and any(not 0 <= i < len(toks) for i in wanted):

@@ -182,6 +182,21 @@ class SteerModel:
         """Token ids of a response appended after a prompt (no special tokens added)."""
         return list(self.tokenizer(response, add_special_tokens=False)["input_ids"])
 
+    def turn_end_ids(self) -> list[int]:
+        """Token ids the chat template writes after an assistant reply (for ChatML templates
+        ``"<|im_end|>\n"``): what a reply read *as a finished turn* ends with. Empty without a chat
+        template, or when the template's text of a finished turn does not extend its prompt text."""
+        if not self.has_chat_template:
+            return []
+        tok, marker = self.tokenizer, "\x00steerlens-reply\x00"
+        msgs = [{"role": "user", "content": "x"}]
+        head = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        full = tok.apply_chat_template(msgs + [{"role": "assistant", "content": marker}], tokenize=False)
+        if not full.startswith(head) or marker not in full:
+            return []
+        tail = full[full.index(marker) + len(marker):]
+        return list(tok(tail, add_special_tokens=False)["input_ids"]) if tail else []
+
     # -- identity ------------------------------------------------------------------------
     def fingerprint(self) -> dict:
         """Name, config, a checksum of a few weights and of the tokenizer vocabulary.

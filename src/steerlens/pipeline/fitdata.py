@@ -23,6 +23,9 @@ task                    steering data                                   gate dat
                                                                         every harmful source
 ``truthfulness``        question + true vs + false answer               none
                         (response-side)
+``truthfulness-mose``   first true vs first false answer, FineSteer's   none
+                        chat format (system prompt, instruction,
+                        closed turn; MoSE's authors)
 ``truthfulness-mc``     every answer choice as its own plain-text row   none
                         ``"Q: … A: …"``, last token, no chat template
                         (REAL's authors), with a σ bank
@@ -160,6 +163,11 @@ FIT_TASKS: dict[str, FitTask] = {
     "truthfulness": FitTask("truthfulness", "TruthfulQA question + true vs + false answer (response-side)",
                             _evals_data("truthfulness_response_pairs"), None, _evals_data("truthfulness_pairs_from"),
                             _evals_data("load_truthfulqa")),
+    "truthfulness-mose": FitTask("truthfulness-mose", "TruthfulQA first correct vs first incorrect answer in "
+                                                      "FineSteer's chat format (system prompt, 'Answer the question "
+                                                      "concisely. Q: ... A:', closed turn; MoSE's authors' data)",
+                                 _evals_data("truthfulness_mose_pairs"), None,
+                                 _evals_data("truthfulness_mose_pairs_from"), _evals_data("load_truthfulqa")),
     "truthfulness-mc": FitTask("truthfulness-mc", "TruthfulQA: every true and false answer as its own plain-text "
                                                   "'Q: ... A: ...' row, last token (the REAL authors' reading)",
                                _evals_data("truthfulness_mc_rows"), None, _evals_data("truthfulness_mc_rows_from"),

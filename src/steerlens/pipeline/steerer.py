@@ -76,15 +76,25 @@ class Steerer:
     def fitted(self) -> bool:
         return self.selection is not None and self.editor.fitted and self.gate.fitted
 
-    def _capture(self, model, items, sites, position, progress, chat: Optional[bool] = None) -> dict[Site, torch.Tensor]:
+    def _capture(self, model, items, sites, position, progress, chat: Optional[bool] = None,
+                 system: Optional[str] = None, close_turn: bool = False) -> dict[Site, torch.Tensor]:
         return capture(model, items, sites, position, batch_size=self.batch_size, progress=progress,  # type: ignore[return-value]
-                       chat=chat)
+                       chat=chat, system=system, close_turn=close_turn)
+
+    @staticmethod
+    def _format(data: Any, responses: bool = True) -> dict:
+        """How ``data``'s texts are written for reading: its ``chat`` flag, ``system`` prompt and
+        (for response-side reads) ``close_turn``; attributes it lacks take the defaults."""
+        out = {"chat": getattr(data, "chat", None), "system": getattr(data, "system", None)}
+        if responses:
+            out["close_turn"] = bool(getattr(data, "close_turn", False))
+        return out
 
     def read_contrastive(self, model, data: Any, *, progress: bool = False) -> ContrastiveActs:
         """Capture the selector's candidate sites on both sides in one pass (pos and neg together)."""
         pos, neg, position = check_data(data)
         sites = self.selector.candidate_sites(model)
-        acts = self._capture(model, pos + neg, sites, position, progress, chat=getattr(data, "chat", None))
+        acts = self._capture(model, pos + neg, sites, position, progress, **self._format(data))
         n = len(pos)
         paired = bool(getattr(data, "paired", position in RESPONSE_POSITIONS and len(pos) == len(neg)))
         return ContrastiveActs({s: t[:n] for s, t in acts.items()}, {s: t[n:] for s, t in acts.items()},
@@ -119,7 +129,7 @@ class Steerer:
         extra = [x for x in self.editor.read_sites(m, selection) if x not in acts.pos]
         if extra:  # sites the editor reads besides the selected ones (e.g. MoSE's query_offset)
             pos, neg, position = check_data(data)
-            more = self._capture(m, pos + neg, extra, position, progress, chat=getattr(data, "chat", None))
+            more = self._capture(m, pos + neg, extra, position, progress, **self._format(data))
             n = len(pos)
             acts.pos.update({s: t[:n] for s, t in more.items()})
             acts.neg.update({s: t[n:] for s, t in more.items()})
@@ -127,7 +137,7 @@ class Steerer:
         if qsites:
             pos, _, _ = check_data(data)
             prompts = [p[0] if isinstance(p, (tuple, list)) else p for p in pos]
-            acts.query = self._capture(m, prompts, qsites, "last", progress, chat=getattr(data, "chat", None))
+            acts.query = self._capture(m, prompts, qsites, "last", progress, **self._format(data, responses=False))
         if getattr(self.editor, "uses_bank", False):  # ITI's sigma_over="bank": σ from the data's σ texts
             bank = getattr(data, "bank", None)
             if not bank:
