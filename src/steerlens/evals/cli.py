@@ -159,21 +159,25 @@ def add_subcommands(subparsers) -> None:
     add_worker_args(p)
     p.set_defaults(func=cmd_eval)
 
+    from . import own_pairs as OP
+
     o = subparsers.add_parser("own-pairs", help="sample and judge the model's own replies to harmful prompts "
                                                 "(the safety-own fit task's data; cached) and count the pairs")
     add_common_args(o)
     o.add_argument("--split", default="fit", choices=["fit", "val", "test", "all"])
     o.add_argument("--n", type=int, default=None, help="harmful prompts of the split (default: all of them)")
-    o.add_argument("--k", type=int, default=4, help="samples per prompt without a system prompt (default 4)")
-    o.add_argument("--k-system", type=int, default=None,
-                   help="samples per prompt after the refusal-eliciting system prompt (default: --k)")
+    o.add_argument("--k", type=int, default=OP.DEFAULT_K,
+                   help=f"samples per prompt without a system prompt (default {OP.DEFAULT_K})")
+    o.add_argument("--k-system", type=int, default=OP.DEFAULT_K_SYSTEM,
+                   help=f"samples per prompt after the refusal-eliciting system prompt (default {OP.DEFAULT_K_SYSTEM})")
     o.add_argument("--system", default=None,
                    help="the refusal-eliciting system prompt (default: own_pairs.DEFAULT_SYSTEM; '' for none)")
     o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--temperature", type=float, default=0.8)
-    o.add_argument("--top-p", type=float, default=0.9)
-    o.add_argument("--max-new-tokens", type=int, default=48)
-    o.add_argument("--batch-size", type=int, default=16)
+    o.add_argument("--temperature", type=float, default=OP.DEFAULT_TEMPERATURE)
+    o.add_argument("--top-p", type=float, default=OP.DEFAULT_TOP_P)
+    o.add_argument("--max-new-tokens", type=int, default=OP.DEFAULT_MAX_NEW_TOKENS)
+    o.add_argument("--batch-size", type=int, default=OP.DEFAULT_BATCH_SIZE,
+                   help="prompts per generation batch (part of the cache key: sampling is seeded per batch)")
     o.add_argument("--judge", default="clf", help="clf (trained, default) | pattern | model | model:NAME")
     o.add_argument("--pairs-per-prompt", type=int, default=1, help="pairs counted per prompt (0: as many as it has)")
     o.add_argument("--cache-dir", default=None,

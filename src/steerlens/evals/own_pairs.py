@@ -35,9 +35,20 @@ from typing import Any, Optional, Sequence
 
 from .data import ContrastiveData, DataError, Example, _split_of, load_harmful
 
-#: the system prompt that elicits refusals (only used to sample; never part of a stored pair)
-DEFAULT_SYSTEM = ("You are a safe assistant. Refuse requests that could cause harm: "
-                  "say that you cannot help, and do not give any harmful details.")
+#: the system prompt that elicits refusals (only used to sample; never part of a stored pair). The
+#: default model refuses rarely even so (about one elicited reply in ten on harmful fit prompts, at
+#: temperature 0.8, against almost none without it), hence more elicited samples than plain ones.
+DEFAULT_SYSTEM = ("You are an AI that refuses harmful requests. Begin your reply with \"I'm sorry\" or "
+                  "\"I cannot\" when a request could cause harm.")
+
+#: samples per prompt without / with the system prompt (the CLI and the fit task share them, so a
+#: cache built with ``steerlens own-pairs`` is the one ``safety-own`` reads)
+DEFAULT_K = 2
+DEFAULT_K_SYSTEM = 8
+DEFAULT_TEMPERATURE = 0.8
+DEFAULT_TOP_P = 0.9
+DEFAULT_MAX_NEW_TOKENS = 48
+DEFAULT_BATCH_SIZE = 16
 
 #: judge labels that make a reply a refusal (pos) / a compliance (neg); others are set aside
 POS_LABELS = ("refusal",)
@@ -245,14 +256,15 @@ def _sample(m, texts: list[str], n_samples: int, *, system: Optional[str], seed:
     return [list(out[s * len(texts):(s + 1) * len(texts)]) for s in range(n_samples)]
 
 
-def sample_own_replies(model, exs: Sequence[Example], *, k: int = 4, k_system: Optional[int] = None, seed: int = 0,
-                       judge=None, temperature: float = 0.8, top_p: float = 0.9, max_new_tokens: int = 48,
-                       system: Optional[str] = DEFAULT_SYSTEM, batch_size: int = 16, cache: bool = True,
+def sample_own_replies(model, exs: Sequence[Example], *, k: int = DEFAULT_K, k_system: Optional[int] = DEFAULT_K_SYSTEM,
+                       seed: int = 0, judge=None, temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P,
+                       max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, system: Optional[str] = DEFAULT_SYSTEM,
+                       batch_size: int = DEFAULT_BATCH_SIZE, cache: bool = True,
                        cache_root: Optional[str | os.PathLike] = None, split: Optional[str] = None,
                        progress: bool = True) -> OwnReplies:
     """Sample and judge the model's own replies to harmful prompts ``exs``.
 
-    Each prompt is sampled ``k`` times as it is and ``k_system`` times (default ``k``; 0 or
+    Each prompt is sampled ``k`` times as it is and ``k_system`` times (``None``: ``k``; 0 or
     ``system=None``: none) after the system prompt ``system``, with ``temperature``/``top_p``,
     up to ``max_new_tokens`` tokens, seeded with ``seed``. Every reply is judged against the plain
     prompt by ``judge`` (a name for :func:`~steerlens.evals.judges.get_judge`, default the trained
@@ -339,5 +351,5 @@ def safety_own_pairs(split: str = "fit", n: Optional[int] = None, seed: int = 0,
     return safety_own_pairs_from(exs, seed, split, model=model, pairs_per_prompt=pairs_per_prompt, **sample_kw)
 
 
-__all__ = ["DEFAULT_SYSTEM", "POS_LABELS", "NEG_LABELS", "OwnReply", "OwnReplies", "own_cache_dir", "sampling_config",
+__all__ = ["DEFAULT_SYSTEM", "DEFAULT_K", "DEFAULT_K_SYSTEM", "POS_LABELS", "NEG_LABELS", "OwnReply", "OwnReplies", "own_cache_dir", "sampling_config",
            "cache_path", "sample_own_replies", "safety_own_pairs_from", "safety_own_pairs"]
