@@ -1,7 +1,9 @@
-"""``steerlens eval``: run the evaluation tasks for one or more steering configurations.
+"""``steerlens eval``: run the evaluation tasks for one or more steering configurations;
+``steerlens own-pairs``: sample and judge the model's own replies for the ``safety-own`` fit task.
 
     steerlens eval --tasks safety,truthfulness,utility [--limit N] [--steering ARTIFACT|none ...]
                    [--alpha A] [--model M] [--data-dir D] --out DIR
+    steerlens own-pairs [--split fit] [--n N] [--k 4] [--k-system K] [--seed S] [--cache-dir DIR] [--out FILE]
 """
 
 from __future__ import annotations
@@ -79,6 +81,58 @@ def _eval_body(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_own_pairs(args: argparse.Namespace) -> int:
+    import json
+
+    from .data import data_dir, load_harmful
+    from .own_pairs import DEFAULT_SYSTEM, sample_own_replies
+
+    for name in ("n", "k", "batch_size", "max_new_tokens"):
+        v = getattr(args, name)
+        if v is not None and v < (0 if name == "k" else 1):
+            print(f"steerlens own-pairs: --{name.replace('_', '-')} must be >= {0 if name == 'k' else 1}, got {v}",
+                  file=sys.stderr)
+            return 2
+    if args.k_system is not None and args.k_system < 0:
+        print(f"steerlens own-pairs: --k-system must be >= 0, got {args.k_system}", file=sys.stderr)
+        return 2
+    if args.pairs_per_prompt < 0:
+        print(f"steerlens own-pairs: --pairs-per-prompt must be >= 0 (0: all), got {args.pairs_per_prompt}",
+              file=sys.stderr)
+        return 2
+    if args.judge not in ("clf", "default", "pattern", "model") and not args.judge.startswith("model:"):
+        print(f"steerlens own-pairs: unknown judge {args.judge!r}; use clf, pattern, model or model:NAME",
+              file=sys.stderr)
+        return 2
+    data_dir(args.data_dir)
+    exs = load_harmful(args.split, args.n, args.seed, root=args.data_dir)
+    model = model_from_args(args)
+    system = DEFAULT_SYSTEM if args.system is None else (args.system or None)
+    got = sample_own_replies(model, exs, k=args.k, k_system=args.k_system, seed=args.seed, judge=args.judge,
+                             temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                             system=system, batch_size=args.batch_size, cache=not args.no_cache,
+                             cache_root=args.cache_dir, split=args.split, progress=not args.no_progress)
+    ppp = args.pairs_per_prompt or None
+    counts = got.counts(ppp)
+    where = f"read from {got.path}" if not got.generated else (f"written to {got.path}" if got.path else "not cached")
+    print(f"own replies of {args.split} ({where}):")
+    for key, v in counts.items():
+        print(f"  {key:<22} {v}")
+    if args.out:
+        from ..fileio import atomic_write_json
+
+        d = got.to_dict()
+        d["counts"] = counts
+        atomic_write_json(args.out, d)
+        print(f"wrote {args.out}")
+    if args.show:
+        for pid, (refusals, compliances) in list(got.by_prompt().items())[: args.show]:
+            print(json.dumps({"id": pid, "prompt": got.prompts[pid],
+                              "refusals": [r.reply for r in refusals[:2]],
+                              "compliances": [c.reply for c in compliances[:2]]}, ensure_ascii=False))
+    return 0
+
+
 def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate steering: safety, truthfulness, utility (with CIs)")
     p.add_argument("--tasks", default="safety,truthfulness,utility",
@@ -104,3 +158,32 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--out", required=True, help="output directory (results.json, results.md, plots)")
     add_worker_args(p)
     p.set_defaults(func=cmd_eval)
+
+    from . import own_pairs as OP
+
+    o = subparsers.add_parser("own-pairs", help="sample and judge the model's own replies to harmful prompts "
+                                                "(the safety-own fit task's data; cached) and count the pairs")
+    add_common_args(o)
+    o.add_argument("--split", default="fit", choices=["fit", "val", "test", "all"])
+    o.add_argument("--n", type=int, default=None, help="harmful prompts of the split (default: all of them)")
+    o.add_argument("--k", type=int, default=OP.DEFAULT_K,
+                   help=f"samples per prompt without a system prompt (default {OP.DEFAULT_K})")
+    o.add_argument("--k-system", type=int, default=OP.DEFAULT_K_SYSTEM,
+                   help=f"samples per prompt after the refusal-eliciting system prompt (default {OP.DEFAULT_K_SYSTEM})")
+    o.add_argument("--system", default=None,
+                   help="the refusal-eliciting system prompt (default: own_pairs.DEFAULT_SYSTEM; '' for none)")
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--temperature", type=float, default=OP.DEFAULT_TEMPERATURE)
+    o.add_argument("--top-p", type=float, default=OP.DEFAULT_TOP_P)
+    o.add_argument("--max-new-tokens", type=int, default=OP.DEFAULT_MAX_NEW_TOKENS)
+    o.add_argument("--batch-size", type=int, default=OP.DEFAULT_BATCH_SIZE,
+                   help="prompts per generation batch (part of the cache key: sampling is seeded per batch)")
+    o.add_argument("--judge", default="clf", help="clf (trained, default) | pattern | model | model:NAME")
+    o.add_argument("--pairs-per-prompt", type=int, default=1, help="pairs counted per prompt (0: as many as it has)")
+    o.add_argument("--cache-dir", default=None,
+                   help="where reply files live (default: $STEERLENS_CACHE/own_pairs or ~/.cache/steerlens/own_pairs)")
+    o.add_argument("--no-cache", action="store_true", help="sample again and write no cache file")
+    o.add_argument("--out", default=None, metavar="FILE.json", help="also write the judged replies and counts here")
+    o.add_argument("--show", type=int, default=0, metavar="N", help="print the replies of the first N prompts")
+    o.add_argument("--no-progress", action="store_true")
+    o.set_defaults(func=cmd_own_pairs)

@@ -21,6 +21,9 @@ task                    steering data                                   gate dat
                                                                         look-alikes (harm_dir)
 ``safety-harm-all``     as ``safety``                                   as ``safety-harm``, from
                                                                         every harmful source
+``safety-own``          harmful prompt + the model's own sampled       as ``safety``
+                        refusal vs + its own compliance (response-
+                        side; :mod:`steerlens.evals.own_pairs`)
 ``truthfulness``        question + true vs + false answer               none
                         (response-side)
 ``truthfulness-mose``   first true vs first false answer, FineSteer's   none
@@ -145,6 +148,18 @@ def _evals_data(name: str) -> Callable:
     return call
 
 
+def _own_pairs(name: str) -> Callable:
+    """``steerlens.evals.own_pairs.<name>``, imported when called."""
+    def call(*args, **kwargs):
+        from ..evals import own_pairs
+
+        return getattr(own_pairs, name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__module__ = "steerlens.evals.own_pairs"
+    return call
+
+
 #: The fit tasks (what steerers are fitted on; not the *eval* tasks of :mod:`steerlens.evals.tasks`).
 FIT_TASKS: dict[str, FitTask] = {
     "safety": FitTask("safety", "harmful prompt + refusal vs + compliant reply (response-side)",
@@ -160,6 +175,10 @@ FIT_TASKS: dict[str, FitTask] = {
                                                   "harmful source (nine groups)",
                                _evals_data("safety_response_pairs"), harm_gate_data_all,
                                _evals_data("safety_pairs_from"), _evals_data("load_harmful")),
+    "safety-own": FitTask("safety-own", "harmful prompt + the default model's own sampled refusal vs + its own "
+                                        "compliance (response-side; replies cached, build with steerlens own-pairs)",
+                          _own_pairs("safety_own_pairs"), safety_gate_data, _own_pairs("safety_own_pairs_from"),
+                          _evals_data("load_harmful")),
     "truthfulness": FitTask("truthfulness", "TruthfulQA question + true vs + false answer (response-side)",
                             _evals_data("truthfulness_response_pairs"), None, _evals_data("truthfulness_pairs_from"),
                             _evals_data("load_truthfulqa")),
