@@ -663,9 +663,13 @@ def run_truthfulness_splits(args) -> int:
     val_all = D.load_truthfulqa("val")
     val_q = sorted(D.load_truthfulqa("val", args.n_val, args.seed), key=lambda e: e.id)
     test_q = D.load_truthfulqa("test", args.n_test, args.seed)
-    data = D.truthfulness_pairs_from(fit_q, args.seed, split="fit")
+    if args.fit_data == "authors":  # FineSteer's own data (issue #25 item 4): first answers, their chat format
+        data = D.truthfulness_mose_pairs_from(fit_q, args.seed, split="fit")
+    else:
+        data = D.truthfulness_pairs_from(fit_q, args.seed, split="fit")
     t0 = time.perf_counter()
-    steerers = fit_methods(model, data, None, methods, args, cache=out / f"acts_tqa_fit_L{args.layer}.pt")
+    tag = "" if args.fit_data == "ours" else f"_{args.fit_data}"
+    steerers = fit_methods(model, data, None, methods, args, cache=out / f"acts_tqa{tag}_fit_L{args.layer}.pt")
     times["fit_all"] = time.perf_counter() - t0
     for name, st in steerers.items():
         st.save(out / "artifacts" / name, model=model)
@@ -696,6 +700,8 @@ def run_truthfulness_splits(args) -> int:
     times["total"] = time.perf_counter() - t_all
     atomic_write_json(out / "mose_report.json", {
         "task": "truthfulness", "scheme": "splits", "model": model.cfg.model_name, "layer": args.layer, "n_fit_pairs": len(data),
+        "fit_data": {"name": args.fit_data, "task": data.task, "system": getattr(data, "system", None),
+                     "close_turn": getattr(data, "close_turn", False)},
         "n_val": len(val_q), "n_test": len(test_q),
         "routed": {"set": "TruthfulQA val (every question)", "n": len(val_all)},
         "fit": {m: {k: st.fit_info.get(k) for k in ("capture_seconds", "fit_seconds_with_query_capture")
@@ -749,9 +755,15 @@ def run_safety_routing(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = steerlens.load_model(args.model)
-    data = D.safety_response_pairs("fit", n=args.n_fit, seed=args.seed)
+    if args.fit_data == "own":  # the model's own refusals vs compliances (issue #25 item 5; steerlens own-pairs)
+        from steerlens.evals.own_pairs import safety_own_pairs
+
+        data = safety_own_pairs("fit", n=args.n_fit, seed=args.seed, model=model)
+    else:
+        data = D.safety_response_pairs("fit", n=args.n_fit, seed=args.seed)
+    tag = "" if args.fit_data == "ours" else f"_{args.fit_data}"
     steerers = fit_methods(model, data, None, [method_name("mose", p) for p in args.presets], args,
-                           cache=args.acts_cache or out / f"acts_safety_L{args.layer}.pt")
+                           cache=args.acts_cache or out / f"acts_safety{tag}_L{args.layer}.pt")
     harm = D.load_harmful("val")
     report = mose_routing(model, steerers, [e.prompt for e in harm],
                           {"category": [e.meta.get("category") or f"({e.source}, no category)" for e in harm],
@@ -761,6 +773,7 @@ def run_safety_routing(args) -> int:
                            "category_where_given": [e.meta.get("category") for e in harm]}, args)
     atomic_write_json(out / "mose_report.json", {
         "task": "safety", "model": model.cfg.model_name, "layer": args.layer, "n_fit_pairs": len(data),
+        "fit_data": {"name": args.fit_data, "task": data.task},
         "routed": {"set": "harmful val (every prompt)", "n": len(harm)}, "steerers": report,
         "wall_seconds": {"total": round(time.perf_counter() - t0, 1)}})
     return 0
@@ -952,6 +965,10 @@ def main(argv=None) -> int:
     ap.add_argument("--safety-run", default=None, help="report: a safety --routing-only run folder")
     # safety
     ap.add_argument("--methods", default=None)
+    ap.add_argument("--fit-data", default="ours", choices=("ours", "authors", "own"),
+                    help="fitting pairs: ours (the fit task's usual pairs); truthfulness --scheme splits: authors "
+                         "(FineSteer's: first correct vs first incorrect answer in their chat format, fit task "
+                         "truthfulness-mose); safety --routing-only: own (the model's own replies, fit task safety-own)")
     ap.add_argument("--n-fit", type=int, default=None,
                     help="safety fit pairs; truthfulness --scheme splits: fit questions (default: the whole fit split)")
     ap.add_argument("--n-gate-fit", type=int, default=None)
@@ -990,6 +1007,10 @@ def main(argv=None) -> int:
         if not args.truthfulness_run:
             ap.error("report needs --truthfulness-run")
         return write_report(args)
+    if args.fit_data == "authors" and not (args.task == "truthfulness" and args.scheme == "splits"):
+        ap.error("--fit-data authors is for truthfulness --scheme splits")
+    if args.fit_data == "own" and not (args.task == "safety" and args.routing_only):
+        ap.error("--fit-data own is for safety --routing-only")
     resolve_layer(args)
     if args.methods is None:
         args.methods = "caa,mose,caa-scs,finesteer" if args.task == "safety" else "caa,mose,finesteer"

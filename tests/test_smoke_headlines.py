@@ -127,6 +127,22 @@ def test_finesteer_experiment_quick_presets_and_report(root, tmp_path):
     assert json.loads((rep / "mose.json").read_text())["safety"]["mose"]["n_fit_pairs"] == 16
 
 
+def test_finesteer_experiment_quick_authors_data(root, tmp_path):
+    """``--fit-data authors``: MoSE and CAA fitted on FineSteer's own TruthfulQA pairs (fit task
+    truthfulness-mose: system prompt, instruction, closed turn); bad combinations are refused."""
+    import finesteer
+
+    tq = tmp_path / "tq"
+    assert finesteer.main(["truthfulness", "--quick", "--scheme", "splits", "--preset", "paper",
+                           "--methods", "caa,mose", "--alphas-paper", "2.5", "--alphas-caa", "1",
+                           "--fit-data", "authors", "--out", str(tq)]) == 0
+    r = json.loads((tq / "mose_report.json").read_text())
+    assert r["fit_data"] == {"name": "authors", "task": "truthfulness_mose", "system": finesteer.D.MOSE_SYSTEM, "close_turn": True}
+    assert list(tq.glob("acts_tqa_authors_fit_L*.pt"))
+    with pytest.raises(SystemExit):
+        finesteer.main(["safety", "--quick", "--fit-data", "authors", "--out", str(tmp_path / "x")])
+
+
 def test_odesteer_experiment_quick(root, tmp_path):
     import odesteer
 
