@@ -4,8 +4,9 @@
     steerlens select --method iti  --task safety --out runs/select_iti
 
 ``--task truthfulness``: TruthfulQA questions with a true vs a false answer; ``--task safety``:
-harmful requests followed by a refusal vs a compliant opening. Both are read response-side (mean
-over the response tokens) from the ``--split`` (default ``fit``) of the benchmark data
+harmful requests followed by a refusal vs a compliant opening; any other fit task by name (e.g.
+``safety-own``, the model's own refusals vs compliances; ``truthfulness-mc``, the REAL authors'
+rows). Read from the ``--split`` (default ``fit``) of the benchmark data
 (``--data-dir``, else ``$STEERLENS_DATA``, else ``../shared/data``).
 
 Wiring: ``steerlens.pipeline.cli.add_subcommands`` calls :func:`add_select_subcommand`.
@@ -20,8 +21,10 @@ import time
 from pathlib import Path
 
 from ....cliargs import add_common_args
+from ...fitdata import FIT_TASK_NAMES
 
-TASKS = ("truthfulness", "safety")
+#: every fit task (``safety-own``: the model's own replies; ``truthfulness-mc``: REAL's authors' rows)
+TASKS = FIT_TASK_NAMES
 DEFAULT_REPEATS = 10  # = steerlens.pipeline.methods.real.selector.DEFAULT_REPEATS (not imported: keeps --help light)
 #: what ``select`` passes when neither an option nor the preset sets it
 _DEFAULTS = {"scorer": "markov", "repeats": DEFAULT_REPEATS, "epochs": 20}
@@ -81,7 +84,7 @@ def add_select_subcommand(subparsers) -> argparse.ArgumentParser:
     """Add ``select`` to the ``steerlens`` command line."""
     p = subparsers.add_parser("select", help="rank attention heads (REAL or ITI), write ranking JSON + heatmap")
     p.add_argument("--method", choices=("real", "iti"), default="real")
-    p.add_argument("--task", choices=TASKS, default="truthfulness")
+    p.add_argument("--task", choices=TASKS, default="truthfulness", help="fit task (steerlens fit's --task)")
     p.add_argument("--heads", type=int, default=None, help="H, heads to select (default: 48/1024 of all heads)")
     p.add_argument("--out", required=True, help="output directory (ranking.json, heatmap.png, usage.png)")
     p.add_argument("--split", default="fit", help="data split to select on (fit | val | test | all)")
