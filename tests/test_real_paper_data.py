@@ -107,3 +107,21 @@ def test_mc2_metric_in_plain_format_equals_mc_values(tiny, root):
     got = metric_values(tiny, metric).double()
     torch.testing.assert_close(got, torch.tensor(mc_values(tiny, qs, fmt="qa")[1], dtype=torch.float64),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_ode_rows_are_every_answer_with_a_newline_and_fit_odesteer_paper(tiny, root):
+    """ODESteer's authors' barrier data (fit task truthfulness-ode): every answer as "Q: q\\nA: a",
+    read at the last token of plain text, no bank; the paper preset fits its barrier on it."""
+    qs = D.load_truthfulqa("fit", 6, root=root)
+    d = fit_data("truthfulness-ode", n=6, data_root=root)
+    mc = D.truthfulness_mc_rows_from(qs, seed=0, split="fit")
+    assert d.pos == [t.replace(" A: ", "\nA: ", 1) for t in mc.pos] and len(d.neg) == len(mc.neg)
+    assert d.pos[0] == f"Q: {qs[0].prompt}\nA: {qs[0].meta['best']}"
+    assert d.bank is None and d.chat is False and d.position == "last" and d.task == "truthfulness_ode_rows"
+    st = make_steerer("odesteer", preset="paper", layer=1, n_features=64)
+    acts = st.read_contrastive(tiny, d)
+    site = next(iter(acts.pos))
+    want = capture(tiny, d.pos, [site], "last", chat=False, progress=False)[site]
+    torch.testing.assert_close(acts.pos[site], want)
+    st.fit(tiny, d, acts=acts)
+    assert st.editor.fitted and st.editor.stats["n_pos"] == len(d.pos) and st.editor.stats["n_neg"] == len(d.neg)

@@ -661,7 +661,7 @@ class RowData:
 
 
 def truthfulness_mc_rows_from(exs: Sequence[Example], seed: int = 0, split: Optional[str] = None, *,
-                              bank: bool = True) -> RowData:
+                              bank: bool = True, sep: str = " ", task: str = "truthfulness_mc_rows") -> RowData:
     """Every answer choice of each question as its own plain-text row ``"Q: {q} A: {choice}"``
     (true answers: pos, false: neg), read at the last token without a chat template — the REAL
     authors' reading (``tokenized_tqa`` over the MC2 choices; here the choices are the CSV's
@@ -677,14 +677,26 @@ def truthfulness_mc_rows_from(exs: Sequence[Example], seed: int = 0, split: Opti
         trues = [e.meta["best"]] + [c for c in e.meta["correct"] if c != e.meta["best"]]
         other = exs[rng.randrange(len(exs))].prompt
         for a in trues:
-            pos.append(f"Q: {e.prompt} A: {a}")
+            pos.append(f"Q: {e.prompt}{sep}A: {a}")
             pid.append(e.id)
         for a in e.meta["incorrect"]:
-            neg.append(f"Q: {e.prompt} A: {a}")
+            neg.append(f"Q: {e.prompt}{sep}A: {a}")
             nid.append(e.id)
-        bank_rows += [f"Q: {e.prompt} A: {a} Q: {other}" for a in trues + list(e.meta["incorrect"])]
-    return RowData(pos, neg, pid, nid, split or _split_of(exs), "truthfulness_mc_rows",
-                   bank=bank_rows if bank else None)
+        bank_rows += [f"Q: {e.prompt}{sep}A: {a}{sep}Q: {other}" for a in trues + list(e.meta["incorrect"])]
+    return RowData(pos, neg, pid, nid, split or _split_of(exs), task, bank=bank_rows if bank else None)
+
+
+def truthfulness_ode_rows_from(exs: Sequence[Example], seed: int = 0, split: Optional[str] = None) -> RowData:
+    """ODESteer's authors' barrier data: every correct and incorrect answer of each question as
+    its own plain-text row ``"Q: {q}\nA: {a}"`` (a newline before ``A:``, unlike REAL's rows),
+    read at the last token without a chat template; no σ bank."""
+    return truthfulness_mc_rows_from(exs, seed, split, bank=False, sep="\n", task="truthfulness_ode_rows")
+
+
+def truthfulness_ode_rows(split: str = "fit", n: Optional[int] = None, seed: int = 0, *,
+                          root: Optional[str | os.PathLike] = None, **split_kw) -> RowData:
+    """:func:`truthfulness_ode_rows_from` over the ``split``'s questions (``n`` limits them)."""
+    return truthfulness_ode_rows_from(load_truthfulqa(split, n, seed, root=root, **split_kw), seed, split)
 
 
 def truthfulness_mc_rows(split: str = "fit", n: Optional[int] = None, seed: int = 0, *,
@@ -699,5 +711,5 @@ __all__ = [
     "load_truthfulqa_ab", "load_mmlu_ab", "safety_response_pairs", "safety_prompt_pairs",
     "truthfulness_response_pairs", "truthfulness_mose_pairs_from", "truthfulness_mose_pairs", "MOSE_SYSTEM",
     "MOSE_INSTRUCT", "rephrase_instruction", "QA_PRIMER", "TQA_INSTRUCTION", "MC_FORMATS",
-    "mc_prompt", "truthfulqa_halves", "RowData", "truthfulness_mc_rows_from", "truthfulness_mc_rows", "safety_pairs_from", "truthfulness_pairs_from", "SPLITS", "FILES", "ENV_VAR",
+    "mc_prompt", "truthfulqa_halves", "RowData", "truthfulness_mc_rows_from", "truthfulness_mc_rows", "truthfulness_ode_rows_from", "truthfulness_ode_rows", "safety_pairs_from", "truthfulness_pairs_from", "SPLITS", "FILES", "ENV_VAR",
 ]

@@ -32,6 +32,8 @@ task                    steering data                                   gate dat
 ``truthfulness-mc``     every answer choice as its own plain-text row   none
                         ``"Q: … A: …"``, last token, no chat template
                         (REAL's authors), with a σ bank
+``truthfulness-ode``    as ``truthfulness-mc`` with ``"Q: …\\nA: …"``,     none
+                        no bank (ODESteer's authors' barrier data)
 ======================  ==============================================  ======================
 """
 
@@ -191,6 +193,10 @@ FIT_TASKS: dict[str, FitTask] = {
                                                   "'Q: ... A: ...' row, last token (the REAL authors' reading)",
                                _evals_data("truthfulness_mc_rows"), None, _evals_data("truthfulness_mc_rows_from"),
                                _evals_data("load_truthfulqa")),
+    "truthfulness-ode": FitTask("truthfulness-ode", "TruthfulQA: every true and false answer as its own plain-text "
+                                                    "'Q: ...\\nA: ...' row, last token (the ODESteer authors' barrier data)",
+                                _evals_data("truthfulness_ode_rows"), None, _evals_data("truthfulness_ode_rows_from"),
+                                _evals_data("load_truthfulqa")),
 }
 
 #: Names of the fit tasks (``--task`` choices of ``steerlens fit``), read off :data:`FIT_TASKS`.
