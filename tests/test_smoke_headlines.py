@@ -255,3 +255,23 @@ def test_gate_loso_e2e_quick(root, tmp_path):
     assert gate_loso_e2e.main(["--quick", "--out", str(tmp_path), "--threads", "1"]) == 0
     assert (tmp_path / "replies.jsonl").read_text().count("\n") == lines
     assert json.loads((tmp_path / "loso_e2e.json").read_text())["gates"] == res["gates"]
+
+
+def test_odesteer_authors_experiment_quick(root, tmp_path):
+    """experiments/odesteer_authors.py: the paper preset on the authors' rows and on pairs, scored in
+    plain and chat MC formats; θ chosen on val, paired differences on test in the same format."""
+    import odesteer_authors as oa
+
+    out = tmp_path / "oa"
+    assert oa.main(["--quick", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    rows = oa.D.truthfulness_ode_rows("fit", 8, 0)
+    assert (s["fit"]["rows"]["n_pos"], s["fit"]["rows"]["n_neg"]) == (len(rows.pos), len(rows.neg))
+    assert s["fit"]["pairs"]["n_pos"] == s["fit"]["pairs"]["n_neg"] == 12
+    assert set(s["chosen"]) == set(oa.CONFIGS) and all(t in (0.1, 0.2) for t in s["chosen"].values())
+    assert set(s["test"]) == {"none/qa", "none/chat", *oa.CONFIGS}
+    assert set(s["paired_vs_unsteered"]) == set(oa.CONFIGS) and s["paired_vs_unsteered"]["rows/qa"]["mc2"]["n"] == 4
+    # resuming computes nothing new
+    n_lines = len((out / "results.jsonl").read_text().splitlines())
+    assert oa.main(["--quick", "--out", str(out)]) == 0
+    assert len((out / "results.jsonl").read_text().splitlines()) == n_lines == 2 + 3 * 2 + 2 + 3
