@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -39,8 +38,11 @@ from steerlens.evals import data as D
 from steerlens.evals.compare import paired_difference
 from steerlens.evals.stats import rate_or_mean_ci
 from steerlens.evals.tasks import mc_values
-from steerlens.fileio import atomic_write_json, atomic_write_text
+from steerlens.fileio import atomic_write_json, atomic_write_text, replace_marked_block
 from steerlens.pipeline import load_steerer, make_steerer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from odesteer import floats  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "fidelity.md"
@@ -197,17 +199,8 @@ def render_markdown(s: dict) -> str:
 
 
 def render_docs(json_path: Path, doc: Path = DOC) -> None:
-    s = json.loads(Path(json_path).read_text())
-    text = doc.read_text()
-    if DOC_BEGIN not in text or DOC_END not in text:
-        raise SystemExit(f"error: {doc} has no {DOC_BEGIN!r} … {DOC_END!r} block")
-    block = f"{DOC_BEGIN}\n\n{render_markdown(s)}\n{DOC_END}"
-    atomic_write_text(doc, re.sub(re.escape(DOC_BEGIN) + r".*?" + re.escape(DOC_END), lambda _: block, text, flags=re.S))
+    replace_marked_block(doc, DOC_BEGIN, DOC_END, render_markdown(json.loads(Path(json_path).read_text())))
     print(f"rendered {json_path} into {doc}")
-
-
-def floats(s: str) -> list[float]:
-    return [float(x) for x in s.split(",") if x]
 
 
 QUICK = dict(model="tiny-random", layer=1, n_fit=12, n_fit_rows=8, n_val=4, n_test=4, thetas="0.1,0.2", score_batch=8)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 
 import steerlens
 from steerlens.evals import data as D
-from steerlens.fileio import atomic_write_json, atomic_write_text
+from steerlens.fileio import atomic_write_json, atomic_write_text, replace_marked_block
 from steerlens.hooks import Site
 from steerlens.pipeline import load_steerer, make_steerer
 from steerlens.pipeline.methods.odesteer.roles import PAPER_PRESET
@@ -330,13 +329,7 @@ def _test_markdown(b: dict, title: str, t_scale: float | None) -> list[str]:
 
 def render_docs(json_path: Path, doc: Path = DOC) -> None:
     """Replace the block between DOC_BEGIN and DOC_END in ``doc`` by the tables of ``json_path``."""
-    s = json.loads(Path(json_path).read_text())
-    text = doc.read_text()
-    if DOC_BEGIN not in text or DOC_END not in text:
-        raise SystemExit(f"error: {doc} has no {DOC_BEGIN!r} … {DOC_END!r} block")
-    block = f"{DOC_BEGIN}\n\n{render_markdown(s)}\n{DOC_END}"
-    new = re.sub(re.escape(DOC_BEGIN) + r".*?" + re.escape(DOC_END), lambda _: block, text, flags=re.S)
-    atomic_write_text(doc, new)
+    replace_marked_block(doc, DOC_BEGIN, DOC_END, render_markdown(json.loads(Path(json_path).read_text())))
     print(f"rendered {json_path} into {doc}")
 
 

@@ -54,7 +54,7 @@ from steerlens import load_model
 from steerlens.evals import data as D
 from steerlens.evals.stats import bootstrap_ci
 from steerlens.evals.tasks import mc_values
-from steerlens.fileio import atomic_write, atomic_write_json, atomic_write_text
+from steerlens.fileio import atomic_write, atomic_write_json, atomic_write_text, replace_marked_block
 from steerlens.hooks.sites import parse_site
 from steerlens.pipeline import make_steerer
 from steerlens.pipeline.contrastive import ContrastiveActs
@@ -332,12 +332,7 @@ def render_docs(json_path: Path, doc: Path = DOC) -> None:
     s = json.loads(Path(json_path).read_text())
     body = render(s)
     atomic_write_text(Path(json_path).with_suffix(".md"), body)
-    text = doc.read_text(encoding="utf-8")
-    if DOC_BEGIN not in text or DOC_END not in text:
-        raise SystemExit(f"{doc} has no {DOC_BEGIN} ... {DOC_END} block")
-    head, rest = text.split(DOC_BEGIN, 1)
-    _, tail = rest.split(DOC_END, 1)
-    atomic_write_text(doc, f"{head}{DOC_BEGIN}\n\n{body}\n{DOC_END}{tail}")
+    replace_marked_block(doc, DOC_BEGIN, DOC_END, body)
 
 
 def main(argv=None) -> int:

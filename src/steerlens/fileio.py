@@ -40,6 +40,18 @@ def atomic_write_json(path: PathLike, obj: Any, indent: int = 1) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent, default=str, ensure_ascii=False))
 
 
+def replace_marked_block(doc: PathLike, begin: str, end: str, body: str) -> Path:
+    """Replace what lies between the marker lines ``begin`` and ``end`` of ``doc`` by ``body``
+    (a blank line after ``begin``), atomically. A document without both markers is an error
+    (``SystemExit`` naming them), so a generated block is never appended to the wrong file."""
+    text = Path(doc).read_text(encoding="utf-8")
+    if begin not in text or end not in text:
+        raise SystemExit(f"error: {doc} has no {begin!r} … {end!r} block")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return atomic_write_text(doc, f"{head}{begin}\n\n{body}\n{end}{tail}")
+
+
 def atomic_savefig(fig, path: PathLike, **savefig_kw: Any) -> Path:
     """``fig.savefig`` to ``path`` atomically (format from ``path``'s suffix unless given)."""
     savefig_kw.setdefault("format", Path(path).suffix.lstrip(".") or "png")
