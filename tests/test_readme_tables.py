@@ -84,3 +84,22 @@ def test_fidelity_odesteer_block_matches_its_json(tmp_path):
     assert doc.read_text(encoding="utf-8") != text
     op.render_docs(op.JSON, doc)
     assert doc.read_text(encoding="utf-8") == text, "run: python experiments/odesteer_paper.py --render-docs"
+
+
+@pytest.mark.parametrize("module,json_attr,cmd", [
+    ("real_paper", "DOCS_JSON", "python experiments/real_paper.py --out runs/real_paper --render-docs"),
+    ("odesteer_authors", "JSON", "python experiments/odesteer_authors.py --render-docs"),
+])
+def test_fidelity_blocks_match_their_json(tmp_path, module, json_attr, cmd):
+    """docs/fidelity.md's REAL-protocol and ODESteer-authors blocks are their experiments' renderings
+    of their saved JSON; a hand edit of a block is told apart."""
+    import importlib
+
+    m = importlib.import_module(module)
+    text = m.DOC.read_text(encoding="utf-8")
+    block = text[text.index(m.DOC_BEGIN):text.index(m.DOC_END) + len(m.DOC_END)]
+    doc = tmp_path / "fidelity.md"
+    doc.write_text(text.replace(block, f"{m.DOC_BEGIN}\nhand-edited\n{m.DOC_END}"), encoding="utf-8")
+    assert doc.read_text(encoding="utf-8") != text
+    m.render_docs(getattr(m, json_attr), doc)
+    assert doc.read_text(encoding="utf-8") == text, f"run: {cmd}"
