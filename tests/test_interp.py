@@ -138,7 +138,12 @@ def test_patch_cli_writes_map_json_and_table(tmp_path, root):
     comp = json.loads((out / "comparison.json").read_text())
     assert {r["selector"] for r in comp["rank_agreement"]} == {"real", "iti", "real_vs_iti"}
     ab = comp["ablation"]
-    assert ab["n"] == 5 and len(ab["sets"]) == 3 + 2
+    assert ab["n"] == 5 and len(ab["sets"]) == 4 + 2
+    # the positive control: the heads whose single ablation lowers the metric most, read off the map
+    grid = torch.tensor([[float("nan") if v is None else v for v in row] for row in em["grid"]])
+    flat = sorted(((float(grid[l, h]), l, h) for l in range(grid.shape[0]) for h in range(grid.shape[1])))
+    assert set(comp["causal_lowering"]) == {f"L{l}H{h}" for _, l, h in flat[:2]}
+    assert ab["sets"]["effect-map most lowering 2"]["heads"] == comp["causal_lowering"]
     for v in ab["sets"].values():
         assert v["n"] == 5 and v["ci_low"] <= v["mean"] <= v["ci_high"] and math.isfinite(v["mean"])
     md = (out / "comparison.md").read_text()
@@ -201,7 +206,7 @@ def test_patch_ablation_resumes_from_its_saved_values(tmp_path, root, monkeypatc
 
     monkeypatch.setattr(C, "ablate_heads", real_ablate)
     resumed = C.run_causal_check(tiny, "safety", out, **kw)
-    assert len(json.loads((out / "ablation_values.json").read_text())["values"]) == 1 + 3 + 2
+    assert len(json.loads((out / "ablation_values.json").read_text())["values"]) == 1 + 4 + 2
     fresh = C.run_causal_check(tiny, "safety", tmp_path / "q", **kw)
     for k in ("real", "iti"):  # the saturation summary of each ranking's scores
         summ = fresh["selections"][k]["score_summary"]

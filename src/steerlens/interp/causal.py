@@ -357,8 +357,12 @@ def run_causal_check(model, task: str, out_dir: Union[str, os.PathLike], *, spli
         # 5. ablation on held-out examples; each set's per-example values are kept in
         # ablation_values.json as soon as they exist, so a stopped run resumes where it was
         ab_metric = task_metric(task, ablate_split, ablate_n, seed, data_root, **kw)
+        # the positive control: the heads whose single ablation lowers the metric most (by |effect|
+        # the top set mixes signs, and its effects can cancel when ablated together)
+        lowering = top_heads(-effect, heads)
+        result["causal_lowering"] = _fmt_heads(lowering)
         sets = {f"REAL top-{heads}": sels["real"]["selected"], f"ITI top-{heads}": sels["iti"]["selected"],
-                f"effect-map top-{heads}": causal_top}
+                f"effect-map top-{heads}": causal_top, f"effect-map most lowering {heads}": lowering}
         all_heads = [(l, h) for l in range(L) for h in range(H)]
         rand = {f"random-{heads} seed {s}": random.Random(1000 + s).sample(all_heads, heads) for s in range(random_sets)}
         av_path = out / "ablation_values.json"
