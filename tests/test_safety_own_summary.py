@@ -37,3 +37,26 @@ def test_routing_and_render(tmp_path):
     md = so.render({"own_pairs": {"counts": counts}, "mose": m,
                     "real": {"own replies": so.saturation(_ranking(tmp_path, [0.9, 0.995]))}})
     assert "**3 pairs**" in md and "1 of 2 (50.0%)" in md and "| mose-paper | 2 (3 / 2 / 2) |" in md
+
+
+def test_tqa_gen_summary_pairs_methods_with_the_unsteered_rows(tmp_path):
+    """experiments/tqa_gen_summary.py: True = BLEU accuracy, True × Info both, paired on question ids."""
+    import tqa_gen_summary as tg
+
+    def run(name, steer, alpha, rows):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps({"meta": {"alpha": alpha}, "records": []}))
+        (d / "samples.jsonl").write_text("\n".join(json.dumps({"steering": s, "id": i, "bleu_acc": t, "informative": f})
+                                                   for s, i, t, f in rows))
+        return d
+
+    base = [("none", f"q{i}", i % 2 == 0, True) for i in range(4)]
+    a = run("a", "x", 0.5, base + [("x", f"q{i}", True, i != 3) for i in range(4)])
+    b = run("b", "y", 2.0, base + [("y", f"q{i}", False, True) for i in range(4)])
+    s = tg.summarize([a, b])
+    assert set(s["methods"]) == {"none", "x (α 0.5)", "y (α 2)"}
+    assert s["methods"]["none"]["true_info"]["value"] == 0.5 and s["methods"]["x (α 0.5)"]["true_info"]["value"] == 0.75
+    assert s["paired_vs_unsteered"]["x (α 0.5)"]["true"]["value"] == 0.5
+    assert s["paired_vs_unsteered"]["y (α 2)"]["true_info"]["value"] == -0.5
+    assert "| y (α 2) |" in tg.render(s)
