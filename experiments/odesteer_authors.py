@@ -38,7 +38,7 @@ from steerlens.evals import data as D
 from steerlens.evals.compare import paired_difference
 from steerlens.evals.stats import rate_or_mean_ci
 from steerlens.evals.tasks import mc_values
-from steerlens.fileio import atomic_write_json, atomic_write_text, replace_marked_block
+from steerlens.fileio import atomic_write_json, atomic_write_report, replace_marked_block
 from steerlens.pipeline import load_steerer, make_steerer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -158,9 +158,7 @@ def summarize(args, out: Path, res: Results) -> dict:
                 for m in ("mc1", "mc2")}
     md = render_markdown(s)
     for path in (out / "summary.json", Path(args.json)):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, s, indent=1)
-        atomic_write_text(path.with_suffix(".md"), md)
+        atomic_write_report(path, s, md)
     return s
 
 

@@ -38,7 +38,7 @@ import torch
 
 import steerlens
 from steerlens.evals import data as D
-from steerlens.fileio import atomic_write_json, atomic_write_text, replace_marked_block
+from steerlens.fileio import atomic_write_json, atomic_write_report, replace_marked_block
 from steerlens.hooks import Site
 from steerlens.pipeline import load_steerer, make_steerer
 from steerlens.pipeline.methods.odesteer.roles import PAPER_PRESET
@@ -260,9 +260,7 @@ def summarize(args, out: Path, res: Results) -> dict:
     s["eval_wall_s"] = {r["key"]: r["wall_time_s"] for r in res.rows if "wall_time_s" in r}
     md = render_markdown(s)
     for path in (out / "summary.json", Path(args.json)):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, s, indent=1)
-        atomic_write_text(path.with_suffix(".md"), md)
+        atomic_write_report(path, s, md)
     return s
 
 

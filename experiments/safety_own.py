@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steerlens.fileio import atomic_write_json, atomic_write_text
+from steerlens.fileio import atomic_write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "results" / "fidelity" / "safety_own.json"
@@ -99,10 +99,9 @@ def main(argv=None) -> int:
          "real": {"own replies": saturation(Path(args.real_own) / "ranking.json"),
                   "templates": saturation(Path(args.real_template) / "ranking.json")},
          "mose": routing(Path(args.mose) / "mose_report.json")}
-    out = Path(args.out)
-    atomic_write_json(out, s)
-    atomic_write_text(out.with_suffix(".md"), render(s))
-    print(render(s))
+    md = render(s)
+    atomic_write_report(args.out, s, md)
+    print(md)
     return 0
 
 

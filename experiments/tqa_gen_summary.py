@@ -24,7 +24,7 @@ from pathlib import Path
 
 from steerlens.evals.compare import paired_difference
 from steerlens.evals.stats import rate_or_mean_ci
-from steerlens.fileio import atomic_write_json, atomic_write_text
+from steerlens.fileio import atomic_write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "results" / "fidelity" / "tqa_gen_offline.json"
@@ -86,10 +86,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
     s = summarize([Path(r) for r in args.runs])
-    out = Path(args.out)
-    atomic_write_json(out, s)
-    atomic_write_text(out.with_suffix(".md"), render(s))
-    print(render(s))
+    md = render(s)
+    atomic_write_report(args.out, s, md)
+    print(md)
     return 0
 
 

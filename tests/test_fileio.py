@@ -38,3 +38,12 @@ def test_atomic_savefig_writes_png(tmp_path):
     plt.close(fig)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [x.name for x in tmp_path.iterdir()] == ["plot.png"]
+
+
+def test_atomic_write_report_writes_json_and_md_beside_it(tmp_path):
+    from steerlens.fileio import atomic_write_report
+
+    p = atomic_write_report(tmp_path / "new" / "r.json", {"a": 1}, "| a |\n")
+    assert p == tmp_path / "new" / "r.json" and json.loads(p.read_text()) == {"a": 1}
+    assert (tmp_path / "new" / "r.md").read_text() == "| a |\n"
+    assert sorted(x.name for x in (tmp_path / "new").iterdir()) == ["r.json", "r.md"]  # no temporary left

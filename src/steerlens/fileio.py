@@ -40,6 +40,16 @@ def atomic_write_json(path: PathLike, obj: Any, indent: int = 1) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent, default=str, ensure_ascii=False))
 
 
+def atomic_write_report(path: PathLike, obj: Any, markdown: str) -> Path:
+    """A result as ``path`` (JSON) and the same name with ``.md`` (its tables), both atomically;
+    parent folders are made. Returns the JSON's path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(p, obj)
+    atomic_write_text(p.with_suffix(".md"), markdown)
+    return p
+
+
 def replace_marked_block(doc: PathLike, begin: str, end: str, body: str) -> Path:
     """Replace what lies between the marker lines ``begin`` and ``end`` of ``doc`` by ``body``
     (a blank line after ``begin``), atomically. A document without both markers is an error
